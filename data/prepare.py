@@ -1,0 +1,783 @@
+"""Turn events into training-ready sequences and evaluation splits.
+
+    python -m data.prepare                                   # the default synthetic shop
+    python -m data.prepare data=synthetic data.num_events=1000000 data.seed=3
+    python -m data.prepare data=diginetica                   # ../shared/data, read by path
+    python -m data.prepare data=yoochoose
+    python -m data.prepare data=amazon_video_games
+    python -m data.prepare data=generic data.path=events.csv data.format=csv \
+        data.columns.user_id=user data.columns.item_id=item data.columns.timestamp=ts
+    python -m data.prepare data=diginetica data.split.type=temporal data.split.test_days=7
+
+Writes `<artifacts_dir>/data/<data.name>/`:
+
+- `train.parquet`, `val.parquet`, `test.parquet`: one row per sequence with per-step list columns
+  (`item_ids`, `event_types`, `timestamps`, `time_gaps`, `hours`, `days_of_week`, `device_types`,
+  `referrers`, `channels`, `regions`, `prices`, `quantities`) and `target_mask`, true at the steps
+  that are targets in that split. Training uses every target of a train row (causal, all positions);
+  a val/test row is the history up to and including its targets, ranked against the full catalogue.
+- `items.parquet`: item features by contiguous `item_idx` (1..num_items; 0 is padding).
+- `item_map.parquet`, `sequence_map.parquet`: contiguous ids <-> raw ids, for serving.
+- `vocab.json`: the code of every categorical value (0 = unknown/padding everywhere).
+- `stats.json`: counts as loaded (`source`) and after filtering (`prepared`), split with cut-offs
+  and sizes, filters and what each removed, SHA-256 of the source files, schema version, config
+  hash and library versions; later stages check it before they run.
+- `rejects.csv` when `data.strict=false` put bad rows aside.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from data.canonical import SPLIT_COLUMN, LoadedData
+from data.errors import ConfigError, DataError, RejectBook
+from data.schema import CHANNELS, DEVICE_TYPES, ENUMS, EVENT_TYPES, REFERRERS, SCHEMA_VERSION
+
+log = logging.getLogger(__name__)
+
+SPLIT_TYPES = ("leave_last_out", "temporal", "predefined")
+SEQUENCE_KEYS = ("session", "customer")
+STEP_COLUMNS = (
+    "item_ids",
+    "event_types",
+    "timestamps",
+    "time_gaps",
+    "hours",
+    "days_of_week",
+    "device_types",
+    "referrers",
+    "channels",
+    "regions",
+    "prices",
+    "quantities",
+)
+MS_PER_DAY = 86_400_000
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def config_hash(cfg: Mapping) -> str:
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def library_versions() -> dict:
+    import pandas
+
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "pyarrow": pa.__version__,
+        "pandas": pandas.__version__,
+    }
+
+
+def _encode(column: pa.ChunkedArray | None, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes (-1 for null) and the distinct values, in order of first appearance."""
+    if column is None:
+        return np.full(length, -1, np.int64), np.array([], dtype=object)
+    encoded = pc.dictionary_encode(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
+    codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return codes, np.asarray(encoded.dictionary.to_pylist(), dtype=object)
+
+
+def _enum_codes(column: pa.ChunkedArray | None, values: tuple[str, ...], length: int) -> np.ndarray:
+    """Codes 1..len(values) for enumeration columns (0 = unknown); values were validated upstream."""
+    if column is None:
+        return np.zeros(length, np.int8)
+    index = pc.index_in(column, value_set=pa.array(values))
+    return (index.fill_null(-1).to_numpy(zero_copy_only=False) + 1).astype(np.int8)
+
+
+def validate_events(events: pa.Table, source: str) -> None:
+    """Checks on a canonical table that did not come through a text loader (Parquet shops)."""
+    for column in ("item_id",):
+        if column not in events.column_names:
+            raise DataError(f"{source}: has no '{column}' column; columns found: {events.column_names}.")
+    if "session_id" not in events.column_names and "customer_id" not in events.column_names:
+        raise DataError(
+            f"{source}: needs a session_id or customer_id column; columns found: {events.column_names}."
+        )
+    for column, allowed in ENUMS.items():
+        if column not in events.column_names:
+            continue
+        bad = pc.and_(
+            pc.is_valid(events[column]), pc.invert(pc.is_in(events[column], value_set=pa.array(allowed)))
+        )
+        if pc.any(bad).as_py():
+            row = int(pc.index(bad, True).as_py())
+            raise DataError(
+                f"{source}, row {row}, column '{column}': got {events[column][row].as_py()!r}; expected one of {list(allowed)}."
+            )
+    if "price" in events.column_names and pc.any(pc.less(events["price"], 0)).as_py():
+        row = int(pc.index(pc.less(events["price"], 0), True).as_py())
+        raise DataError(
+            f"{source}, row {row}, column 'price': got {events['price'][row].as_py()}; expected a number >= 0."
+        )
+
+
+@dataclass
+class Flat:
+    """Events as parallel numpy arrays, sorted by (sequence, time, source order)."""
+
+    seq: np.ndarray  # (E,) int64 sequence code
+    item: np.ndarray  # (E,) int64 raw-item code
+    event_type: np.ndarray  # (E,) int8, 1-based EVENT_TYPES code
+    time_ms: np.ndarray | None  # (E,) int64, None when the source has no time
+    device_type: np.ndarray
+    referrer: np.ndarray
+    channel: np.ndarray
+    region: np.ndarray  # (E,) int16 region code (0 unknown)
+    price: np.ndarray  # (E,) float32, NaN unknown
+    quantity: np.ndarray  # (E,) int16, 0 unknown
+    split: np.ndarray | None  # (E,) int8 predefined split 0/1/2, or None
+
+    def take(self, index: np.ndarray) -> Flat:
+        return Flat(**{k: (None if v is None else v[index]) for k, v in self.__dict__.items()})
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+
+def sequence_keys(events: pa.Table, key: str, stitch: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-event sequence codes, the raw key of each code, and whether it is a known customer.
+
+    `customer`: the customer id when known; with `stitch`, an anonymous event takes the customer
+    seen elsewhere in its session, else on its device (the shopper logged in later), else the
+    sequence is the device, else the session.
+    """
+    E = events.num_rows
+    col = lambda name: events[name] if name in events.column_names else None  # noqa: E731
+    session, session_values = _encode(col("session_id"), E)
+    customer, customer_values = _encode(col("customer_id"), E)
+    if key == "session" and col("session_id") is not None:
+        missing = session < 0
+        codes = np.where(missing, len(session_values) + np.maximum(customer, 0), session)
+        raw = np.concatenate(
+            [session_values.astype(str), np.char.add("customer:", customer_values.astype(str))]
+        ).astype(object)
+        return _compact(codes, raw, np.zeros(len(raw), bool))
+    device, device_values = _encode(col("device_id"), E)
+    who = customer.copy()
+    if stitch:
+        for group in (session, device):
+            known = (who >= 0) & (group >= 0)
+            if not known.any():
+                continue
+            owner = np.full(int(group.max()) + 1, -1, np.int64)
+            owner[group[known]] = who[known]
+            fill = (who < 0) & (group >= 0)
+            who[fill] = owner[group[fill]]
+    U, D = len(customer_values), len(device_values)
+    codes = np.where(who >= 0, who, np.where(device >= 0, U + device, U + D + np.maximum(session, 0)))
+    raw = np.concatenate(
+        [
+            customer_values.astype(str),
+            np.char.add("device:", device_values.astype(str)) if D else np.array([], dtype=str),
+            np.char.add("session:", session_values.astype(str))
+            if len(session_values)
+            else np.array([], dtype=str),
+        ]
+    ).astype(object)
+    is_customer = np.arange(len(raw)) < U
+    return _compact(codes, raw, is_customer)
+
+
+def _compact(codes, raw, is_customer):
+    used, compact = np.unique(codes, return_inverse=True)
+    return compact.astype(np.int64), raw[used], is_customer[used]
+
+
+def build_flat(events: pa.Table, cfg: Mapping) -> tuple[Flat, dict]:
+    E = events.num_rows
+    col = lambda name: events[name] if name in events.column_names else None  # noqa: E731
+    seq, seq_raw, seq_is_customer = sequence_keys(
+        events, cfg["sequence_key"], bool(cfg.get("stitch_identities", True))
+    )
+    item, item_values = _encode(events["item_id"], E)
+    region, region_values = _encode(col("region"), E)
+    time_ms = None
+    if col("event_time") is not None and events["event_time"].null_count < E:
+        time_ms = pc.cast(events["event_time"], pa.int64()).to_numpy().astype(np.int64)
+    split = None
+    if col(SPLIT_COLUMN) is not None:
+        split = (
+            pc.index_in(events[SPLIT_COLUMN], value_set=pa.array(["train", "val", "test"]))
+            .to_numpy(zero_copy_only=False)
+            .astype(np.int8)
+        )
+    price = col("price")
+    quantity = col("quantity")
+    flat = Flat(
+        seq=seq,
+        item=item,
+        event_type=_enum_codes(col("event_type"), EVENT_TYPES, E),
+        time_ms=time_ms,
+        device_type=_enum_codes(col("device_type"), DEVICE_TYPES, E),
+        referrer=_enum_codes(col("referrer"), REFERRERS, E),
+        channel=_enum_codes(col("channel"), CHANNELS, E),
+        region=(region + 1).astype(np.int16),
+        price=(price.to_numpy().astype(np.float32) if price is not None else np.full(E, np.nan, np.float32)),
+        quantity=(
+            pc.fill_null(quantity, 0).to_numpy().astype(np.int16)
+            if quantity is not None
+            else np.zeros(E, np.int16)
+        ),
+        split=split,
+    )
+    # Stable order: sequence, then time, then source order (file order is time order without timestamps).
+    order = np.lexsort(
+        (np.arange(E), flat.time_ms if flat.time_ms is not None else np.zeros(E, np.int64), flat.seq)
+    )
+    flat = flat.take(order)
+    meta = {
+        "seq_raw": seq_raw,
+        "seq_is_customer": seq_is_customer,
+        "item_values": item_values,
+        "region_values": region_values,
+    }
+    return flat, meta
+
+
+def _counts(flat: Flat) -> dict:
+    return {
+        "events": int(len(flat)),
+        "items": int(len(np.unique(flat.item))),
+        "sequences": int(len(np.unique(flat.seq))),
+    }
+
+
+def apply_filters(flat: Flat, cfg: Mapping, name: str) -> tuple[Flat, list[dict]]:
+    """Event-type filter, minimum item support, minimum sequence length, optional k-core.
+
+    Raises a `DataError` naming the filter that emptied the dataset.
+    """
+    filters = cfg.get("filters") or {}
+    report = []
+
+    def step(flat, keep, key, value):
+        removed = int((~keep).sum())
+        report.append({"filter": key, "value": value, "removed_events": removed})
+        if removed == len(flat):
+            raise DataError(
+                f"data.{key}={value} removed all {len(flat):,} remaining events of {name}; nothing is left to prepare. "
+                f"Relax data.{key} (see stats of the source: {_counts(flat)})."
+            )
+        return flat.take(np.flatnonzero(keep)) if removed else flat
+
+    keep_types = cfg.get("event_types")
+    if keep_types:
+        unknown = sorted(set(keep_types) - set(EVENT_TYPES))
+        if unknown:
+            raise ConfigError(
+                f"data.event_types has unknown value(s) {unknown}; expected values from {list(EVENT_TYPES)}."
+            )
+        codes = np.array([EVENT_TYPES.index(t) + 1 for t in keep_types])
+        flat = step(flat, np.isin(flat.event_type, codes), "event_types", list(keep_types))
+    if filters.get("dedupe_consecutive"):
+        same = np.zeros(len(flat), bool)
+        same[1:] = (
+            (flat.seq[1:] == flat.seq[:-1])
+            & (flat.item[1:] == flat.item[:-1])
+            & (flat.event_type[1:] == flat.event_type[:-1])
+        )
+        flat = step(flat, ~same, "filters.dedupe_consecutive", True)
+    min_item = int(filters.get("min_item_support", 1))
+    min_len = int(filters.get("min_seq_len", 1))
+    kcore = bool(filters.get("kcore", False))
+    for _ in range(100 if kcore else 1):
+        before = len(flat)
+        if min_item > 1:
+            support = np.bincount(flat.item)
+            flat = step(flat, support[flat.item] >= min_item, "filters.min_item_support", min_item)
+        if min_len > 1:
+            length = np.bincount(flat.seq)
+            flat = step(flat, length[flat.seq] >= min_len, "filters.min_seq_len", min_len)
+        if len(flat) == before:
+            break
+    return flat, report
+
+
+def _row_lists(
+    flat: Flat, starts: np.ndarray, ends: np.ndarray, target: np.ndarray, item_index: np.ndarray
+) -> pa.Table:
+    """List columns for rows that are the slices [start, end) of the flat arrays."""
+    lengths = ends - starts
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    index = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+    rows = flat.take(index)
+    first = np.zeros(len(index), bool)
+    first[offsets[:-1][lengths > 0]] = True
+    if rows.time_ms is not None:
+        gap = np.zeros(len(index), np.int64)
+        gap[1:] = (rows.time_ms[1:] - rows.time_ms[:-1]) // 1000
+        gap[first] = 0
+        time_gaps = np.clip(gap, 0, np.iinfo(np.int32).max).astype(np.int32)
+        timestamps = rows.time_ms
+        hours = ((rows.time_ms // 3_600_000) % 24 + 1).astype(np.int8)
+        days = (((rows.time_ms // MS_PER_DAY) + 3) % 7 + 1).astype(np.int8)
+    else:
+        time_gaps = np.full(len(index), -1, np.int32)
+        timestamps = np.zeros(len(index), np.int64)
+        hours = days = np.zeros(len(index), np.int8)
+    values = {
+        "item_ids": item_index[rows.item].astype(np.int32),
+        "event_types": rows.event_type,
+        "timestamps": timestamps,
+        "time_gaps": time_gaps,
+        "hours": hours,
+        "days_of_week": days,
+        "device_types": rows.device_type,
+        "referrers": rows.referrer,
+        "channels": rows.channel,
+        "regions": rows.region,
+        "prices": rows.price,
+        "quantities": rows.quantity,
+        "target_mask": target[index],
+    }
+    offsets_array = pa.array(offsets, pa.int32())
+    return pa.table(
+        {name: pa.ListArray.from_arrays(offsets_array, pa.array(v)) for name, v in values.items()}
+    )
+
+
+def make_splits(flat: Flat, cfg: Mapping, name: str) -> tuple[dict[str, tuple], dict]:
+    """Row slices and target masks of train/val/test. Returns ({split: (seq, start, end, target)}, info)."""
+    split_cfg = cfg.get("split") or {}
+    kind = split_cfg.get("type", "leave_last_out")
+    if kind not in SPLIT_TYPES:
+        raise ConfigError(f"data.split.type={kind!r}; expected one of {list(SPLIT_TYPES)}.")
+    target_types = cfg.get("target_event_types") or list(EVENT_TYPES)
+    unknown = sorted(set(target_types) - set(EVENT_TYPES))
+    if unknown:
+        raise ConfigError(
+            f"data.target_event_types has unknown value(s) {unknown}; expected values from {list(EVENT_TYPES)}."
+        )
+    E = len(flat)
+    boundaries = np.flatnonzero(np.diff(flat.seq)) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [E]])
+    seq_ids = flat.seq[starts]
+    row_of = np.repeat(np.arange(len(starts)), ends - starts)
+    position = np.arange(E) - starts[row_of]
+    eligible = np.isin(flat.event_type, [EVENT_TYPES.index(t) + 1 for t in target_types]) & (position >= 1)
+    info: dict = {"type": kind, "target_event_types": list(target_types)}
+
+    def rows(mask_rows, row_end, target):
+        chosen = np.flatnonzero(mask_rows)
+        return seq_ids[chosen], starts[chosen], row_end[chosen], target
+
+    if kind == "leave_last_out":
+        last = _last_true(eligible, row_of, len(starts))
+        eligible_before_last = eligible & (np.arange(E) < np.where(last[row_of] >= 0, last[row_of], E))
+        second = _last_true(eligible_before_last, row_of, len(starts))
+        test_t = np.zeros(E, bool)
+        test_t[last[last >= 0]] = True
+        val_t = np.zeros(E, bool)
+        val_t[second[second >= 0]] = True
+        train_end = np.where(second >= 0, second, np.where(last >= 0, last, ends))
+        out = {
+            "test": rows(last >= 0, last + 1, test_t),
+            "val": rows(second >= 0, second + 1, val_t),
+            "train": rows(train_end - starts >= 2, train_end, eligible),
+        }
+        info["protocol"] = "leave-last-out: last target of each sequence is test, second-last is validation"
+    elif kind == "temporal":
+        if flat.time_ms is None:
+            raise ConfigError(
+                f"data.split.type=temporal but {name} has no timestamps; use data.split.type=leave_last_out."
+            )
+        test_days = float(split_cfg.get("test_days", 7))
+        val_days = float(split_cfg.get("val_days", test_days))
+        cut_test = int(flat.time_ms.max() - test_days * MS_PER_DAY)
+        cut_val = int(cut_test - val_days * MS_PER_DAY)
+        first_only = split_cfg.get("temporal_targets", "all") == "first"
+        test_t = eligible & (flat.time_ms >= cut_test)
+        val_t = eligible & (flat.time_ms >= cut_val) & (flat.time_ms < cut_test)
+        if first_only:
+            test_t = _first_only(test_t, row_of)
+            val_t = _first_only(val_t, row_of)
+        # Rows are prefixes: events before a cut-off (sorted by time within each sequence).
+        before_test = starts + np.bincount(
+            row_of, weights=flat.time_ms < cut_test, minlength=len(starts)
+        ).astype(np.int64)
+        before_val = starts + np.bincount(
+            row_of, weights=flat.time_ms < cut_val, minlength=len(starts)
+        ).astype(np.int64)
+        has_test = np.bincount(row_of, weights=test_t, minlength=len(starts)) > 0
+        has_val = np.bincount(row_of, weights=val_t, minlength=len(starts)) > 0
+        last_test = _last_true(test_t, row_of, len(starts)) + 1
+        last_val = _last_true(val_t, row_of, len(starts)) + 1
+        out = {
+            "test": rows(has_test, last_test, test_t),
+            "val": rows(has_val, np.minimum(last_val, before_test), val_t),
+            "train": rows(before_val - starts >= 2, before_val, eligible),
+        }
+        info.update(
+            test_days=test_days,
+            val_days=val_days,
+            test_cutoff_ms=cut_test,
+            val_cutoff_ms=cut_val,
+            test_cutoff=str(np.datetime64(cut_test, "ms")) + "Z",
+            val_cutoff=str(np.datetime64(cut_val, "ms")) + "Z",
+            temporal_targets="first" if first_only else "all",
+            protocol="temporal: targets at or after the test cut-off are test, the val_days before it validation; "
+            "train is every sequence's events before the validation cut-off",
+        )
+    else:
+        if flat.split is None:
+            raise ConfigError(
+                f"data.split.type=predefined but {name} has no predefined split; use leave_last_out or temporal."
+            )
+        row_split = flat.split[ends - 1]
+        out = {
+            name_: rows((row_split == code) & (ends - starts >= 2), ends, eligible)
+            for code, name_ in enumerate(("train", "val", "test"))
+        }
+        info["protocol"] = (
+            "predefined: the source's own files; every target step of a val/test sequence is evaluated"
+        )
+    return out, info
+
+
+def _last_true(mask: np.ndarray, row_of: np.ndarray, num_rows: int) -> np.ndarray:
+    """Index of the last true element per row, -1 where a row has none."""
+    last = np.full(num_rows, -1, np.int64)
+    index = np.flatnonzero(mask)
+    last[row_of[index]] = index  # later indices overwrite earlier ones
+    return last
+
+
+def _first_only(mask: np.ndarray, row_of: np.ndarray) -> np.ndarray:
+    index = np.flatnonzero(mask)
+    first = np.ones(len(index), bool)
+    first[1:] = row_of[index[1:]] != row_of[index[:-1]]
+    out = np.zeros_like(mask)
+    out[index[first]] = True
+    return out
+
+
+def item_features(
+    flat: Flat, meta: dict, items: pa.Table | None, train_counts: np.ndarray, num_price_buckets: int
+):
+    """Contiguous item ids by descending frequency, with category/brand/price features."""
+    counts = np.bincount(flat.item, minlength=len(meta["item_values"]))
+    present = np.flatnonzero(counts)
+    raw_ids = meta["item_values"][present]
+    order = np.lexsort((raw_ids.astype(str), -counts[present]))
+    item_index = np.zeros(len(meta["item_values"]), np.int64)
+    item_index[present[order]] = np.arange(1, len(present) + 1)
+    table = {
+        "item_idx": np.arange(1, len(present) + 1, dtype=np.int32),
+        "item_id": raw_ids[order].astype(str),
+        "count": counts[present][order].astype(np.int64),
+        "train_count": train_counts[present][order].astype(np.int64),
+    }
+    vocab: dict = {}
+    lookup = np.full(len(present), -1, np.int64)
+    if items is not None:
+        lookup = (
+            pc.index_in(pa.array(table["item_id"]), value_set=items["item_id"].combine_chunks())
+            .fill_null(-1)
+            .to_numpy(zero_copy_only=False)
+            .astype(np.int64)
+        )
+    found = lookup >= 0
+
+    def item_column(column: str) -> pa.Array:
+        if items is None or column not in items.column_names:
+            return pa.nulls(len(present), pa.string())
+        return pc.if_else(
+            pa.array(found), items[column].combine_chunks().take(pa.array(np.maximum(lookup, 0))), None
+        )
+
+    for column in ("category_id", "brand"):
+        values = item_column(column).cast(pa.string())
+        encoded = pc.dictionary_encode(values)
+        uniques = encoded.dictionary.to_numpy(zero_copy_only=False).astype(str)
+        rank = np.append(
+            np.argsort(np.argsort(uniques)), -1
+        )  # codes follow sorted values: stable across runs
+        raw_codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+        table[column] = values
+        table[column.replace("_id", "") + "_idx"] = (rank[raw_codes] + 1).astype(
+            np.int32
+        )  # -1 (unknown) -> 0
+        vocab[column.replace("_id", "")] = sorted(uniques.tolist())
+    price = (
+        item_column("price").cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+        if (items is not None and "price" in items.column_names)
+        else np.full(len(present), np.nan)
+    )
+    missing = np.isnan(price)
+    if missing.any() and not np.isnan(flat.price).all():
+        # Items without a catalogue price take the median price seen on their events.
+        medians = pd.Series(flat.price).groupby(flat.item).median()
+        event_price = medians.reindex(present[order]).to_numpy(dtype=float)
+        price = np.where(missing, event_price, price)
+    table["price"] = price
+    edges = []
+    bucket = np.zeros(len(present), np.int8)
+    if not np.isnan(price).all():
+        edges = np.unique(np.nanquantile(price, np.linspace(0, 1, num_price_buckets + 1)[1:-1])).tolist()
+        bucket = np.where(np.isnan(price), 0, np.searchsorted(edges, price, side="right") + 1).astype(np.int8)
+    table["price_bucket"] = bucket
+    vocab["price_bucket_edges"] = edges
+    return pa.table(table), item_index, vocab
+
+
+def prepare(
+    loaded: LoadedData, cfg: Mapping, out_dir: Path, *, name: str, extra_stats: dict | None = None
+) -> dict:
+    """Filter, remap, split and write a loaded dataset; returns the content of `stats.json`."""
+    started = time.perf_counter()
+    sequence_key = cfg.get("sequence_key", "customer")
+    if sequence_key not in SEQUENCE_KEYS:
+        raise ConfigError(f"data.sequence_key={sequence_key!r}; expected one of {list(SEQUENCE_KEYS)}.")
+    events = loaded.events
+    flat, meta = build_flat(events, cfg)
+    source = _counts(flat)
+    flat, filter_report = apply_filters(flat, cfg, name)
+    prepared_counts = _counts(flat)
+    splits, split_info = make_splits(flat, cfg, name)
+
+    # Train counts per raw item (popularity as the model may see it) = items on train rows.
+    _, train_start, train_end, _ = splits["train"]
+    train_mask = np.zeros(len(flat) + 1, np.int64)
+    np.add.at(train_mask, train_start, 1)
+    np.add.at(train_mask, train_end, -1)
+    in_train = np.cumsum(train_mask)[:-1] > 0
+    train_counts = np.bincount(flat.item[in_train], minlength=len(meta["item_values"]))
+    items_table, item_index, item_vocab = item_features(
+        flat, meta, loaded.items, train_counts, int(cfg.get("num_price_buckets", 10))
+    )
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("train.parquet", "val.parquet", "test.parquet", "rejects.csv", "stats.json"):
+        (out_dir / stale).unlink(missing_ok=True)
+    loyalty = _sequence_loyalty(meta, loaded.customers)
+    split_stats = {}
+    for split_name, (seq, start, end, target) in splits.items():
+        table = _row_lists(flat, start, end, target, item_index)
+        table = table.add_column(0, "seq_idx", pa.array(seq.astype(np.int32)))
+        table = table.add_column(1, "customer_known", pa.array(meta["seq_is_customer"][seq]))
+        table = table.add_column(2, "loyalty", pa.array(loyalty[seq]))
+        pq.write_table(table, out_dir / f"{split_name}.parquet")
+        split_stats[split_name] = {
+            "rows": int(len(seq)),
+            "targets": int(target[_slice_mask(start, end, len(flat))].sum()),
+            "steps": int((end - start).sum()),
+        }
+    pq.write_table(items_table, out_dir / "items.parquet")
+    pq.write_table(
+        pa.table({"item_idx": items_table["item_idx"], "item_id": items_table["item_id"]}),
+        out_dir / "item_map.parquet",
+    )
+    used_seq = np.unique(flat.seq)
+    pq.write_table(
+        pa.table(
+            {
+                "seq_idx": pa.array(used_seq.astype(np.int32)),
+                "sequence_key": pa.array(meta["seq_raw"][used_seq].astype(str)),
+                "customer_known": pa.array(meta["seq_is_customer"][used_seq]),
+            }
+        ),
+        out_dir / "sequence_map.parquet",
+    )
+    vocab = {
+        "padding_id": 0,
+        "event_types": ["<pad>", *EVENT_TYPES],
+        "device_types": ["<unknown>", *DEVICE_TYPES],
+        "referrers": ["<unknown>", *REFERRERS],
+        "channels": ["<unknown>", *CHANNELS],
+        "regions": ["<unknown>", *meta["region_values"].astype(str).tolist()],
+        "hours": "hour of day (UTC) + 1; 0 = unknown",
+        "days_of_week": "1 = Monday ... 7 = Sunday; 0 = unknown",
+        "time_gaps": "seconds since the previous step of the sequence; 0 for the first step; -1 = no timestamps",
+        "loyalty": ["<unknown>", "no", "yes"],
+        "categories": ["<unknown>", *item_vocab["category"]],
+        "brands": ["<unknown>", *item_vocab["brand"]],
+        "price_bucket_edges": item_vocab["price_bucket_edges"],
+    }
+    (out_dir / "vocab.json").write_text(json.dumps(vocab, indent=1))
+    if loaded.rejects.count:
+        loaded.rejects.write(out_dir / "rejects.csv")
+    stats = {
+        "name": name,
+        "schema_version": SCHEMA_VERSION,
+        "source": source,
+        "prepared": prepared_counts,
+        "num_items": int(len(items_table)),
+        "padding_id": 0,
+        "sequence_key": sequence_key,
+        "has_timestamps": flat.time_ms is not None,
+        "split": {**split_info, **split_stats},
+        "filters": filter_report,
+        "rejects": {**loaded.rejects.summary(), "file": "rejects.csv" if loaded.rejects.count else None},
+        "source_files": [
+            {"path": str(p), "sha256": sha256_file(p), "bytes": p.stat().st_size} for p in loaded.source_files
+        ],
+        "notes": loaded.notes,
+        "vocab_sizes": {k: len(v) for k, v in vocab.items() if isinstance(v, list)},
+        "time_range": (
+            [
+                str(np.datetime64(int(flat.time_ms.min()), "ms")) + "Z",
+                str(np.datetime64(int(flat.time_ms.max()), "ms")) + "Z",
+            ]
+            if flat.time_ms is not None
+            else None
+        ),
+        "config_hash": config_hash(dict(cfg)),
+        "config": dict(cfg),
+        "library_versions": library_versions(),
+        **(extra_stats or {}),
+    }
+    stats["data_hash"] = hashlib.sha256(
+        "".join(f["sha256"] for f in stats["source_files"]).encode() + stats["config_hash"].encode()
+    ).hexdigest()[:16]
+    stats["seconds"] = round(time.perf_counter() - started, 3)
+    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2, default=str))
+    return stats
+
+
+def _slice_mask(starts: np.ndarray, ends: np.ndarray, length: int) -> np.ndarray:
+    marks = np.zeros(length + 1, np.int64)
+    np.add.at(marks, starts, 1)
+    np.add.at(marks, ends, -1)
+    return np.cumsum(marks)[:-1] > 0
+
+
+def _sequence_loyalty(meta: dict, customers: pa.Table | None) -> np.ndarray:
+    """Loyalty code per sequence: 0 unknown, 1 no, 2 yes (from the customers table)."""
+    codes = np.zeros(len(meta["seq_raw"]), np.int8)
+    if customers is None or "loyalty_member" not in customers.column_names:
+        return codes
+    row = pc.index_in(
+        pa.array(meta["seq_raw"].astype(str)), value_set=customers["customer_id"].combine_chunks()
+    )
+    row = row.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    loyal = customers["loyalty_member"].combine_chunks().fill_null(False).to_numpy(zero_copy_only=False)
+    has_flag = customers["loyalty_member"].combine_chunks().is_valid().to_numpy(zero_copy_only=False)
+    usable = (row >= 0) & meta["seq_is_customer"]
+    usable[usable] = has_flag[row[usable]]
+    codes[usable] = np.where(loyal[row[usable]], 2, 1)
+    return codes
+
+
+def load_shop(shop_dir: Path) -> LoadedData:
+    """Read a generated synthetic shop (canonical Parquet) as a `LoadedData`."""
+    events_path = shop_dir / "events.parquet"
+    columns = [c for c in pq.read_schema(events_path).names if c != "event_id"]
+    events = pq.read_table(events_path, columns=columns)
+    validate_events(events, str(events_path))
+    items = pq.read_table(shop_dir / "items.parquet")
+    customers = pq.read_table(shop_dir / "customers.parquet")
+    return LoadedData(
+        events=events,
+        items=items,
+        customers=customers,
+        source_files=[events_path, shop_dir / "items.parquet", shop_dir / "customers.parquet"],
+        rejects=RejectBook(strict=True),
+        notes={"shop_dir": str(shop_dir), "truth_dir": str(shop_dir / "truth")},
+    )
+
+
+def run(cfg) -> dict:
+    """Prepare the dataset of a composed `prepare` config; returns `stats.json` content.
+
+    Plain function so tests and other stages call it with a composed config; `main` wraps it.
+    """
+    from data.cli import config_dict
+    from data.loaders import load
+    from data.synthetic import generate, shop_config, shop_dir_for
+
+    data_cfg = config_dict(cfg, "data")
+    artifacts = Path(cfg.artifacts_dir)
+    name = data_cfg["name"]
+    event_type_counts = None
+    if data_cfg.get("format") == "synthetic":
+        shop = shop_config(data_cfg)
+        shop_dir = shop_dir_for(artifacts, shop)
+        started = time.perf_counter()
+        manifest = generate(shop, shop_dir)
+        generate_seconds = round(time.perf_counter() - started, 3)
+        loaded = load_shop(shop_dir)
+        extra = {
+            "shop": {
+                "dir": str(shop_dir),
+                "fingerprint": manifest["fingerprint"],
+                "counts": manifest["counts"],
+                "generate_seconds": generate_seconds,
+            }
+        }
+    else:
+        loaded = load(data_cfg)
+        extra = {}
+    event_type_counts = (
+        pc.value_counts(loaded.events["event_type"]).to_pylist()
+        if "event_type" in loaded.events.column_names
+        else []
+    )
+    extra["event_type_counts"] = {d["values"]: int(d["counts"]) for d in event_type_counts}
+    return prepare(loaded, data_cfg, artifacts / "data" / name, name=name, extra_stats=extra)
+
+
+def format_stats(stats: dict, out_dir: Path) -> str:
+    s, p, split = stats["source"], stats["prepared"], stats["split"]
+    lines = [
+        f"dataset {stats['name']} -> {out_dir}",
+        f"  {'':10}{'events':>12}{'items':>10}{'sequences':>12}",
+        f"  {'source':10}{s['events']:>12,}{s['items']:>10,}{s['sequences']:>12,}",
+        f"  {'prepared':10}{p['events']:>12,}{p['items']:>10,}{p['sequences']:>12,}",
+        f"  split: {split['type']} (targets: {', '.join(split['target_event_types'])})",
+    ]
+    for name in ("train", "val", "test"):
+        lines.append(
+            f"    {name:6}{split[name]['rows']:>10,} rows {split[name]['targets']:>10,} targets {split[name]['steps']:>12,} steps"
+        )
+    if stats.get("event_type_counts"):
+        lines.append(
+            "  event types: "
+            + ", ".join(
+                f"{k} {v:,}" for k, v in sorted(stats["event_type_counts"].items(), key=lambda kv: -kv[1])
+            )
+        )
+    if stats.get("time_range"):
+        lines.append(f"  time range: {stats['time_range'][0]} .. {stats['time_range'][1]}")
+    if stats["rejects"]["problems"]:
+        lines.append(f"  rejects: {stats['rejects']['rows']:,} rows -> {out_dir / 'rejects.csv'}")
+    if "shop" in stats:
+        lines.append(
+            f"  synthetic shop: {stats['shop']['dir']} (generated/reused in {stats['shop']['generate_seconds']}s; ground truth in truth/)"
+        )
+    lines.append(f"  prepared in {stats['seconds']}s")
+    return "\n".join(lines)
+
+
+def _cli(cfg) -> None:
+    stats = run(cfg)
+    print(format_stats(stats, Path(cfg.artifacts_dir) / "data" / stats["name"]))
+
+
+if __name__ == "__main__":
+    from data.cli import hydra_main
+
+    hydra_main("prepare", _cli)

@@ -1,0 +1,337 @@
+"""Loaders: exact counts on the shared real data, every generic format, and every bad-input message."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from data.errors import ConfigError, DataError
+from data.loaders import load
+from data.prepare import run
+from data.schema import EVENT_SCHEMA
+from tests.conftest import compose_config
+
+pytestmark = []
+
+
+def distinct(table: pa.Table, column: str) -> int:
+    return len(pc.unique(table[column].drop_null()))
+
+
+# --- real data in ../shared/data ---------------------------------------------------------------
+
+
+@pytest.mark.shared_data
+def test_diginetica_views_sample_has_the_documented_counts(shared_data):
+    loaded = load({"format": "diginetica", "path": str(shared_data / "diginetica"), "purchases": "none"})
+    events = loaded.events
+    assert events.num_rows == 12_391
+    assert distinct(events, "session_id") == 2_986
+    assert distinct(events, "item_id") == 7_139
+    assert distinct(events, "customer_id") == 1_270
+    # Every viewed item has a category from product-categories.csv.
+    assert loaded.items.num_rows == 7_139 and loaded.items["category_id"].null_count == 0
+
+
+@pytest.mark.shared_data
+def test_diginetica_join_adds_every_purchase_row_and_keeps_duplicates(shared_data):
+    loaded = load({"format": "diginetica", "path": str(shared_data / "diginetica")})
+    events = loaded.events
+    assert events.num_rows == 12_391 + 18_025
+    purchases = events.filter(pc.equal(events["event_type"], "purchase"))
+    assert purchases.num_rows == 18_025
+    assert distinct(purchases, "session_id") == 12_630
+    assert distinct(purchases, "item_id") == 11_244
+    assert loaded.notes["purchase_exact_duplicate_rows_kept"] == 28
+    # 138 sessions of the views sample also purchase: 2,986 + 12,630 - 138 sessions in all.
+    assert distinct(events, "session_id") == 2_986 + 12_630 - 138
+    assert events.schema.field("event_time").type == EVENT_SCHEMA.field("event_time").type
+
+
+@pytest.mark.shared_data
+def test_yoochoose_keeps_its_given_split(shared_data):
+    loaded = load(
+        {
+            "format": "yoochoose",
+            "path": str(shared_data / "yoochoose-100k"),
+            "valid_file": "yoochoose-clicks-100k_train_valid.txt",
+        }
+    )
+    events = loaded.events
+    assert events.num_rows == 83_846
+    assert distinct(events, "item_id") == 2_933
+    assert distinct(events, "session_id") == 21_210
+    split = events["_split"]
+    assert pc.sum(pc.equal(split, "test")).as_py() == 13_568
+    test_sessions = pc.unique(events.filter(pc.equal(split, "test"))["session_id"])
+    assert len(test_sessions) == 3_416
+    val_sessions = pc.unique(events.filter(pc.equal(split, "val"))["session_id"])
+    assert len(val_sessions) == 4_084
+
+
+@pytest.mark.shared_data
+def test_amazon_video_games_lines_have_the_documented_counts(shared_data):
+    loaded = load(
+        {
+            "format": "sasrec_lines",
+            "path": str(shared_data / "amazon-video-games" / "Video.txt"),
+            "default_event_type": "purchase",
+        }
+    )
+    events = loaded.events
+    assert events.num_rows == 287_107
+    assert distinct(events, "customer_id") == 31_013
+    assert distinct(events, "item_id") == 23_715
+    assert "event_time" not in events.column_names  # file order is time order
+    assert events.slice(0, 3)["item_id"].to_pylist() == ["6393", "13504", "14087"]
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize(
+    "name, events, items, sequences",
+    [
+        ("yoochoose", 83_846, 2_933, 21_210),
+        ("amazon_video_games", 287_107, 23_715, 31_013),
+        ("diginetica", 30_416, 15_936, 15_478),
+    ],
+)
+def test_prepare_each_shared_dataset_reports_source_counts(
+    shared_data, tmp_path, name, events, items, sequences
+):
+    stats = run(compose_config("prepare", [f"data={name}", f"artifacts_dir={tmp_path}"]))
+    assert stats["source"] == {"events": events, "items": items, "sequences": sequences}
+    assert stats["prepared"]["events"] <= events
+    for split in ("train", "val", "test"):
+        assert stats["split"][split]["rows"] > 0
+    assert all(len(f["sha256"]) == 64 for f in stats["source_files"])
+    test = pq.read_table(tmp_path / "data" / name / "test.parquet")
+    max_id = pc.max(pc.list_flatten(test["item_ids"])).as_py()
+    assert 1 <= max_id <= stats["num_items"]
+
+
+@pytest.mark.shared_data
+def test_yoochoose_predefined_split_puts_test_file_sessions_in_test(shared_data, tmp_path):
+    stats = run(compose_config("prepare", ["data=yoochoose", f"artifacts_dir={tmp_path}"]))
+    # Every test-file session has >= 2 clicks; each click after the first is a target (SR-GNN protocol).
+    assert stats["split"]["test"]["rows"] == 3_416
+    assert stats["split"]["test"]["targets"] == 13_568 - 3_416
+
+
+# --- generic formats --------------------------------------------------------------------------
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def generic(path, **keys):
+    cfg = {
+        "format": "csv",
+        "path": str(path),
+        "sep": ",",
+        "time_unit": "s",
+        "strict": True,
+        "columns": {"user_id": "user", "item_id": "item"},
+    }
+    for key, value in keys.items():
+        if key == "columns":
+            cfg["columns"] = {**cfg["columns"], **value}
+        else:
+            cfg[key] = value
+    return load(cfg)
+
+
+def test_generic_csv_maps_columns_and_event_types(tmp_path):
+    path = write(
+        tmp_path,
+        "e.csv",
+        "user,item,when,kind,cat,cost\n1,10,2024-01-01T10:00:00Z,click,shoes,9.5\n"
+        "1,11,2024-01-01T10:05:00Z,buy,bags,20\n",
+    )
+    loaded = generic(
+        path,
+        time_unit="iso",
+        event_type_map={"click": "view", "buy": "purchase"},
+        columns={"timestamp": "when", "event_type": "kind", "category_id": "cat", "price": "cost"},
+    )
+    events = loaded.events.to_pydict()
+    assert events["event_type"] == ["view", "purchase"]
+    assert events["customer_id"] == ["1", "1"]
+    assert [t.isoformat() for t in events["event_time"]] == [
+        "2024-01-01T10:00:00+00:00",
+        "2024-01-01T10:05:00+00:00",
+    ]
+    assert loaded.items.to_pydict()["category_id"] == ["shoes", "bags"]
+    assert events["event_id"] == ["e.csv:2", "e.csv:3"]
+
+
+def test_generic_without_timestamp_keeps_file_order(
+    tmp_path,
+):
+    path = write(tmp_path, "e.csv", "user,item\nu,c\nu,a\nu,b\n")
+    stats, out = _prepare_generic(tmp_path, path)
+    test = pq.read_table(out / "test.parquet").to_pylist()[0]
+    item_ids = dict(zip(*pq.read_table(out / "item_map.parquet").to_pydict().values()))
+    assert [item_ids[i] for i in test["item_ids"]] == ["c", "a", "b"]
+    assert test["time_gaps"] == [-1, -1, -1]
+    assert stats["has_timestamps"] is False
+
+
+def _prepare_generic(tmp_path, path, *overrides):
+    cfg = compose_config(
+        "prepare",
+        [
+            "data=generic",
+            f"data.path={path}",
+            "data.columns.user_id=user",
+            "data.columns.item_id=item",
+            f"artifacts_dir={tmp_path / 'a'}",
+            *overrides,
+        ],
+    )
+    return run(cfg), tmp_path / "a" / "data" / "generic"
+
+
+def test_generic_parquet_reads_the_same_mapping(tmp_path):
+    path = tmp_path / "e.parquet"
+    pq.write_table(pa.table({"user": ["u", "u", "v"], "item": [1, 2, 1], "ts": [1.0, 2.0, 3.0]}), path)
+    loaded = load(
+        {
+            "format": "parquet",
+            "path": str(path),
+            "columns": {"user_id": "user", "item_id": "item", "timestamp": "ts"},
+        }
+    )
+    assert loaded.events["item_id"].to_pylist() == ["1", "2", "1"]
+    assert loaded.events["event_id"].to_pylist() == ["e.parquet:0", "e.parquet:1", "e.parquet:2"]
+
+
+def test_sequence_lines_explode_into_ordered_events(tmp_path):
+    path = write(tmp_path, "seq.txt", "u1 5 6 7\nu2 7 5\n")
+    loaded = load({"format": "sequence_lines", "path": str(path)})
+    assert loaded.events["customer_id"].to_pylist() == ["u1", "u1", "u1", "u2", "u2"]
+    assert loaded.events["item_id"].to_pylist() == ["5", "6", "7", "7", "5"]
+
+
+def test_recbole_inter_file_reads_typed_header(tmp_path):
+    path = write(
+        tmp_path,
+        "ml.inter",
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+        "1\t31\t2.5\t1260759144\n1\t1029\t3.0\t1260759179\n2\t31\t4\t1260759200\n",
+    )
+    loaded = load({"format": "recbole", "path": str(path)})
+    events = loaded.events.to_pydict()
+    assert events["customer_id"] == ["1", "1", "2"]
+    assert events["item_id"] == ["31", "1029", "31"]
+    assert events["event_time"][0].timestamp() == 1260759144
+
+
+# --- bad input: every message names file, line, column, value, what was expected ------------
+
+
+def test_missing_mapped_column_names_the_file_key_and_columns_found(tmp_path):
+    path = write(tmp_path, "e.csv", "user,product\n1,2\n")
+    with pytest.raises(
+        DataError,
+        match=r"e\.csv: has no column 'item' \(data\.columns\.item_id\); columns found: \['user', 'product'\]",
+    ):
+        generic(path)
+
+
+def test_unparsable_timestamp_names_line_column_and_value(tmp_path):
+    path = write(tmp_path, "e.csv", "user,item,ts\n1,2,100\n1,3,yesterday\n")
+    with pytest.raises(
+        DataError, match=r"e\.csv, line 3, column 'event_time': got 'yesterday'; expected a number of s since"
+    ):
+        generic(path, columns={"timestamp": "ts"})
+
+
+def test_negative_price_names_line_and_value(tmp_path):
+    path = write(tmp_path, "e.csv", "user,item,price\n1,2,3.5\n1,3,-4\n")
+    with pytest.raises(DataError, match=r"line 3, column 'price': got '-4'; expected a number >= 0"):
+        generic(path, columns={"price": "price"})
+
+
+def test_unknown_event_type_lists_allowed_values_and_the_mapping_fix(tmp_path):
+    path = write(tmp_path, "e.csv", "user,item,type\n1,2,view\n1,3,wishlist\n")
+    with pytest.raises(
+        DataError,
+        match=r"line 3, column 'event_type': got 'wishlist'; expected one of \['view', .*data\.event_type_map",
+    ):
+        generic(path, columns={"event_type": "type"})
+
+
+def test_non_numeric_id_in_a_numeric_format_names_line_and_value(tmp_path):
+    path = write(tmp_path, "Video.txt", "1 10\n1 11\nx7 12\n")
+    with pytest.raises(
+        DataError,
+        match=r"Video\.txt, line 3, column 'customer_id': got 'x7'; expected a non-negative integer",
+    ):
+        load({"format": "sasrec_lines", "path": str(path), "numeric_ids": True})
+    path = write(tmp_path, "Video.txt", "1 10\n1 1x1\n")
+    with pytest.raises(
+        DataError,
+        match=r"Video\.txt, line 2, column 'item_id': got '1x1'; expected a non-negative integer id",
+    ):
+        load({"format": "sasrec_lines", "path": str(path), "numeric_ids": True})
+
+
+def test_missing_item_id_names_the_line(tmp_path):
+    path = write(tmp_path, "e.csv", "user,item\n1,2\n1,\n")
+    with pytest.raises(
+        DataError, match=r"e\.csv, line 3, column 'item_id': got an empty value; expected a non-empty id"
+    ):
+        generic(path)
+
+
+def test_missing_file_names_the_key(tmp_path):
+    with pytest.raises(DataError, match=r"data\.path='.*nope\.csv' does not exist or is not a file"):
+        generic(tmp_path / "nope.csv")
+
+
+def test_unknown_format_lists_the_formats():
+    with pytest.raises(ConfigError, match=r"data\.format='xml'; expected one of \[.*'csv'.*'synthetic'\]"):
+        load({"format": "xml", "path": "x"})
+
+
+def test_unknown_column_mapping_key_is_a_config_error(tmp_path):
+    path = write(tmp_path, "e.csv", "user,item\n1,2\n")
+    with pytest.raises(ConfigError, match=r"data\.columns has unknown key\(s\) \['colour'\]"):
+        generic(path, columns={"colour": "c"})
+
+
+def test_non_strict_load_writes_every_bad_row_to_rejects_and_counts_them(tmp_path):
+    path = write(
+        tmp_path,
+        "e.csv",
+        "user,item,ts,type,price\n"
+        "1,10,1,view,1.0\n"  # good
+        "1,11,oops,view,1.0\n"  # line 3: bad time
+        "1,12,3,teleport,1.0\n"  # line 4: unknown event type
+        "1,13,4,view,-2\n"  # line 5: negative price
+        "1,14,5,purchase,2\n"  # good
+        "1,,6,view,1\n",  # line 7: missing item
+    )
+    stats, out = _prepare_generic(
+        tmp_path,
+        path,
+        "data.strict=false",
+        "data.columns.timestamp=ts",
+        "data.columns.event_type=type",
+        "data.columns.price=price",
+    )
+    rejects = pd.read_csv(out / "rejects.csv")
+    assert sorted(rejects["line"].tolist()) == [3, 4, 5, 7]
+    assert set(rejects["column"]) == {"event_time", "event_type", "price", "item_id"}
+    assert stats["rejects"]["rows"] == 4 and stats["rejects"]["file"] == "rejects.csv"
+    assert stats["source"]["events"] == 2  # the good rows are kept, nothing else
+    on_disk = json.loads((out / "stats.json").read_text())
+    assert on_disk["rejects"]["problems"] == 4
