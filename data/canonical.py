@@ -150,7 +150,7 @@ def parse_number(
     book.check(frame, ~blank & number.isna().to_numpy(), column, kind, "Fix the value or leave it empty.")
     too_small = (number < minimum).fillna(False).to_numpy(dtype=bool)
     if integer:
-        too_small |= ((number % 1) != 0).fillna(False).to_numpy(dtype=bool)
+        too_small = too_small | ((number % 1) != 0).fillna(False).to_numpy(dtype=bool)
     book.check(frame, too_small, column, f"{kind} >= {minimum:g}", "Fix the value or leave it empty.")
     frame[column] = number
 

@@ -10,6 +10,8 @@ numbers, then `data.canonical.canonicalize` parses and validates it. Formats:
 - `sequence_lines`: `user item1 item2 ...` per line.
 - `recbole`: RecBole atomic `.inter` files (`field:type` headers, tab-separated).
 - `csv` / `parquet`: any table, with a column mapping in config.
+- `canonical`: a folder with `events.parquet` (+ `items.parquet`, `customers.parquet`) in the
+  canonical schema, as the synthetic shop and the event collector write it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data.canonical import (
@@ -30,6 +34,7 @@ from data.canonical import (
     items_from_events,
 )
 from data.errors import FILE_COLUMN, LINE_COLUMN, ConfigError, DataError, RejectBook
+from data.schema import CUSTOMER_SCHEMA, ENUMS, EVENT_SCHEMA, EVENT_TYPES, ITEM_SCHEMA, conform
 
 log = logging.getLogger(__name__)
 
@@ -384,6 +389,85 @@ def load_table(cfg: Mapping, book: RejectBook) -> LoadedData:
     )
 
 
+def load_canonical(folder: Path, book: RejectBook | None = None) -> LoadedData:
+    """A folder in the canonical layout: `events.parquet` (+ optional `items.parquet`, `customers.parquet`).
+
+    This is what the synthetic shop writes and what the event collector exports. Types are cast to
+    the canonical schema; values are checked row by row like any other source.
+    """
+    folder = Path(folder).resolve()
+    events_path = _require_file(folder / "events.parquet", "data.path (events.parquet in the folder)")
+    events = pq.read_table(events_path)
+    events = validate_canonical(_cast(events, EVENT_SCHEMA, events_path), str(events_path))
+    files = [events_path]
+    tables = {}
+    for name, schema in (("items", ITEM_SCHEMA), ("customers", CUSTOMER_SCHEMA)):
+        path = folder / f"{name}.parquet"
+        tables[name] = _cast(pq.read_table(path), schema, path) if path.is_file() else None
+        if tables[name] is not None:
+            files.append(path)
+    return LoadedData(
+        events=events,
+        items=tables["items"],
+        customers=tables["customers"],
+        source_files=files,
+        rejects=book or RejectBook(strict=True),
+        notes={"canonical_dir": str(folder)},
+    )
+
+
+def _cast(table: pa.Table, schema: pa.Schema, path: Path) -> pa.Table:
+    for field in schema:
+        if field.name in table.column_names and not table.schema.field(field.name).type.equals(field.type):
+            try:
+                table[field.name].cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+                raise DataError(
+                    f"{path}: column '{field.name}' has type {table.schema.field(field.name).type}, which does not "
+                    f"convert to the canonical {field.type} ({error}). Write it as {field.type}."
+                ) from None
+    return conform(table, schema)
+
+
+def validate_canonical(events: pa.Table, source: str) -> pa.Table:
+    """Row checks on a canonical table: required ids, enumerations, prices and quantities."""
+    names = events.column_names
+    if "item_id" not in names:
+        raise DataError(f"{source}: has no 'item_id' column; columns found: {names}.")
+    if "session_id" not in names and "customer_id" not in names:
+        raise DataError(f"{source}: needs a session_id or customer_id column; columns found: {names}.")
+    checks = [("item_id", pc.is_null(events["item_id"]), "a non-empty item id")]
+    group = [events[c] for c in ("session_id", "customer_id") if c in names]
+    checks.append(
+        (
+            "session_id" if "session_id" in names else "customer_id",
+            pc.and_(pc.is_null(group[0]), pc.is_null(group[-1])),
+            "a session id or a customer id",
+        )
+    )
+    for column, allowed in ENUMS.items():
+        if column in names:
+            unknown = pc.and_(
+                pc.is_valid(events[column]), pc.invert(pc.is_in(events[column], value_set=pa.array(allowed)))
+            )
+            checks.append((column, unknown, f"one of {list(allowed)}"))
+    if "event_type" in names:
+        checks.append(("event_type", pc.is_null(events["event_type"]), f"one of {list(EVENT_TYPES)}"))
+    if "price" in names:
+        checks.append(("price", pc.fill_null(pc.less(events["price"], 0), False), "a number >= 0"))
+    if "quantity" in names:
+        checks.append(("quantity", pc.fill_null(pc.less(events["quantity"], 1), False), "an integer >= 1"))
+    for column, bad, expected in checks:
+        if pc.any(bad).as_py():
+            row = int(pc.index(bad, True).as_py())
+            value = events[column][row].as_py()
+            raise DataError(
+                f"{source}, row {row}, column '{column}': got {'an empty value' if value is None else repr(value)}; "
+                f"expected {expected}. Fix the writer of this file ({int(pc.sum(bad).as_py())} row(s) affected)."
+            )
+    return events
+
+
 LOADERS = {
     "diginetica": load_diginetica,
     "yoochoose": load_yoochoose,
@@ -392,6 +476,7 @@ LOADERS = {
     "recbole": load_recbole,
     "csv": load_table,
     "parquet": load_table,
+    "canonical": lambda cfg, book: load_canonical(Path(cfg["path"]), book),
 }
 
 

@@ -43,8 +43,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data.canonical import SPLIT_COLUMN, LoadedData
-from data.errors import ConfigError, DataError, RejectBook
-from data.schema import CHANNELS, DEVICE_TYPES, ENUMS, EVENT_TYPES, REFERRERS, SCHEMA_VERSION
+from data.errors import ConfigError, DataError
+from data.schema import CHANNELS, DEVICE_TYPES, EVENT_TYPES, REFERRERS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -105,33 +105,6 @@ def _enum_codes(column: pa.ChunkedArray | None, values: tuple[str, ...], length:
         return np.zeros(length, np.int8)
     index = pc.index_in(column, value_set=pa.array(values))
     return (index.fill_null(-1).to_numpy(zero_copy_only=False) + 1).astype(np.int8)
-
-
-def validate_events(events: pa.Table, source: str) -> None:
-    """Checks on a canonical table that did not come through a text loader (Parquet shops)."""
-    for column in ("item_id",):
-        if column not in events.column_names:
-            raise DataError(f"{source}: has no '{column}' column; columns found: {events.column_names}.")
-    if "session_id" not in events.column_names and "customer_id" not in events.column_names:
-        raise DataError(
-            f"{source}: needs a session_id or customer_id column; columns found: {events.column_names}."
-        )
-    for column, allowed in ENUMS.items():
-        if column not in events.column_names:
-            continue
-        bad = pc.and_(
-            pc.is_valid(events[column]), pc.invert(pc.is_in(events[column], value_set=pa.array(allowed)))
-        )
-        if pc.any(bad).as_py():
-            row = int(pc.index(bad, True).as_py())
-            raise DataError(
-                f"{source}, row {row}, column '{column}': got {events[column][row].as_py()!r}; expected one of {list(allowed)}."
-            )
-    if "price" in events.column_names and pc.any(pc.less(events["price"], 0)).as_py():
-        row = int(pc.index(pc.less(events["price"], 0), True).as_py())
-        raise DataError(
-            f"{source}, row {row}, column 'price': got {events['price'][row].as_py()}; expected a number >= 0."
-        )
 
 
 @dataclass
@@ -258,10 +231,11 @@ def build_flat(events: pa.Table, cfg: Mapping) -> tuple[Flat, dict]:
 
 
 def _counts(flat: Flat) -> dict:
+    # Codes are dense non-negative integers: counting non-empty bins avoids a sort.
     return {
         "events": int(len(flat)),
-        "items": int(len(np.unique(flat.item))),
-        "sequences": int(len(np.unique(flat.seq))),
+        "items": int(np.count_nonzero(np.bincount(flat.item))) if len(flat) else 0,
+        "sequences": int(np.count_nonzero(np.bincount(flat.seq))) if len(flat) else 0,
     }
 
 
@@ -509,19 +483,28 @@ def item_features(
             pa.array(found), items[column].combine_chunks().take(pa.array(np.maximum(lookup, 0))), None
         )
 
-    for column in ("category_id", "brand"):
+    # Categorical item features: category, brand, and any optional string attribute of the catalogue
+    # (e.g. color, price_tier). Codes follow the sorted values, so they are stable across runs.
+    extra = [
+        f.name
+        for f in (items.schema if items is not None else [])
+        if f.name not in ("item_id", "category_id", "brand", "price")
+        and (pa.types.is_string(f.type) or pa.types.is_boolean(f.type))
+    ]
+    vocab["attributes"] = {}
+    for column in ("category_id", "brand", *extra):
         values = item_column(column).cast(pa.string())
         encoded = pc.dictionary_encode(values)
         uniques = encoded.dictionary.to_numpy(zero_copy_only=False).astype(str)
-        rank = np.append(
-            np.argsort(np.argsort(uniques)), -1
-        )  # codes follow sorted values: stable across runs
+        rank = np.append(np.argsort(np.argsort(uniques)), -1)  # index -1 (unknown) -> rank -1 -> code 0
         raw_codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+        name = column.removesuffix("_id")
         table[column] = values
-        table[column.replace("_id", "") + "_idx"] = (rank[raw_codes] + 1).astype(
-            np.int32
-        )  # -1 (unknown) -> 0
-        vocab[column.replace("_id", "")] = sorted(uniques.tolist())
+        table[f"{name}_idx"] = (rank[raw_codes] + 1).astype(np.int32)
+        if column in extra:
+            vocab["attributes"][name] = ["<unknown>", *sorted(uniques.tolist())]
+        else:
+            vocab[name] = sorted(uniques.tolist())
     price = (
         item_column("price").cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
         if (items is not None and "price" in items.column_names)
@@ -616,6 +599,7 @@ def prepare(
         "categories": ["<unknown>", *item_vocab["category"]],
         "brands": ["<unknown>", *item_vocab["brand"]],
         "price_bucket_edges": item_vocab["price_bucket_edges"],
+        "item_attributes": item_vocab["attributes"],
     }
     (out_dir / "vocab.json").write_text(json.dumps(vocab, indent=1))
     if loaded.rejects.count:
@@ -682,31 +666,13 @@ def _sequence_loyalty(meta: dict, customers: pa.Table | None) -> np.ndarray:
     return codes
 
 
-def load_shop(shop_dir: Path) -> LoadedData:
-    """Read a generated synthetic shop (canonical Parquet) as a `LoadedData`."""
-    events_path = shop_dir / "events.parquet"
-    columns = [c for c in pq.read_schema(events_path).names if c != "event_id"]
-    events = pq.read_table(events_path, columns=columns)
-    validate_events(events, str(events_path))
-    items = pq.read_table(shop_dir / "items.parquet")
-    customers = pq.read_table(shop_dir / "customers.parquet")
-    return LoadedData(
-        events=events,
-        items=items,
-        customers=customers,
-        source_files=[events_path, shop_dir / "items.parquet", shop_dir / "customers.parquet"],
-        rejects=RejectBook(strict=True),
-        notes={"shop_dir": str(shop_dir), "truth_dir": str(shop_dir / "truth")},
-    )
-
-
 def run(cfg) -> dict:
     """Prepare the dataset of a composed `prepare` config; returns `stats.json` content.
 
     Plain function so tests and other stages call it with a composed config; `main` wraps it.
     """
     from data.cli import config_dict
-    from data.loaders import load
+    from data.loaders import load, load_canonical
     from data.synthetic import generate, shop_config, shop_dir_for
 
     data_cfg = config_dict(cfg, "data")
@@ -719,7 +685,8 @@ def run(cfg) -> dict:
         started = time.perf_counter()
         manifest = generate(shop, shop_dir)
         generate_seconds = round(time.perf_counter() - started, 3)
-        loaded = load_shop(shop_dir)
+        loaded = load_canonical(shop_dir)
+        loaded.notes["truth_dir"] = str(shop_dir / "truth")
         extra = {
             "shop": {
                 "dir": str(shop_dir),
@@ -737,7 +704,18 @@ def run(cfg) -> dict:
         else []
     )
     extra["event_type_counts"] = {d["values"]: int(d["counts"]) for d in event_type_counts}
-    return prepare(loaded, data_cfg, artifacts / "data" / name, name=name, extra_stats=extra)
+    out_dir = artifacts / "data" / name
+    stats = prepare(loaded, data_cfg, out_dir, name=name, extra_stats=extra)
+    if data_cfg.get("format") not in ("synthetic", "canonical"):
+        # The source as canonical Parquet, so any later tool (or data.format=canonical) reads one format.
+        canonical = out_dir / "canonical"
+        canonical.mkdir(exist_ok=True)
+        events = loaded.events.drop_columns([c for c in loaded.events.column_names if c.startswith("_")])
+        pq.write_table(events, canonical / "events.parquet")
+        for table_name, table in (("items", loaded.items), ("customers", loaded.customers)):
+            if table is not None:
+                pq.write_table(table, canonical / f"{table_name}.parquet")
+    return stats
 
 
 def format_stats(stats: dict, out_dir: Path) -> str:
