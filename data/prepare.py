@@ -13,9 +13,12 @@ Writes `<artifacts_dir>/data/<data.name>/`:
 
 - `train.parquet`, `val.parquet`, `test.parquet`: one row per sequence with per-step list columns
   (`item_ids`, `event_types`, `timestamps`, `time_gaps`, `hours`, `days_of_week`, `device_types`,
-  `referrers`, `channels`, `regions`, `prices`, `quantities`) and `target_mask`, true at the steps
-  that are targets in that split. Training uses every target of a train row (causal, all positions);
-  a val/test row is the history up to and including its targets, ranked against the full catalogue.
+  `referrers`, `channels`, `regions`, `prices`, `quantities`, `new_session`) and `target_mask`, true
+  at the steps that are targets in that split. Training uses every target of a train row (causal,
+  all positions); a val/test row is the history up to and including its targets, ranked against
+  the full catalogue. At a target step, the context columns (time, device, referrer, region, channel)
+  describe the moment of the request, known at serving time; its item and event type are what is
+  predicted and must not be fed to the model.
 - `items.parquet`: item features by contiguous `item_idx` (1..num_items; 0 is padding).
 - `item_map.parquet`, `sequence_map.parquet`: contiguous ids <-> raw ids, for serving.
 - `vocab.json`: the code of every categorical value (0 = unknown/padding everywhere).
@@ -50,21 +53,8 @@ log = logging.getLogger(__name__)
 
 SPLIT_TYPES = ("leave_last_out", "temporal", "predefined")
 SEQUENCE_KEYS = ("session", "customer")
-STEP_COLUMNS = (
-    "item_ids",
-    "event_types",
-    "timestamps",
-    "time_gaps",
-    "hours",
-    "days_of_week",
-    "device_types",
-    "referrers",
-    "channels",
-    "regions",
-    "prices",
-    "quantities",
-)
 MS_PER_DAY = 86_400_000
+SESSION_GAP_MS = 30 * 60 * 1000
 
 
 def sha256_file(path: Path) -> str:
@@ -122,6 +112,7 @@ class Flat:
     price: np.ndarray  # (E,) float32, NaN unknown
     quantity: np.ndarray  # (E,) int16, 0 unknown
     split: np.ndarray | None  # (E,) int8 predefined split 0/1/2, or None
+    session: np.ndarray  # (E,) int64 session code, -1 when the source has no session id
 
     def take(self, index: np.ndarray) -> Flat:
         return Flat(**{k: (None if v is None else v[index]) for k, v in self.__dict__.items()})
@@ -130,8 +121,10 @@ class Flat:
         return len(self.seq)
 
 
-def sequence_keys(events: pa.Table, key: str, stitch: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-event sequence codes, the raw key of each code, and whether it is a known customer.
+def sequence_keys(
+    events: pa.Table, key: str, stitch: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-event sequence codes, the raw key of each code, whether it is a known customer, session codes.
 
     `customer`: the customer id when known; with `stitch`, an anonymous event takes the customer
     seen elsewhere in its session, else on its device (the shopper logged in later), else the
@@ -147,7 +140,7 @@ def sequence_keys(events: pa.Table, key: str, stitch: bool) -> tuple[np.ndarray,
         raw = np.concatenate(
             [session_values.astype(str), np.char.add("customer:", customer_values.astype(str))]
         ).astype(object)
-        return _compact(codes, raw, np.zeros(len(raw), bool))
+        return (*_compact(codes, raw, np.zeros(len(raw), bool)), session)
     device, device_values = _encode(col("device_id"), E)
     who = customer.copy()
     if stitch:
@@ -171,7 +164,7 @@ def sequence_keys(events: pa.Table, key: str, stitch: bool) -> tuple[np.ndarray,
         ]
     ).astype(object)
     is_customer = np.arange(len(raw)) < U
-    return _compact(codes, raw, is_customer)
+    return (*_compact(codes, raw, is_customer), session)
 
 
 def _compact(codes, raw, is_customer):
@@ -182,7 +175,7 @@ def _compact(codes, raw, is_customer):
 def build_flat(events: pa.Table, cfg: Mapping) -> tuple[Flat, dict]:
     E = events.num_rows
     col = lambda name: events[name] if name in events.column_names else None  # noqa: E731
-    seq, seq_raw, seq_is_customer = sequence_keys(
+    seq, seq_raw, seq_is_customer, session = sequence_keys(
         events, cfg["sequence_key"], bool(cfg.get("stitch_identities", True))
     )
     item, item_values = _encode(events["item_id"], E)
@@ -215,6 +208,7 @@ def build_flat(events: pa.Table, cfg: Mapping) -> tuple[Flat, dict]:
             else np.zeros(E, np.int16)
         ),
         split=split,
+        session=session,
     )
     # Stable order: sequence, then time, then source order (file order is time order without timestamps).
     order = np.lexsort(
@@ -300,6 +294,13 @@ def _row_lists(
     rows = flat.take(index)
     first = np.zeros(len(index), bool)
     first[offsets[:-1][lengths > 0]] = True
+    # A step starts a new session when its session id differs from the previous step's; without
+    # session ids, after a gap of more than SESSION_GAP_MS (the usual 30-minute sessionization).
+    new_session = first.copy()
+    if (rows.session >= 0).any():
+        new_session[1:] |= rows.session[1:] != rows.session[:-1]
+    elif rows.time_ms is not None:
+        new_session[1:] |= (rows.time_ms[1:] - rows.time_ms[:-1]) > SESSION_GAP_MS
     if rows.time_ms is not None:
         gap = np.zeros(len(index), np.int64)
         gap[1:] = (rows.time_ms[1:] - rows.time_ms[:-1]) // 1000
@@ -325,6 +326,7 @@ def _row_lists(
         "regions": rows.region,
         "prices": rows.price,
         "quantities": rows.quantity,
+        "new_session": new_session,
         "target_mask": target[index],
     }
     offsets_array = pa.array(offsets, pa.int32())

@@ -279,3 +279,15 @@ def test_a_missing_mandatory_key_names_it(tmp_path):
         ConfigError, match=r"data\.path must be given \(it is \?\?\? in the config\); add data\.path=<value>"
     ):
         run(compose_config("prepare", ["data=generic", f"artifacts_dir={tmp_path}"]))
+
+
+def test_new_session_marks_session_changes_or_30_minute_gaps(tmp_path):
+    text = "user,session,item,ts\nu,s1,a,0\nu,s1,b,60\nu,s2,a,120\nu,s2,c,180\n"
+    stats, out = prepare_csv(
+        tmp_path / "with", text, "data.columns.session_id=session", "data.columns.event_type=null"
+    )
+    assert rows(out, "test")[0]["new_session"] == [True, False, True, False]
+    # Without session ids: a new session after more than 30 minutes of silence.
+    text = "user,item,ts\nu,a,0\nu,b,1800\nu,a,3601\nu,c,3700\n"
+    stats, out = prepare_csv(tmp_path / "without", text, "data.columns.event_type=null")
+    assert rows(out, "test")[0]["new_session"] == [True, False, True, False]
