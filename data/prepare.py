@@ -65,8 +65,21 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+# Keys of the `data` config group read by training only: they do not change prepared data.
+TRAINING_KEYS = frozenset(
+    {"num_items", "max_seq_len", "batch_size", "eval_batch_size", "past_purchases", "num_workers"}
+)
+
+
+def preparation_config(cfg: Mapping) -> dict:
+    return {k: v for k, v in dict(cfg).items() if k not in TRAINING_KEYS}
+
+
 def config_hash(cfg: Mapping) -> str:
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """Hash of the keys that decide the prepared data (training-only keys left out)."""
+    return hashlib.sha256(
+        json.dumps(preparation_config(cfg), sort_keys=True, default=str).encode()
+    ).hexdigest()[:16]
 
 
 def library_versions() -> dict:
@@ -632,7 +645,7 @@ def prepare(
             else None
         ),
         "config_hash": config_hash(dict(cfg)),
-        "config": dict(cfg),
+        "config": preparation_config(cfg),
         "library_versions": library_versions(),
         **(extra_stats or {}),
     }

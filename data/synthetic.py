@@ -93,7 +93,7 @@ class ShopConfig:
 
     num_events: int = 200_000
     seed: int = 0
-    num_items: int | None = None
+    catalog_size: int | None = None
     num_customers: int | None = None
     num_categories: int = 30
     brands_per_category: int = 6
@@ -120,14 +120,16 @@ class ShopConfig:
         for key in ("intent_shift_prob", "guest_session_prob", "late_login_prob", "store_visit_prob"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"data.{key}={getattr(self, key)}; expected a probability in [0, 1].")
-        num_items = self.num_items or int(np.clip(self.num_events // 40, 3 * self.num_categories, 200_000))
+        catalog_size = self.catalog_size or int(
+            np.clip(self.num_events // 40, 3 * self.num_categories, 200_000)
+        )
         num_customers = self.num_customers or int(np.clip(self.num_events // 60, 50, 2_000_000))
-        if num_items < 3 * self.num_categories:
+        if catalog_size < 3 * self.num_categories:
             raise ConfigError(
-                f"data.num_items={num_items} is below 3 x data.num_categories={3 * self.num_categories}: every "
-                f"category needs an item per price tier. Raise num_items or lower num_categories."
+                f"data.catalog_size={catalog_size} is below 3 x data.num_categories={3 * self.num_categories}: every "
+                f"category needs an item per price tier. Raise catalog_size or lower num_categories."
             )
-        return ShopConfig(**{**asdict(self), "num_items": num_items, "num_customers": num_customers})
+        return ShopConfig(**{**asdict(self), "catalog_size": catalog_size, "num_customers": num_customers})
 
     def fingerprint(self) -> str:
         payload = json.dumps(
@@ -150,7 +152,7 @@ class _World:
 
     def __init__(self, cfg: ShopConfig):
         rng = np.random.default_rng([cfg.seed, 1])
-        C, N, U = cfg.num_categories, cfg.num_items, cfg.num_customers
+        C, N, U = cfg.num_categories, cfg.catalog_size, cfg.num_customers
         self.cfg = cfg
         self.category_names = [
             CATEGORY_NAMES[c] if c < len(CATEGORY_NAMES) else f"category_{c}" for c in range(C)
@@ -562,7 +564,7 @@ def _write_static(world: _World, out: Path) -> None:
     cfg = world.cfg
     items = pa.table(
         {
-            "item_id": _str_ids("i", np.arange(cfg.num_items)),
+            "item_id": _str_ids("i", np.arange(cfg.catalog_size)),
             "category_id": pa.array(np.array(world.category_names, dtype=object)[world.item_category]),
             "brand": pc.binary_join_element_wise(
                 pa.array(np.array(world.category_names, dtype=object)[world.item_category]),
@@ -722,7 +724,7 @@ def generate(cfg: ShopConfig, out: Path) -> dict:
         "counts": {
             "events": written,
             "sessions": sessions_written,
-            "items": cfg.num_items,
+            "items": cfg.catalog_size,
             "customers": cfg.num_customers,
             "devices": int(len(world.device_customer)),
         },

@@ -186,8 +186,8 @@ def test_bad_shop_config_names_the_key():
         ConfigError, match=r"data\.intent_shift_prob=1\.5; expected a probability in \[0, 1\]"
     ):
         ShopConfig(intent_shift_prob=1.5).resolved()
-    with pytest.raises(ConfigError, match=r"data\.num_items=10 is below 3 x data\.num_categories=90"):
-        ShopConfig(num_items=10).resolved()
+    with pytest.raises(ConfigError, match=r"data\.catalog_size=10 is below 3 x data\.num_categories=90"):
+        ShopConfig(catalog_size=10).resolved()
 
 
 def test_prepared_shop_keeps_context_per_step(shop, tmp_path):

@@ -1,0 +1,79 @@
+"""Retrieval losses over (query, target item) pairs (pure torch).
+
+- `full`: softmax cross-entropy over the whole catalogue. Exact; the default when the catalogue fits.
+- `sampled`: sampled softmax with in-batch and popularity negatives and logQ correction
+  (Yi et al., RecSys 2019), for large catalogues.
+- `gbce`: generalized binary cross-entropy with uniform negatives (gSASRec, Petrov & Macdonald,
+  RecSys 2023), which counters the overconfidence of sampled BCE.
+
+Every loss takes queries (M, D) and target ids (M,) of the M target positions of a batch, the item
+tower's embedding function and the logit scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.nn import functional as F
+
+LOSSES = ("full", "sampled", "gbce")
+
+
+def full_softmax(
+    queries: torch.Tensor, targets: torch.Tensor, all_items: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """queries (M, D), targets (M,), all_items (N, D) -> mean CE; padding column 0 never wins."""
+    logits = queries @ all_items.T * scale  # (M, N)
+    logits[:, 0] = float("-inf")
+    return F.cross_entropy(logits, targets)
+
+
+class SampledSoftmax:
+    """In-batch + popularity-sampled negatives with logQ correction.
+
+    Candidates are the batch's targets (in-batch negatives, drawn in proportion to their frequency
+    as targets) and `num_negatives` items drawn from `sampling_probs`. Each logit is corrected by
+    log of its expected count among the candidates, so the loss is an unbiased-in-expectation
+    estimate of full softmax; a candidate equal to the row's own target (an accidental hit) is masked.
+    """
+
+    def __init__(self, target_probs: torch.Tensor, num_negatives: int):
+        self.target_probs = target_probs  # (N,) frequency of each item as a training target
+        self.num_negatives = num_negatives
+
+    def __call__(
+        self, queries: torch.Tensor, targets: torch.Tensor, embed: Callable, scale: float
+    ) -> torch.Tensor:
+        M = targets.shape[0]
+        probs = self.target_probs.to(queries.device)
+        sampled = torch.multinomial(probs, self.num_negatives, replacement=True)  # (S,)
+        candidates = torch.cat([targets, sampled])  # (M + S,)
+        logits = queries @ embed(candidates).T * scale  # (M, M + S)
+        expected = probs[candidates] * (M + self.num_negatives)
+        logits = logits - torch.log(expected.clamp(min=1e-12))
+        hit = candidates.unsqueeze(0) == targets.unsqueeze(1)  # (M, M + S)
+        hit[torch.arange(M), torch.arange(M)] = False
+        logits = logits.masked_fill(hit, float("-inf"))
+        return F.cross_entropy(logits, torch.arange(M, device=queries.device))
+
+
+class GBCE:
+    """gSASRec's generalized BCE: beta-calibrated positive term, `num_negatives` uniform negatives per target."""
+
+    def __init__(self, num_items: int, num_negatives: int, t: float = 0.75):
+        self.num_items = num_items
+        self.num_negatives = num_negatives
+        alpha = num_negatives / max(num_items - 1, 1)
+        self.beta = alpha * (t * (1 - 1 / alpha) + 1 / alpha)
+
+    def __call__(
+        self, queries: torch.Tensor, targets: torch.Tensor, embed: Callable, scale: float
+    ) -> torch.Tensor:
+        M = targets.shape[0]
+        negatives = torch.randint(1, self.num_items + 1, (M, self.num_negatives), device=queries.device)
+        positive = (queries * embed(targets)).sum(-1) * scale  # (M,)
+        negative = torch.einsum("md,mkd->mk", queries, embed(negatives)) * scale  # (M, K)
+        negative = negative.masked_fill(negatives == targets.unsqueeze(1), float("-inf"))
+        # log(sigmoid(s)^beta) = beta * logsigmoid(s); log(1 - sigmoid(s)) = logsigmoid(-s)
+        return -(self.beta * F.logsigmoid(positive) + F.logsigmoid(-negative).sum(-1)).mean()

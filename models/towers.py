@@ -1,0 +1,192 @@
+"""Item tower, per-step embeddings and the three query encoders (pure torch).
+
+Shapes: B batch, T steps (right-padded; position 0 is the oldest step of the window), D embedding
+dim, N items including padding (num_items + 1). Item id 0 is padding everywhere.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ItemTower(nn.Module):
+    """Item embedding = id embedding + sum of content-feature embeddings.
+
+    Content features are integer codes per item (category, brand, price bucket, attributes), held as
+    a buffer of shape (N, F). An item never seen in training (`has_id` false) is embedded from its
+    features alone; `id_dropout` hides the id of random items during training so that path learns
+    to stand on its own.
+
+    Args:
+        num_items: real items (ids 1..num_items).
+        embedding_dim: D.
+        feature_codes: (N, F) int64 codes, 0 = unknown; None for no content features.
+        feature_sizes: vocabulary size of each of the F features.
+        use_id: include the id embedding.
+        id_dropout: probability of dropping an item's id embedding in training.
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        embedding_dim: int,
+        feature_codes: torch.Tensor | None,
+        feature_sizes: list[int],
+        use_id: bool = True,
+        id_dropout: float = 0.0,
+    ):
+        super().__init__()
+        if not use_id and feature_codes is None:
+            raise ValueError("ItemTower needs the id embedding or content features (or both).")
+        self.num_items = num_items
+        self.use_id = use_id
+        self.id_dropout = id_dropout
+        self.id_embedding = nn.Embedding(num_items + 1, embedding_dim, padding_idx=0) if use_id else None
+        if feature_codes is not None:
+            assert feature_codes.shape == (num_items + 1, len(feature_sizes))
+            self.register_buffer("feature_codes", feature_codes.long(), persistent=True)
+            self.feature_embeddings = nn.ModuleList(
+                nn.Embedding(size, embedding_dim, padding_idx=0) for size in feature_sizes
+            )
+        else:
+            self.feature_codes = None
+            self.feature_embeddings = nn.ModuleList()
+        # Items with a trained id embedding; cold items (0 training events) use features only.
+        self.register_buffer("has_id", torch.ones(num_items + 1, dtype=torch.bool), persistent=True)
+        self.has_id[0] = False
+        for embedding in [self.id_embedding, *self.feature_embeddings]:
+            if embedding is not None:
+                nn.init.normal_(embedding.weight, std=0.05)
+                with torch.no_grad():
+                    embedding.weight[0].zero_()
+
+    def set_cold_items(self, train_counts: torch.Tensor) -> None:
+        """Mark items with no training events (train_counts: (N,)) as cold: features only."""
+        self.has_id.copy_(train_counts > 0)
+        self.has_id[0] = False
+
+    def forward(self, item_ids: torch.Tensor) -> torch.Tensor:
+        """(...,) int64 item ids -> (..., D) embeddings; padding id 0 -> zeros."""
+        out = 0
+        if self.id_embedding is not None:
+            keep = self.has_id[item_ids]
+            if self.training and self.id_dropout > 0:
+                keep = keep & (torch.rand(item_ids.shape, device=item_ids.device) >= self.id_dropout)
+            out = self.id_embedding(item_ids) * keep.unsqueeze(-1)
+        if self.feature_codes is not None:
+            codes = self.feature_codes[item_ids]  # (..., F)
+            for index, embedding in enumerate(self.feature_embeddings):
+                out = out + embedding(codes[..., index])
+        return out
+
+    def all_items(self) -> torch.Tensor:
+        """(N, D) embeddings of every item; row 0 (padding) is zero."""
+        ids = torch.arange(self.num_items + 1, device=self.has_id.device)
+        return self.forward(ids)
+
+
+class StepEmbedding(nn.Module):
+    """One step of the sequence = item + event type + time-gap bucket + channel + new-session flag."""
+
+    def __init__(self, embedding_dim: int, num_event_types: int, num_gap_buckets: int, num_channels: int):
+        super().__init__()
+        self.event_type = nn.Embedding(num_event_types, embedding_dim, padding_idx=0)
+        self.gap = nn.Embedding(num_gap_buckets, embedding_dim, padding_idx=0)
+        self.channel = nn.Embedding(num_channels, embedding_dim, padding_idx=0)
+        self.new_session = nn.Embedding(2, embedding_dim)
+        for embedding in (self.event_type, self.gap, self.channel, self.new_session):
+            nn.init.normal_(embedding.weight, std=0.02)
+
+    def forward(self, batch: dict[str, torch.Tensor], item_embeddings: torch.Tensor) -> torch.Tensor:
+        """Batch tensors of shape (B, T) and their item embeddings (B, T, D) -> (B, T, D); pads -> 0."""
+        mask = (batch["item_ids"] > 0).unsqueeze(-1)
+        x = (
+            item_embeddings
+            + self.event_type(batch["event_types"])
+            + self.gap(batch["gap_buckets"])
+            + self.channel(batch["channels"])
+            + self.new_session(batch["new_session"].long())
+        )
+        return x * mask
+
+
+class MeanEncoder(nn.Module):
+    """YouTube-DNN style: the mean of the steps so far (causal cumulative mean), then an MLP."""
+
+    def __init__(self, embedding_dim: int, dropout: float, **_):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(embedding_dim, embedding_dim),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(embedding_dim, embedding_dim),
+        )
+
+    def forward(self, steps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """steps (B, T, D), mask (B, T) bool -> states (B, T, D); state t sees steps <= t only."""
+        total = torch.cumsum(steps * mask.unsqueeze(-1), dim=1)
+        count = torch.cumsum(mask, dim=1).clamp(min=1).unsqueeze(-1)
+        mean = total / count
+        return mean + self.mlp(mean)
+
+
+class GRUEncoder(nn.Module):
+    """GRU4Rec style: a GRU over the steps. Right padding keeps pads after every real step."""
+
+    def __init__(self, embedding_dim: int, num_layers: int, dropout: float, **_):
+        super().__init__()
+        self.gru = nn.GRU(
+            embedding_dim,
+            embedding_dim,
+            num_layers=num_layers,
+            batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, steps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        states, _ = self.gru(self.dropout(steps))
+        return states
+
+
+class TransformerEncoder(nn.Module):
+    """SASRec style: learned positions + pre-norm transformer blocks with a causal mask."""
+
+    def __init__(
+        self, embedding_dim: int, num_layers: int, num_heads: int, dropout: float, max_seq_len: int, **_
+    ):
+        super().__init__()
+        self.position = nn.Embedding(max_seq_len, embedding_dim)
+        nn.init.normal_(self.position.weight, std=0.02)
+        layer = nn.TransformerEncoderLayer(
+            embedding_dim,
+            num_heads,
+            dim_feedforward=4 * embedding_dim,
+            dropout=dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.blocks = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(embedding_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.max_seq_len = max_seq_len
+
+    def forward(self, steps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        T = steps.shape[1]
+        if T > self.max_seq_len:
+            raise ValueError(
+                f"sequence of {T} steps is longer than model.max_seq_len={self.max_seq_len}; keep the most recent steps."
+            )
+        positions = torch.arange(T, device=steps.device)
+        x = self.dropout(steps + self.position(positions))
+        causal = torch.triu(torch.ones(T, T, dtype=torch.bool, device=steps.device), diagonal=1)
+        # Only future steps are masked, never padding keys: with right padding a real step never
+        # attends to a pad (pads come later), and pad queries still have real keys, so no row of the
+        # attention is fully masked.
+        x = self.blocks(x, mask=causal)
+        return self.norm(x)
+
+
+ENCODERS = {"mean": MeanEncoder, "gru": GRUEncoder, "transformer": TransformerEncoder}

@@ -1,0 +1,140 @@
+"""The sequence-aware two-tower model: query tower over events + context, item tower over id + content.
+
+    query (B, D) = fuse(encoder(step embeddings of recent events), context of now)
+    item  (N, D) = id embedding + content embeddings
+    score (B, N) = query . item          (similarity=dot)
+                 = cos(query, item) / t   (similarity=cosine)
+
+Training, export and the FAISS index read the same `similarity`, so what is trained is what is served.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from models.context import ContextEmbedding, ContextFusion
+from models.towers import ENCODERS, ItemTower, StepEmbedding
+
+# 1-based event-type codes (data.schema.EVENT_TYPES order) that count as purchases.
+PURCHASE_EVENT_CODES = (4, 7)  # purchase, store_purchase
+SIMILARITIES = ("dot", "cosine")
+ITEM_FEATURES = ("id", "content", "id+content")
+
+
+@dataclass
+class TwoTowerConfig:
+    """Model hyper-parameters (`conf/model/*.yaml` documents each)."""
+
+    encoder: str = "transformer"
+    embedding_dim: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    dropout: float = 0.2
+    max_seq_len: int = 50
+    context: str = "concat"
+    item_features: str = "id+content"
+    id_dropout: float = 0.1
+    similarity: str = "dot"
+    temperature: float = 0.05
+
+    def __post_init__(self):
+        for key, allowed in (
+            ("encoder", tuple(ENCODERS)),
+            ("similarity", SIMILARITIES),
+            ("item_features", ITEM_FEATURES),
+        ):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"model.{key}={getattr(self, key)!r}; expected one of {list(allowed)}.")
+        if self.embedding_dim % self.num_heads:
+            raise ValueError(
+                f"model.embedding_dim={self.embedding_dim} must be divisible by model.num_heads={self.num_heads}."
+            )
+
+
+@dataclass
+class Vocabulary:
+    """Sizes the model's embedding tables need, read from the prepared data."""
+
+    num_items: int
+    num_event_types: int
+    num_gap_buckets: int
+    num_channels: int
+    context_sizes: dict[str, int]
+    feature_sizes: list[int]
+
+
+class TwoTower(nn.Module):
+    """Query tower + item tower. Batch tensors are right-padded (B, T); see `training.datamodule`."""
+
+    def __init__(self, cfg: TwoTowerConfig, vocab: Vocabulary, feature_codes: torch.Tensor | None):
+        super().__init__()
+        self.cfg = cfg
+        use_content = (
+            cfg.item_features in ("content", "id+content")
+            and feature_codes is not None
+            and feature_codes.shape[1] > 0
+        )
+        self.item_tower = ItemTower(
+            vocab.num_items,
+            cfg.embedding_dim,
+            feature_codes if use_content else None,
+            vocab.feature_sizes if use_content else [],
+            use_id=cfg.item_features != "content",
+            id_dropout=cfg.id_dropout,
+        )
+        self.steps = StepEmbedding(
+            cfg.embedding_dim, vocab.num_event_types, vocab.num_gap_buckets, vocab.num_channels
+        )
+        self.encoder = ENCODERS[cfg.encoder](
+            embedding_dim=cfg.embedding_dim,
+            num_layers=cfg.num_layers,
+            num_heads=cfg.num_heads,
+            dropout=cfg.dropout,
+            max_seq_len=cfg.max_seq_len,
+        )
+        self.context = (
+            ContextEmbedding(cfg.embedding_dim, vocab.context_sizes) if cfg.context != "none" else None
+        )
+        self.fusion = ContextFusion(cfg.context, cfg.embedding_dim, cfg.dropout)
+
+    def purchase_summary(self, batch: dict[str, torch.Tensor], step_items: torch.Tensor) -> torch.Tensor:
+        """Mean embedding of purchases before the window and in it up to each step: (B, T, D)."""
+        past_ids = batch["past_purchase_ids"]  # (B, P), 0 = none
+        past = self.item_tower(past_ids).sum(dim=1, keepdim=True)  # (B, 1, D)
+        past_count = (past_ids > 0).sum(dim=1, keepdim=True).unsqueeze(-1)  # (B, 1, 1)
+        bought = torch.zeros_like(batch["event_types"], dtype=torch.bool)
+        for code in PURCHASE_EVENT_CODES:
+            bought |= batch["event_types"] == code
+        running = torch.cumsum(step_items * bought.unsqueeze(-1), dim=1)  # (B, T, D)
+        count = torch.cumsum(bought, dim=1).unsqueeze(-1) + past_count
+        return (past + running) / count.clamp(min=1)
+
+    def query_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Queries at every position (B, T, D): position t predicts the step after t."""
+        mask = batch["item_ids"] > 0
+        step_items = self.item_tower(batch["item_ids"])  # (B, T, D)
+        states = self.encoder(self.steps(batch, step_items), mask)  # (B, T, D)
+        context = None
+        if self.context is not None:
+            context = self.context(batch, self.purchase_summary(batch, step_items))
+        queries = self.fusion(states, context)
+        return F.normalize(queries, dim=-1) if self.cfg.similarity == "cosine" else queries
+
+    def query(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The query of each sequence's last real step: (B, D)."""
+        states = self.query_states(batch)
+        last = (batch["item_ids"] > 0).sum(dim=1).clamp(min=1) - 1  # (B,)
+        return states[torch.arange(states.shape[0], device=states.device), last]
+
+    def item_embeddings(self, item_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Item-side vectors (N, D) for all items, or (..., D) for the given ids; normalized for cosine."""
+        items = self.item_tower.all_items() if item_ids is None else self.item_tower(item_ids)
+        return F.normalize(items, dim=-1) if self.cfg.similarity == "cosine" else items
+
+    def logit_scale(self) -> float:
+        """Multiply query . item by this to get logits (1/temperature for cosine)."""
+        return 1.0 / self.cfg.temperature if self.cfg.similarity == "cosine" else 1.0

@@ -1,0 +1,182 @@
+"""Real (tiny, seeded) Lightning training of every variant, evaluation, resume, DDP and config errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra.errors import MissingConfigException
+
+from data.errors import ConfigError
+from tests.conftest import REPO_ROOT, compose_config
+from training.evaluate import evaluate
+from training.train import train
+
+FAST = ["debug=fast", "data.num_events=20000"]
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    """One prepared tiny shop shared by the tests of this module."""
+    return tmp_path_factory.mktemp("artifacts")
+
+
+def run(artifacts, run_dir, *overrides, config="train"):
+    cfg = compose_config(config, [*FAST, f"artifacts_dir={artifacts}", f"run_dir={run_dir}", *overrides])
+    return (train if config == "train" else evaluate)(cfg)
+
+
+VARIANTS = [
+    "transformer",
+    "transformer_no_context",
+    "transformer_latent_cross",
+    "transformer_id_only",
+    "transformer_cosine",
+    "gru",
+    "mean_pool",
+    "popularity",
+    "cooccurrence",
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_trains_and_evaluates_by_full_ranking(artifacts, tmp_path, variant):
+    metrics = run(artifacts, tmp_path, f"model={variant}")
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    for key in (
+        "test/ndcg@10",
+        "test/hr@10",
+        "test/mrr@10",
+        "val/ndcg@10",
+        "test/intent_shift/ndcg@10",
+        "test/coverage@10",
+    ):
+        assert key in on_disk, key
+        assert 0.0 <= on_disk[key] <= 1.0
+    assert on_disk["test/count"] > 100 and on_disk["info"]["model"] == variant
+    assert metrics["test/hr@100"] >= metrics["test/hr@10"] >= metrics["test/hr@5"]
+    if variant not in ("popularity", "cooccurrence"):
+        assert (tmp_path / "checkpoints" / "best.ckpt").is_file() and (
+            tmp_path / "checkpoints" / "last.ckpt"
+        ).is_file()
+    assert (tmp_path / "metrics.md").read_text().startswith(f"# {variant} on synthetic")
+
+
+@pytest.mark.parametrize("loss", ["full", "sampled", "gbce"])
+def test_each_loss_trains(artifacts, tmp_path, loss):
+    metrics = run(artifacts, tmp_path, f"loss.name={loss}", "loss.num_negatives=32")
+    info = json.loads((tmp_path / "metrics.json").read_text())["info"]
+    assert info["loss"] == loss and metrics["test/count"] > 0
+
+
+def test_a_saved_checkpoint_evaluates_to_the_same_metrics_after_reload(artifacts, tmp_path):
+    trained = run(artifacts, tmp_path / "train")
+    reloaded = run(
+        artifacts,
+        tmp_path / "eval",
+        f"ckpt_path={tmp_path / 'train' / 'checkpoints' / 'best.ckpt'}",
+        config="evaluate",
+    )
+    for key in ("test/ndcg@10", "test/hr@20", "val/mrr@10", "test/intent_shift/ndcg@10"):
+        assert reloaded[key] == pytest.approx(trained[key], abs=1e-9), key
+
+
+def test_resuming_continues_training_from_the_last_checkpoint(artifacts, tmp_path):
+    run(artifacts, tmp_path / "first", "trainer.max_epochs=1")
+    first = json.loads((tmp_path / "first" / "metrics.json").read_text())["info"]
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    run(artifacts, tmp_path / "resumed", f"ckpt_path={last}", "trainer.max_epochs=2")
+    resumed = json.loads((tmp_path / "resumed" / "metrics.json").read_text())["info"]
+    assert first["global_step"] == 5
+    assert resumed["global_step"] == 10  # 5 steps restored + 5 new ones, not 10 from scratch... nor 5
+    state = torch.load(
+        tmp_path / "resumed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    assert state["epoch"] == 1 and state["global_step"] == 10
+
+
+def test_exclude_seen_changes_the_protocol_not_the_model(artifacts, tmp_path):
+    trained = run(artifacts, tmp_path / "train")
+    ckpt = tmp_path / "train" / "checkpoints" / "best.ckpt"
+    excluded = run(
+        artifacts, tmp_path / "eval", f"ckpt_path={ckpt}", "evaluate.exclude_seen=true", config="evaluate"
+    )
+    assert excluded["test/count"] == trained["test/count"]
+    assert excluded["test/ndcg@10"] != pytest.approx(trained["test/ndcg@10"])
+
+
+def test_unknown_variant_lists_the_available_ones():
+    with pytest.raises(MissingConfigException, match=r"Could not find 'model/lstm'"):
+        compose_config("train", ["model=lstm"])
+
+
+def test_num_items_mismatch_with_the_prepared_data_names_the_key(artifacts, tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"data\.num_items=7 but .*stats\.json says \d+; fix data\.num_items"
+    ):
+        run(artifacts, tmp_path, "data.num_items=7")
+
+
+def test_a_metric_k_larger_than_the_catalogue_names_the_key(artifacts, tmp_path):
+    with pytest.raises(
+        ConfigError,
+        match=r"evaluate\.ks contains 100000, larger than the catalogue \(\d+ items in synthetic\)",
+    ):
+        run(artifacts, tmp_path, "evaluate.ks=[10,100000]")
+
+
+def test_a_checkpoint_refuses_data_it_was_not_trained_on(artifacts, tmp_path):
+    run(artifacts, tmp_path / "train")
+    ckpt = tmp_path / "train" / "checkpoints" / "best.ckpt"
+    with pytest.raises(
+        ConfigError,
+        match=r"was trained on synthetic with num_items=\d+ .* evaluate with the data config it was trained on",
+    ):
+        run(
+            artifacts / "other",
+            tmp_path / "eval",
+            f"ckpt_path={ckpt}",
+            "data.num_events=30000",
+            config="evaluate",
+        )
+
+
+def test_trainer_gpu_without_a_gpu_is_a_clear_error(artifacts, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: trainer=gpu is valid here")
+    with pytest.raises(ConfigError, match=r"trainer=gpu but no CUDA GPU is visible"):
+        run(artifacts, tmp_path, "trainer=gpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+def test_trainer_gpu_trains_in_bf16_on_the_gpu(artifacts, tmp_path):
+    metrics = run(artifacts, tmp_path, "trainer=gpu")
+    assert metrics["test/count"] > 0
+
+
+@pytest.mark.slow
+def test_ddp_trains_with_two_cpu_processes_over_gloo(artifacts, tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.train",
+            "trainer=ddp",
+            *FAST,
+            f"artifacts_dir={artifacts}",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "distributed_backend=gloo" in result.stderr + result.stdout
+    assert "All distributed processes registered. Starting with 2 processes" in result.stderr + result.stdout
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["test/count"] > 100  # every example counted once across the two ranks

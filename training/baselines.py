@@ -1,0 +1,80 @@
+"""Baselines as scorers of the same pipeline: same data, same examples, same metrics as the models.
+
+- `popularity`: items ranked by their number of training events, the same for everyone.
+- `cooccurrence`: sequential item-to-item co-occurrence (a neighbourhood / sequential-rules model):
+  C[i, j] counts j following i within `window` steps of a training sequence, weighted 1 / distance;
+  a query scores sum_h w_h C[h, :] over its last `history` items h with recency weights
+  w = decay^age. A popularity term of at most 1e-6 breaks ties among items co-occurrence cannot
+  tell apart.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from training.datamodule import Split
+
+BASELINES = ("popularity", "cooccurrence")
+
+
+class Popularity:
+    def __init__(self, train_counts: np.ndarray, **_):
+        self.scores = torch.as_tensor(np.asarray(train_counts, dtype=np.float64))
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.scores.unsqueeze(0).expand(batch["item_ids"].shape[0], -1).clone()
+
+
+class CoOccurrence:
+    def __init__(
+        self,
+        train_counts: np.ndarray,
+        train: Split,
+        window: int = 3,
+        history: int = 5,
+        decay: float = 0.8,
+        **_,
+    ):
+        n = len(train_counts)
+        items = train.steps["item_ids"].astype(np.int64)
+        row = train.row_of_step
+        rows, cols, weights = [], [], []
+        for distance in range(1, window + 1):  # a handful of shifted copies, vectorised over all steps
+            same = (row[:-distance] == row[distance:]) & (items[:-distance] > 0) & (items[distance:] > 0)
+            rows.append(items[:-distance][same])
+            cols.append(items[distance:][same])
+            weights.append(np.full(int(same.sum()), 1.0 / distance))
+        self.matrix = sp.csr_matrix(
+            (np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
+        )
+        self.matrix.sum_duplicates()
+        self.popularity = (
+            np.asarray(train_counts, dtype=np.float64) / max(float(np.max(train_counts)), 1.0) * 1e-6
+        )
+        self.history, self.decay = history, decay
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        item_ids = batch["item_ids"].numpy()
+        lengths = (item_ids > 0).sum(axis=1)
+        B = len(item_ids)
+        age = np.arange(self.history)[None, :]  # 0 = most recent
+        position = lengths[:, None] - 1 - age
+        valid = position >= 0
+        recent = np.where(valid, item_ids[np.arange(B)[:, None], np.clip(position, 0, None)], 0)
+        weight = np.where(valid & (recent > 0), self.decay**age, 0.0)
+        query = sp.csr_matrix(
+            (weight.ravel(), (np.repeat(np.arange(B), self.history), recent.ravel())),
+            shape=(B, self.matrix.shape[0]),
+        )
+        scores = np.asarray((query @ self.matrix).todense()) + self.popularity[None, :]
+        return torch.from_numpy(scores)
+
+
+def make_baseline(name: str, train_counts: np.ndarray, train: Split, params: dict):
+    if name == "popularity":
+        return Popularity(train_counts)
+    if name == "cooccurrence":
+        return CoOccurrence(train_counts, train, **params)
+    raise ValueError(f"model.baseline={name!r}; expected one of {list(BASELINES)}.")

@@ -1,0 +1,165 @@
+"""Leaderboard of runs: mean ± std over seeds per (dataset, variant), as markdown, CSV and a plot.
+
+    python -m training.train -m model=transformer,transformer_no_context,mean_pool,popularity,cooccurrence seed=0,1,2
+    python -m training.compare artifacts/multiruns/<time>            # every metrics.json below it
+    python -m training.compare run_a run_b ... --out artifacts/compare/mine --metric test/ndcg@10
+
+Writes `leaderboard.md`, `leaderboard.csv` and `leaderboard.png` (NDCG@K and Recall@K = HR@K per
+variant) into `--out` (default: `<first run folder>/compare`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+COLUMNS = (
+    "test/ndcg@10",
+    "test/hr@10",
+    "test/mrr@10",
+    "test/ndcg@20",
+    "test/hr@20",
+    "test/intent_shift/ndcg@10",
+    "test/cold/hr@10",
+    "test/coverage@10",
+    "val/ndcg@10",
+)
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    runs = []
+    for path in paths:
+        if (path / "metrics.json").is_file():
+            runs.append(path)
+        elif path.is_dir():
+            runs.extend(sorted(p.parent for p in path.rglob("metrics.json")))
+        else:
+            raise SystemExit(
+                f"error: {path} is neither a run folder (with metrics.json) nor a folder of runs."
+            )
+    if not runs:
+        raise SystemExit(
+            f"error: no metrics.json under {', '.join(map(str, paths))}; train first (python -m training.train ...)."
+        )
+    return runs
+
+
+def aggregate(runs: list[Path]) -> dict[tuple[str, str], dict]:
+    """(data, model) -> {metric: (mean, std, n)}, plus the seeds seen."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for run in runs:
+        metrics = json.loads((run / "metrics.json").read_text())
+        info = metrics.pop("info", {})
+        groups[(info.get("data", "?"), info.get("model", run.name))].append(
+            {**metrics, "_seed": info.get("seed")}
+        )
+    table = {}
+    for key, items in groups.items():
+        metrics = {}
+        for name in sorted({m for item in items for m in item if not m.startswith("_")}):
+            values = np.array([item[name] for item in items if name in item], dtype=float)
+            metrics[name] = (
+                float(values.mean()),
+                float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                len(values),
+            )
+        table[key] = {"metrics": metrics, "seeds": sorted(str(item["_seed"]) for item in items)}
+    return table
+
+
+def _cell(stat) -> str:
+    if stat is None:
+        return "—"
+    mean, std, n = stat
+    return f"{mean:.4f} ± {std:.4f}" if n > 1 else f"{mean:.4f}"
+
+
+def write_leaderboard(table: dict, out: Path, metric: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    columns = [c for c in COLUMNS if any(c in v["metrics"] for v in table.values())]
+    lines = []
+    for data in sorted({d for d, _ in table}):
+        rows = sorted(
+            ((m, v) for (d, m), v in table.items() if d == data),
+            key=lambda mv: -mv[1]["metrics"].get(metric, (-math.inf,))[0],
+        )
+        lines += [
+            f"## {data} (sorted by {metric}; mean ± std over seeds)",
+            "",
+            "| variant | seeds | " + " | ".join(columns) + " |",
+            "|---" * (len(columns) + 2) + "|",
+        ]
+        for model, value in rows:
+            cells = " | ".join(_cell(value["metrics"].get(c)) for c in columns)
+            lines.append(f"| {model} | {len(value['seeds'])} | {cells} |")
+        lines.append("")
+    (out / "leaderboard.md").write_text("\n".join(lines))
+    with open(out / "leaderboard.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        names = sorted({m for v in table.values() for m in v["metrics"]})
+        writer.writerow(["data", "variant", "seeds"] + [f"{n} {s}" for n in names for s in ("mean", "std")])
+        for (data, model), value in sorted(table.items()):
+            row = [data, model, len(value["seeds"])]
+            for n in names:
+                mean, std, _ = value["metrics"].get(n, (float("nan"), float("nan"), 0))
+                row += [f"{mean:.6f}", f"{std:.6f}"]
+            writer.writerow(row)
+    _plot(table, out / "leaderboard.png")
+
+
+def _plot(table: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({d for d, _ in table})
+    figure, axes = plt.subplots(len(datasets), 2, figsize=(11, 3.8 * len(datasets)), squeeze=False)
+    for row, data in enumerate(datasets):
+        for column, (metric, label) in enumerate((("ndcg", "NDCG@K"), ("hr", "Recall@K (= HR@K)"))):
+            axis = axes[row, column]
+            for (d, model), value in sorted(table.items()):
+                if d != data:
+                    continue
+                ks = sorted(int(k.split("@")[1]) for k in value["metrics"] if k.startswith(f"test/{metric}@"))
+                means = np.array([value["metrics"][f"test/{metric}@{k}"][0] for k in ks])
+                stds = np.array([value["metrics"][f"test/{metric}@{k}"][1] for k in ks])
+                axis.errorbar(ks, means, yerr=stds, marker="o", capsize=3, label=model)
+            axis.set_xscale("log")
+            axis.set_xlabel("K")
+            axis.set_title(f"{data}: test {label}")
+            axis.grid(alpha=0.3)
+            axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "runs", nargs="+", type=Path, help="run folders, or folders containing runs (multirun folders)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: <first path>/compare)"
+    )
+    parser.add_argument("--metric", default="test/ndcg@10", help="metric that orders the leaderboard")
+    args = parser.parse_args(argv)
+    runs = find_runs(args.runs)
+    table = aggregate(runs)
+    out = args.out or (args.runs[0] / "compare")
+    write_leaderboard(table, out, args.metric)
+    print((out / "leaderboard.md").read_text())
+    print(f"{len(runs)} runs -> {out}/leaderboard.md, leaderboard.csv, leaderboard.png", file=sys.stderr)
+    return out
+
+
+if __name__ == "__main__":
+    main()

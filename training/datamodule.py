@@ -1,0 +1,386 @@
+"""From prepared splits to padded tensors: training windows and evaluation examples.
+
+Every array is built once, vectorised, at setup; a batch is a fancy-index into them (no per-example
+Python in the loop). Layout (right-padded, T = max_seq_len):
+
+- inputs (B, T): `item_ids`, `event_types`, `gap_buckets`, `channels`, `new_session` of the steps
+  the model reads; position 0 is the oldest step of the window.
+- context (B, T): `ctx_*` of the step being predicted at each position (its device, hour, day of
+  week, referrer, region and the time-gap bucket since the previous step), known at request time.
+- `loyalty` (B,), `past_purchase_ids` (B, P): purchases of the sequence before the window.
+- training: `targets` (B, T), the item predicted at each position (0 = not a target).
+- evaluation: `target` (B,), the item after the last input step, plus slice labels.
+
+Training windows cover every target of every train row: a row of L steps gives ceil((L - 1) / T)
+windows ending at L - 1, L - 1 - T, ...
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytorch_lightning as pl
+import torch
+
+from data.features import NUM_GAP_BUCKETS, time_gap_buckets
+from models.two_tower import PURCHASE_EVENT_CODES, Vocabulary
+
+log = logging.getLogger(__name__)
+
+STEP_INPUTS = ("item_ids", "event_types", "channels", "new_session")
+CONTEXT_COLUMNS = {  # batch name -> prepared step column
+    "ctx_device_types": "device_types",
+    "ctx_hours": "hours",
+    "ctx_days_of_week": "days_of_week",
+    "ctx_referrers": "referrers",
+    "ctx_regions": "regions",
+}
+DEVICE_NAMES = ("unknown", "desktop", "mobile", "tablet")
+
+
+@dataclass
+class Split:
+    """A prepared split as flat step arrays plus row offsets."""
+
+    offsets: np.ndarray  # (R + 1,) int64
+    steps: dict[str, np.ndarray]  # name -> (S,) flat values
+    customer_known: np.ndarray  # (R,) bool
+    loyalty: np.ndarray  # (R,) int8
+
+    @property
+    def row_of_step(self) -> np.ndarray:
+        return np.repeat(np.arange(len(self.offsets) - 1), np.diff(self.offsets))
+
+
+def read_split(path: Path) -> Split:
+    table = pq.read_table(path)
+    first = table["item_ids"].combine_chunks()
+    offsets = first.offsets.to_numpy().astype(np.int64)
+    steps = {}
+    for name in table.column_names:
+        if pa.types.is_list(table.schema.field(name).type):
+            column = table[name].combine_chunks()
+            steps[name] = pc.list_flatten(column).to_numpy(zero_copy_only=False)
+    steps["gap_buckets"] = time_gap_buckets(steps["time_gaps"])
+    return Split(
+        offsets=offsets - offsets[0],
+        steps=steps,
+        customer_known=table["customer_known"].to_numpy(),
+        loyalty=table["loyalty"].to_numpy().astype(np.int64),
+    )
+
+
+def _gather(values: np.ndarray, index: np.ndarray, valid: np.ndarray, fill=0) -> np.ndarray:
+    return np.where(valid, values[np.clip(index, 0, len(values) - 1)], fill)
+
+
+def _past_purchases(split: Split, row: np.ndarray, window_start: np.ndarray, count: int) -> np.ndarray:
+    """(W, count) ids of the last `count` purchases of each row before its window start (0 = none)."""
+    bought = np.flatnonzero(np.isin(split.steps["event_types"], PURCHASE_EVENT_CODES))
+    before = np.searchsorted(bought, window_start)  # purchases (globally) before the window
+    row_first = np.searchsorted(bought, split.offsets[row])  # first purchase of the row
+    index = before[:, None] - count + np.arange(count)[None, :]
+    valid = index >= row_first[:, None]
+    return _gather(
+        split.steps["item_ids"][bought] if len(bought) else np.zeros(1, np.int32),
+        index,
+        valid & (len(bought) > 0),
+    )
+
+
+def _inputs(
+    split: Split, row: np.ndarray, start: np.ndarray, length: np.ndarray, T: int, past: int
+) -> dict[str, np.ndarray]:
+    """Padded inputs and next-step context for windows [start, start + length) of the flat arrays."""
+    position = np.arange(T)[None, :]
+    index = start[:, None] + position  # (W, T) flat step index
+    valid = position < length[:, None]
+    batch = {name: _gather(split.steps[name], index, valid) for name in STEP_INPUTS}
+    batch["gap_buckets"] = _gather(split.steps["gap_buckets"], index, valid)
+    # Context at each position is the one of the step it predicts (index + 1).
+    for name, column in CONTEXT_COLUMNS.items():
+        batch[name] = _gather(split.steps[column], index + 1, valid)
+    batch["ctx_gap_buckets"] = _gather(split.steps["gap_buckets"], index + 1, valid)
+    batch["loyalty"] = split.loyalty[row]
+    batch["past_purchase_ids"] = _past_purchases(split, row, start, past)
+    return batch
+
+
+def training_windows(split: Split, T: int, past: int) -> dict[str, np.ndarray]:
+    """Windows over every train row, with `targets` (W, T) at the positions whose next step is a target."""
+    lengths = np.diff(split.offsets)
+    slots = np.maximum(lengths - 1, 0)  # steps that can be predicted (all but the first)
+    per_row = -(-slots // T)  # ceil
+    row = np.repeat(np.arange(len(lengths)), per_row)
+    k = np.arange(per_row.sum()) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+    last_slot = slots[row] - k * T  # last predicted step of the window, relative to the row start
+    first_input = np.maximum(0, last_slot - T)
+    length = last_slot - first_input
+    start = split.offsets[row] + first_input
+    batch = _inputs(split, row, start, length, T, past)
+    index = start[:, None] + np.arange(T)[None, :] + 1
+    valid = np.arange(T)[None, :] < length[:, None]
+    is_target = _gather(split.steps["target_mask"], index, valid, False).astype(bool)
+    batch["targets"] = np.where(is_target, _gather(split.steps["item_ids"], index, valid), 0)
+    keep = batch["targets"].any(axis=1)
+    return {name: values[keep] for name, values in batch.items()}
+
+
+def evaluation_examples(
+    split: Split,
+    T: int,
+    past: int,
+    item_categories: np.ndarray,
+    train_counts: np.ndarray,
+    rare_max_count: int,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """One example per target step of val/test rows: inputs, slice masks, and each example's history.
+
+    Returns (batch arrays, slices {name: (E,) bool}, seen {"offsets": (E+1,), "items": (H,)}) where seen
+    lists every item of the row before the target (for `exclude_seen`).
+    """
+    targets = np.flatnonzero(split.steps["target_mask"])
+    row = split.row_of_step[targets]
+    position = targets - split.offsets[row]
+    keep = position >= 1
+    targets, row, position = targets[keep], row[keep], position[keep]
+    first_input = np.maximum(0, position - T)
+    start = split.offsets[row] + first_input
+    batch = _inputs(split, row, start, position - first_input, T, past)
+    # _inputs puts the context of step start + length at the last position + 1; the query reads the
+    # last real position, whose "next step" is the target: same arrays, nothing more to shift.
+    batch["target"] = split.steps["item_ids"][targets]
+    item_ids = split.steps["item_ids"]
+    device = split.steps["device_types"][targets]
+    slices = {"all": np.ones(len(targets), bool)}
+    slices["intent_shift"] = _intent_shift(split, targets, item_categories)
+    slices["cold"] = train_counts[batch["target"]] == 0
+    slices["rare"] = (train_counts[batch["target"]] > 0) & (train_counts[batch["target"]] <= rare_max_count)
+    for code, name in enumerate(DEVICE_NAMES):
+        if code and (device == code).any():
+            slices[f"device_{name}"] = device == code
+    slices["anonymous"] = ~split.customer_known[row]
+    slices["known_customer"] = split.customer_known[row]
+    # History before each target (the whole row, not only the window) for exclude_seen.
+    seen_lengths = position
+    seen_offsets = np.concatenate([[0], np.cumsum(seen_lengths)])
+    seen_index = np.repeat(split.offsets[row] - seen_offsets[:-1], seen_lengths) + np.arange(seen_offsets[-1])
+    seen = {"offsets": seen_offsets, "items": item_ids[seen_index]}
+    return batch, slices, seen
+
+
+def _intent_shift(split: Split, targets: np.ndarray, item_categories: np.ndarray) -> np.ndarray:
+    """Target category differs from the dominant category of earlier steps of the same session."""
+    category = item_categories[split.steps["item_ids"]]
+    starts = np.where(split.steps["new_session"].astype(bool), np.arange(len(category)), 0)
+    session_start = np.maximum.accumulate(starts)
+    out = np.zeros(len(targets), bool)
+    for i, t in enumerate(targets):  # eval set only (thousands), never in a training step
+        earlier = category[session_start[t] : t]
+        earlier = earlier[earlier > 0]
+        if len(earlier) and category[t] > 0:
+            out[i] = np.bincount(earlier).argmax() != category[t]
+    return out
+
+
+class BatchIndexSampler(torch.utils.data.Sampler):
+    """Yields index arrays of one batch each; shuffles per epoch; shards batches across DDP ranks."""
+
+    def __init__(
+        self, size: int, batch_size: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1
+    ):
+        self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
+        self.rank, self.world_size, self.epoch = rank, world_size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[np.ndarray]:
+        order = (
+            np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+            if self.shuffle
+            else np.arange(self.size)
+        )
+        batches = [order[i : i + self.batch_size] for i in range(0, self.size, self.batch_size)]
+        if self.world_size > 1 and self.shuffle:
+            # Training: every rank takes the same number of batches (DDP steps in lockstep); the
+            # last few batches are repeated on ranks that would otherwise run short.
+            per_rank = -(-len(batches) // self.world_size)
+            batches = [batches[(self.rank + i * self.world_size) % len(batches)] for i in range(per_rank)]
+        elif self.world_size > 1:
+            # Evaluation: an exact partition, so every example is counted once when ranks add up.
+            batches = batches[self.rank :: self.world_size]
+        return batches
+
+    def __iter__(self):
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
+class ArrayDataset(torch.utils.data.Dataset):
+    """`dataset[index_array]` -> a batch dict of tensors (int64 for ids/codes)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self.arrays = arrays
+        self.size = len(next(iter(arrays.values())))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index) -> dict[str, torch.Tensor]:
+        return {
+            name: torch.from_numpy(np.ascontiguousarray(values[index]).astype(np.int64))
+            for name, values in self.arrays.items()
+        }
+
+
+@dataclass
+class PreparedData:
+    """Everything the model and evaluation need from `<artifacts>/data/<name>/`."""
+
+    directory: Path
+    stats: dict
+    vocab_json: dict
+    items: dict[str, np.ndarray]
+
+    @classmethod
+    def load(cls, directory: Path) -> PreparedData:
+        directory = Path(directory)
+        stats = json.loads((directory / "stats.json").read_text())
+        vocab = json.loads((directory / "vocab.json").read_text())
+        items = pq.read_table(directory / "items.parquet").to_pydict()
+        items = {k: np.asarray(v) for k, v in items.items()}
+        return cls(directory, stats, vocab, items)
+
+    @property
+    def num_items(self) -> int:
+        return int(self.stats["num_items"])
+
+    def padded(self, column: str, fill=0) -> np.ndarray:
+        """(num_items + 1,) per-item array with row 0 = padding."""
+        values = self.items[column]
+        return np.concatenate([[fill], values]).astype(values.dtype if values.dtype != object else object)
+
+    def feature_codes(self) -> tuple[np.ndarray, list[int]]:
+        """(N, F) item content codes and their vocabulary sizes (category, brand, price bucket, attributes)."""
+        columns = [c for c in self.items if c.endswith("_idx") and c != "item_idx"] + ["price_bucket"]
+        codes = np.stack([self.padded(c).astype(np.int64) for c in columns], axis=1)
+        sizes = [int(codes[:, i].max()) + 1 for i in range(codes.shape[1])]
+        useful = [i for i, size in enumerate(sizes) if size > 1]  # drop features that are unknown everywhere
+        return codes[:, useful], [sizes[i] for i in useful]
+
+    def vocabulary(self) -> Vocabulary:
+        _, sizes = self.feature_codes()
+        v = self.vocab_json
+        return Vocabulary(
+            num_items=self.num_items,
+            num_event_types=len(v["event_types"]),
+            num_gap_buckets=NUM_GAP_BUCKETS,
+            num_channels=len(v["channels"]),
+            context_sizes={
+                "ctx_device_types": len(v["device_types"]),
+                "ctx_hours": 25,
+                "ctx_days_of_week": 8,
+                "ctx_referrers": len(v["referrers"]),
+                "ctx_regions": len(v["regions"]),
+                "ctx_gap_buckets": NUM_GAP_BUCKETS,
+            },
+            feature_sizes=sizes,
+        )
+
+
+class SequenceDataModule(pl.LightningDataModule):
+    """Training windows and val/test examples of one prepared dataset.
+
+    Args:
+        data: the prepared dataset.
+        max_seq_len: T, steps the model reads.
+        batch_size: training batch size (evaluation uses `eval_batch_size`).
+        past_purchases: P, purchases before the window given to the context.
+        rare_max_count: targets with 1..rare_max_count training events form the `rare` slice.
+    """
+
+    def __init__(
+        self,
+        data: PreparedData,
+        max_seq_len: int,
+        batch_size: int,
+        eval_batch_size: int = 256,
+        past_purchases: int = 20,
+        rare_max_count: int = 5,
+        seed: int = 0,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        self.data = data
+        self.max_seq_len, self.batch_size, self.eval_batch_size = max_seq_len, batch_size, eval_batch_size
+        self.past_purchases, self.rare_max_count, self.seed, self.num_workers = (
+            past_purchases,
+            rare_max_count,
+            seed,
+            num_workers,
+        )
+        self.train_arrays: dict[str, np.ndarray] | None = None
+        self.eval_sets: dict[str, tuple] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_arrays is None:
+            train = read_split(self.data.directory / "train.parquet")
+            self.train_arrays = training_windows(train, self.max_seq_len, self.past_purchases)
+            log.info(
+                "train: %d windows, %d targets",
+                len(self.train_arrays["targets"]),
+                int((self.train_arrays["targets"] > 0).sum()),
+            )
+        for name in ("val", "test"):
+            if name not in self.eval_sets:
+                split = read_split(self.data.directory / f"{name}.parquet")
+                self.eval_sets[name] = evaluation_examples(
+                    split,
+                    self.max_seq_len,
+                    self.past_purchases,
+                    self.data.padded("category_idx"),
+                    self.data.padded("train_count"),
+                    self.rare_max_count,
+                )
+
+    @property
+    def train_counts(self) -> np.ndarray:
+        return self.data.padded("train_count").astype(np.int64)
+
+    def _loader(
+        self, arrays: dict[str, np.ndarray], batch_size: int, shuffle: bool
+    ) -> torch.utils.data.DataLoader:
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        world = self.trainer.world_size if self.trainer is not None else 1
+        sampler = BatchIndexSampler(
+            len(next(iter(arrays.values()))), batch_size, shuffle, self.seed, rank, world
+        )
+        return torch.utils.data.DataLoader(
+            ArrayDataset(arrays), batch_size=None, sampler=sampler, num_workers=self.num_workers
+        )
+
+    def train_dataloader(self):
+        loader = self._loader(self.train_arrays, self.batch_size, shuffle=True)
+        if self.trainer is not None:
+            loader.sampler.set_epoch(self.trainer.current_epoch)
+        return loader
+
+    def eval_arrays(self, name: str) -> dict[str, np.ndarray]:
+        batch, slices, _ = self.eval_sets[name]
+        return {**batch, "example_index": np.arange(len(batch["target"]))}
+
+    def val_dataloader(self):
+        return self._loader(self.eval_arrays("val"), self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader(self.eval_arrays("test"), self.eval_batch_size, shuffle=False)

@@ -1,0 +1,147 @@
+"""Evaluate a checkpoint (or any scorer) by full-catalogue ranking on the val and test splits.
+
+    python -m training.evaluate ckpt_path=<run>/checkpoints/best.ckpt data=<name>
+    python -m training.evaluate ckpt_path=... data=<name> evaluate.exclude_seen=true hydra.run.dir=<run>
+
+Writes `metrics.json` (slash keys: `test/ndcg@10`, `test/intent_shift/hr@10`, `val/mrr@10`, ...)
+and `metrics.md` into the run folder. Every item of the catalogue is ranked; never sampled negatives.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from data.cli import config_dict
+from data.errors import ConfigError
+from training.metrics import RankingAccumulator, mask_scores
+
+log = logging.getLogger(__name__)
+
+HEADLINE = ("hr", "ndcg", "mrr")
+
+
+def evaluate_scorer(
+    score: Callable, datamodule, split: str, evaluation: dict, num_items: int
+) -> dict[str, float]:
+    """Rank the catalogue for every example of `split` with `score(batch) -> (B, N)` scores."""
+    batch_arrays, slices, seen = datamodule.eval_sets[split]
+    accumulator = RankingAccumulator(evaluation["ks"], num_items, datamodule.train_counts)
+    loader = datamodule._loader(datamodule.eval_arrays(split), datamodule.eval_batch_size, shuffle=False)
+    with torch.no_grad():
+        for batch in loader:
+            index = batch["example_index"].numpy()
+            scores = mask_scores(
+                score(batch).double(), index, seen, bool(evaluation.get("exclude_seen", False))
+            )
+            accumulator.add(scores, batch["target"], {name: mask[index] for name, mask in slices.items()})
+    return accumulator.result(split)
+
+
+def markdown_table(metrics: dict, ks) -> str:
+    """Rows = overall and each slice; columns = HR/NDCG/MRR at each K, plus the example count."""
+    lines = []
+    for split in ("val", "test"):
+        heads = sorted(
+            {
+                key[len(split) + 1 :].rsplit("/", 1)[0]
+                for key in metrics
+                if key.startswith(f"{split}/") and key.count("/") == 2
+            }
+        )
+        columns = [f"{m}@{k}" for k in ks for m in HEADLINE]
+        lines += [
+            f"### {split}",
+            "",
+            "| slice | count | " + " | ".join(columns) + " |",
+            "|---" * (len(columns) + 2) + "|",
+        ]
+        for name, head in [("all", split)] + [(h, f"{split}/{h}") for h in heads]:
+            if f"{head}/count" not in metrics:
+                continue
+            values = " | ".join(f"{metrics.get(f'{head}/{c}', float('nan')):.4f}" for c in columns)
+            lines.append(f"| {name} | {int(metrics[f'{head}/count'])} | {values} |")
+        coverage = ", ".join(f"coverage@{k} {metrics.get(f'{split}/coverage@{k}', 0):.3f}" for k in ks)
+        lines += ["", coverage, ""]
+    return "\n".join(lines)
+
+
+def write_metrics(run_dir: Path, metrics: dict, info: dict, ks) -> None:
+    run_dir = Path(run_dir)
+    (run_dir / "metrics.json").write_text(json.dumps({**metrics, "info": info}, indent=2, sort_keys=True))
+    (run_dir / "metrics.md").write_text(
+        f"# {info.get('model')} on {info.get('data')} (seed {info.get('seed')})\n\n"
+        + markdown_table(metrics, ks)
+    )
+    log.info(
+        "test/ndcg@10 %.4f test/hr@10 %.4f -> %s",
+        metrics.get("test/ndcg@10", float("nan")),
+        metrics.get("test/hr@10", float("nan")),
+        run_dir,
+    )
+
+
+def evaluate(cfg) -> dict:
+    """Load `ckpt_path`, check it matches the prepared data, evaluate val and test."""
+    import pytorch_lightning as pl
+
+    from training.module import RetrievalTask
+    from training.train import _hydra_run_dir, build_datamodule, prepared_data
+
+    if not cfg.get("ckpt_path"):
+        raise ConfigError(
+            "ckpt_path must be given: python -m training.evaluate ckpt_path=<run>/checkpoints/best.ckpt data=<name>."
+        )
+    ckpt = Path(cfg.ckpt_path)
+    if not ckpt.is_file():
+        raise ConfigError(
+            f"ckpt_path={str(ckpt)!r} does not exist; point it at a .ckpt under a run's checkpoints/ folder."
+        )
+    run_dir = Path(cfg.run_dir) if cfg.get("run_dir") else _hydra_run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = prepared_data(cfg)
+    task = RetrievalTask.load_from_checkpoint(
+        str(ckpt), map_location="cpu", feature_codes=None, train_counts=None
+    )
+    trained_on = task.hparams.data_fingerprint
+    if trained_on["num_items"] != data.num_items or trained_on.get("data_hash") != data.stats.get(
+        "data_hash"
+    ):
+        raise ConfigError(
+            f"{ckpt} was trained on {trained_on['name']} with num_items={trained_on['num_items']} (data hash "
+            f"{trained_on.get('data_hash')}), but {data.directory}/stats.json says num_items={data.num_items} (data hash "
+            f"{data.stats.get('data_hash')}); evaluate with the data config it was trained on."
+        )
+    task.eval_cfg = config_dict(cfg, "evaluate")
+    datamodule = build_datamodule(cfg, data)
+    datamodule.setup()
+    task.set_eval_sets(datamodule.eval_sets)
+    trainer = pl.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        use_distributed_sampler=False,
+        default_root_dir=str(run_dir),
+    )
+    trainer.validate(task, datamodule=datamodule, verbose=False)
+    trainer.test(task, datamodule=datamodule, verbose=False)
+    metrics = dict(task.last_results)
+    info = {
+        "model": task.hparams.model.get("encoder"),
+        "data": data.stats["name"],
+        "ckpt_path": str(ckpt),
+        "exclude_seen": bool(task.eval_cfg.get("exclude_seen", False)),
+    }
+    write_metrics(run_dir, metrics, info, ks=cfg.evaluate.ks)
+    return metrics
+
+
+if __name__ == "__main__":
+    from data.cli import hydra_main
+
+    hydra_main("evaluate", evaluate)

@@ -1,0 +1,199 @@
+"""The training task: a LightningModule around `models.TwoTower` with its loss and full-ranking evaluation."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from models.losses import GBCE, SampledSoftmax, full_softmax
+from models.two_tower import TwoTower, TwoTowerConfig, Vocabulary
+from training.metrics import RankingAccumulator, mask_scores
+
+log = logging.getLogger(__name__)
+
+
+class RetrievalTask(pl.LightningModule):
+    """Trains every position of every window (causal) and evaluates by ranking the whole catalogue.
+
+    Args:
+        model: TwoTowerConfig fields.
+        vocab: Vocabulary fields.
+        feature_codes: (N, F) item content codes (saved in the checkpoint as a buffer).
+        train_counts: (N,) training events per item (cold items and popularity negatives).
+        loss: {name: auto|full|sampled|gbce, num_negatives, full_softmax_max_items, gbce_t}.
+        optim: {lr, weight_decay, warmup_steps, schedule: cosine|constant}.
+        evaluation: {ks, exclude_seen, monitor}.
+        data_fingerprint: {name, num_items, data_hash} of the prepared data, checked on reload.
+    """
+
+    def __init__(
+        self,
+        model: dict,
+        vocab: dict,
+        feature_codes: np.ndarray | None,
+        train_counts: np.ndarray,
+        loss: dict,
+        optim: dict,
+        evaluation: dict,
+        data_fingerprint: dict,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["feature_codes", "train_counts"])
+        self.model_cfg = TwoTowerConfig(**model)
+        self.vocab = Vocabulary(**vocab)
+        codes = (
+            torch.from_numpy(np.asarray(feature_codes))
+            if feature_codes is not None
+            else torch.zeros(vocab["num_items"] + 1, len(vocab["feature_sizes"]), dtype=torch.long)
+        )
+        self.model = TwoTower(self.model_cfg, self.vocab, codes)
+        counts = (
+            torch.as_tensor(np.asarray(train_counts), dtype=torch.float32)
+            if train_counts is not None
+            else torch.ones(vocab["num_items"] + 1)
+        )
+        self.register_buffer("train_counts", counts, persistent=True)
+        self.model.item_tower.set_cold_items(self.train_counts)
+        self.loss_name = self._choose_loss(loss)
+        self.eval_cfg = evaluation
+        self.seen: dict[str, dict] = {}
+        self.slices: dict[str, dict] = {}
+        self._accumulator: RankingAccumulator | None = None
+        self._all_items: torch.Tensor | None = None
+
+    def _choose_loss(self, loss: dict) -> str:
+        name = loss.get("name", "auto")
+        if name == "auto":
+            name = (
+                "full"
+                if self.vocab.num_items <= int(loss.get("full_softmax_max_items", 100_000))
+                else "sampled"
+            )
+        if name == "sampled":
+            probs = self.train_counts.clone()
+            probs[0] = 0
+            self.sampled = SampledSoftmax(probs / probs.sum(), int(loss.get("num_negatives", 256)))
+        elif name == "gbce":
+            self.gbce = GBCE(
+                self.vocab.num_items, int(loss.get("num_negatives", 256)), float(loss.get("gbce_t", 0.75))
+            )
+        elif name != "full":
+            raise ValueError(f"loss.name={name!r}; expected one of ['auto', 'full', 'sampled', 'gbce'].")
+        return name
+
+    # --- training ---------------------------------------------------------------------------
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model.query(batch)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> torch.Tensor:
+        states = self.model.query_states(batch)  # (B, T, D)
+        mask = batch["targets"] > 0
+        queries, targets = states[mask], batch["targets"][mask]  # (M, D), (M,)
+        scale = self.model.logit_scale()
+        if self.loss_name == "full":
+            loss = full_softmax(queries, targets, self.model.item_embeddings(), scale)
+        elif self.loss_name == "sampled":
+            loss = self.sampled(queries, targets, self.model.item_embeddings, scale)
+        else:
+            loss = self.gbce(queries, targets, self.model.item_embeddings, scale)
+        self.log("train/loss", loss, prog_bar=True, batch_size=int(mask.sum()))
+        self.log("train/targets", float(mask.sum()), reduce_fx="sum", on_step=False, on_epoch=True)
+        return loss
+
+    def configure_optimizers(self):
+        cfg = self.hparams.optim
+        decay, no_decay = [], []
+        for name, parameter in self.named_parameters():
+            (no_decay if parameter.ndim < 2 or "embedding" in name or "norm" in name else decay).append(
+                parameter
+            )
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": cfg["weight_decay"]},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=cfg["lr"],
+        )
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = min(int(cfg.get("warmup_steps", 0)), total // 2)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if cfg.get("schedule", "cosine") == "constant":
+                return 1.0
+            progress = (step - warmup) / max(total - warmup, 1)
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --- evaluation -------------------------------------------------------------------------
+
+    def set_eval_sets(self, eval_sets: dict[str, tuple]) -> None:
+        """Slice masks and histories of each evaluation split (from the DataModule)."""
+        for name, (_, slices, seen) in eval_sets.items():
+            self.slices[name] = slices
+            self.seen[name] = seen
+
+    def _start(self) -> None:
+        self._accumulator = RankingAccumulator(
+            self.eval_cfg["ks"], self.vocab.num_items, self.train_counts.cpu().numpy()
+        )
+        with torch.no_grad():
+            self._all_items = self.model.item_embeddings()
+
+    def _step(self, batch: dict[str, torch.Tensor], split: str) -> None:
+        with torch.no_grad():
+            scores = self.model.query(batch) @ self._all_items.T * self.model.logit_scale()
+        index = batch["example_index"].cpu().numpy()
+        scores = mask_scores(
+            scores.float(), index, self.seen.get(split), bool(self.eval_cfg.get("exclude_seen", False))
+        )
+        slices = {name: mask[index] for name, mask in self.slices[split].items()}
+        self._accumulator.add(scores, batch["target"], slices)
+
+    def _end(self, split: str) -> dict[str, float]:
+        accumulator = self._accumulator
+        if self.trainer is not None and self.trainer.world_size > 1:
+            # Each rank scored a shard of the examples: add the sums of every rank.
+            states = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(states, accumulator.state())
+            accumulator = RankingAccumulator(
+                self.eval_cfg["ks"], self.vocab.num_items, self.train_counts.cpu().numpy()
+            )
+            for state in states:
+                accumulator.merge(state)
+        result = accumulator.result(split)
+        for key, value in result.items():
+            self.log(key, float(value), rank_zero_only=False, sync_dist=False)
+        self.last_results = getattr(self, "last_results", {})
+        self.last_results.update(result)
+        return result
+
+    def on_validation_epoch_start(self) -> None:
+        self._start()
+
+    def validation_step(self, batch, batch_index):
+        self._step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._end("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._start()
+
+    def test_step(self, batch, batch_index):
+        self._step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._end("test")
+
+    def config_summary(self) -> dict:
+        return {"model": asdict(self.model_cfg), "loss": self.loss_name}

@@ -1,0 +1,237 @@
+"""Train a model (or fit a baseline) and evaluate it by full-catalogue ranking.
+
+    python -m training.train                                   # default transformer on the synthetic shop
+    python -m training.train data=diginetica model=gru seed=1
+    python -m training.train model=popularity                  # baselines run through the same pipeline
+    python -m training.train trainer=ddp                       # 2 processes (gloo on CPU, nccl on GPU)
+    python -m training.train trainer=gpu                       # bf16 on a GPU
+    python -m training.train ckpt_path=<run>/checkpoints/last.ckpt   # resume
+    python -m training.train -m model=transformer,transformer_no_context,mean_pool seed=0,1,2
+
+Reads `<artifacts_dir>/data/<data.name>/` (prepared first when missing or made with another data
+config) and leaves in the run folder: `metrics.json` (`val/ndcg@10`, `test/hr@10`,
+`test/intent_shift/ndcg@10`, ...), `metrics.md`, `checkpoints/best.ckpt` and `last.ckpt`, and the
+logger's files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from data.cli import config_dict
+from data.errors import ConfigError
+from training.datamodule import PreparedData, SequenceDataModule
+from training.evaluate import evaluate_scorer, write_metrics
+
+log = logging.getLogger(__name__)
+
+
+def prepared_data(cfg) -> PreparedData:
+    """The prepared dataset of `cfg.data`, preparing it first when missing or stale."""
+    from data.prepare import config_hash
+    from data.prepare import run as prepare_run
+
+    data_cfg = config_dict(cfg, "data")
+    directory = Path(cfg.artifacts_dir) / "data" / data_cfg["name"]
+    stats_path = directory / "stats.json"
+    stale = not stats_path.is_file() or json.loads(stats_path.read_text()).get("config_hash") != config_hash(
+        data_cfg
+    )
+    if stale:
+        log.info(
+            "preparing %s into %s (missing or made with another data config)", data_cfg["name"], directory
+        )
+        prepare_run(cfg)
+    data = PreparedData.load(directory)
+    expected = data_cfg.get("num_items")
+    if expected is not None and int(expected) != data.num_items:
+        raise ConfigError(
+            f"data.num_items={expected} but {stats_path} says {data.num_items}; fix data.num_items (or drop it) "
+            f"or re-run python -m data.prepare data={data_cfg['name']}."
+        )
+    for k in cfg.evaluate.ks:
+        if int(k) > data.num_items:
+            raise ConfigError(
+                f"evaluate.ks contains {k}, larger than the catalogue ({data.num_items} items in {data_cfg['name']}); use smaller cut-offs."
+            )
+    return data
+
+
+def data_fingerprint(data: PreparedData) -> dict:
+    return {"name": data.stats["name"], "num_items": data.num_items, "data_hash": data.stats.get("data_hash")}
+
+
+def build_datamodule(cfg, data: PreparedData) -> SequenceDataModule:
+    d = cfg.data
+    return SequenceDataModule(
+        data,
+        max_seq_len=int(d.max_seq_len),
+        batch_size=int(d.batch_size),
+        eval_batch_size=int(d.eval_batch_size),
+        past_purchases=int(d.past_purchases),
+        rare_max_count=int(cfg.evaluate.rare_max_count),
+        seed=int(cfg.seed),
+        num_workers=int(d.num_workers),
+    )
+
+
+def build_task(cfg, data: PreparedData, datamodule: SequenceDataModule):
+    from training.module import RetrievalTask
+
+    model_cfg = config_dict(cfg, "model")
+    if model_cfg.get("kind") != "two_tower":
+        raise ConfigError(f"model.kind={model_cfg.get('kind')!r}; a trainable model needs kind two_tower.")
+    fields = {k: v for k, v in model_cfg.items() if k not in ("name", "kind")}
+    codes, _ = data.feature_codes()
+    try:
+        return RetrievalTask(
+            model=fields,
+            vocab=data.vocabulary().__dict__,
+            feature_codes=codes,
+            train_counts=datamodule.train_counts,
+            loss=config_dict(cfg, "loss"),
+            optim=config_dict(cfg, "optim"),
+            evaluation=config_dict(cfg, "evaluate"),
+            data_fingerprint=data_fingerprint(data),
+        )
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"model={model_cfg.get('name')!r}: {error}") from None
+
+
+def build_trainer(cfg, run_dir: Path, callbacks: list) -> pl.Trainer:
+    trainer_cfg = config_dict(cfg, "trainer")
+    logger_kind = cfg.logger.kind
+    if logger_kind == "csv":
+        logger = pl.loggers.CSVLogger(save_dir=str(run_dir), name="", version="logs")
+    elif logger_kind == "tensorboard":
+        logger = pl.loggers.TensorBoardLogger(save_dir=str(run_dir), name="", version="tensorboard")
+    else:
+        raise ConfigError(f"logger.kind={logger_kind!r}; expected csv or tensorboard.")
+    if trainer_cfg.get("accelerator") == "gpu" and not torch.cuda.is_available():
+        raise ConfigError(
+            "trainer=gpu but no CUDA GPU is visible; use trainer=default (auto) or trainer=cpu."
+        )
+    return pl.Trainer(
+        default_root_dir=str(run_dir),
+        logger=logger,
+        callbacks=callbacks,
+        use_distributed_sampler=False,
+        **trainer_cfg,
+    )
+
+
+def train(cfg) -> dict:
+    """Train and evaluate; returns the metrics written to `<run_dir>/metrics.json`."""
+    run_dir = Path(cfg.run_dir) if cfg.get("run_dir") else _hydra_run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    data = prepared_data(cfg)
+    datamodule = build_datamodule(cfg, data)
+    datamodule.setup()
+    model_cfg = config_dict(cfg, "model")
+    info = {
+        "model": model_cfg["name"],
+        "data": data.stats["name"],
+        "seed": int(cfg.seed),
+        "num_items": data.num_items,
+    }
+    if model_cfg.get("kind") == "baseline":
+        metrics = _run_baseline(cfg, model_cfg, data, datamodule)
+    else:
+        metrics = _run_model(cfg, data, datamodule, run_dir, info)
+    info["seconds"] = round(time.perf_counter() - started, 2)
+    write_metrics(run_dir, metrics, info, ks=cfg.evaluate.ks)
+    return metrics
+
+
+def _run_baseline(cfg, model_cfg: dict, data: PreparedData, datamodule: SequenceDataModule) -> dict:
+    from training.baselines import make_baseline
+    from training.datamodule import read_split
+
+    params = {k: v for k, v in model_cfg.items() if k not in ("name", "kind", "baseline")}
+    scorer = make_baseline(
+        model_cfg["baseline"], datamodule.train_counts, read_split(data.directory / "train.parquet"), params
+    )
+    metrics = {}
+    for split in ("val", "test"):
+        metrics.update(
+            evaluate_scorer(scorer, datamodule, split, config_dict(cfg, "evaluate"), data.num_items)
+        )
+    return metrics
+
+
+def _run_model(cfg, data: PreparedData, datamodule: SequenceDataModule, run_dir: Path, info: dict) -> dict:
+    task = build_task(cfg, data, datamodule)
+    task.set_eval_sets(datamodule.eval_sets)
+    monitor = f"val/{cfg.evaluate.monitor}"
+    checkpoint = pl.callbacks.ModelCheckpoint(
+        dirpath=str(run_dir / "checkpoints"),
+        filename="best",
+        monitor=monitor,
+        mode="max",
+        save_last=True,
+        auto_insert_metric_name=False,
+    )
+    stopping = pl.callbacks.EarlyStopping(
+        monitor=monitor, mode="max", patience=int(cfg.evaluate.early_stopping_patience)
+    )
+    throughput = TargetsPerSecond()
+    trainer = build_trainer(cfg, run_dir, [checkpoint, stopping, throughput])
+    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    best = checkpoint.best_model_path or None
+    trainer.validate(task, datamodule=datamodule, ckpt_path=best, verbose=False)
+    trainer.test(task, datamodule=datamodule, ckpt_path=best, verbose=False)
+    metrics = dict(task.last_results)
+    info.update(
+        best_checkpoint=best,
+        epochs=int(trainer.current_epoch),
+        global_step=int(trainer.global_step),
+        loss=task.loss_name,
+        train_targets_per_second=throughput.rate(),
+        parameters=int(sum(p.numel() for p in task.parameters())),
+    )
+    return metrics
+
+
+class TargetsPerSecond(pl.Callback):
+    """Training targets per second of wall time inside training epochs (throughput, for the record)."""
+
+    def __init__(self):
+        self.targets = 0
+        self.seconds = 0.0
+        self._start = None
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.targets += int((batch["targets"] > 0).sum())
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self._start is not None:
+            self.seconds += time.perf_counter() - self._start
+
+    def rate(self) -> float:
+        return round(self.targets / self.seconds, 1) if self.seconds else 0.0
+
+
+def _hydra_run_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        raise ConfigError("run_dir is not set and no Hydra run is active; pass run_dir=<folder>.")
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    from data.cli import hydra_main
+
+    torch.set_float32_matmul_precision("high")
+    hydra_main("train", train)
