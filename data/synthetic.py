@@ -84,7 +84,7 @@ CATEGORY_NAMES = (
 HOUR_BANDS = ("night", "morning", "afternoon", "evening")  # 0-5, 6-11, 12-17, 18-23 UTC
 TIERS = ("budget", "mid", "premium")
 ET = {name: i for i, name in enumerate(EVENT_TYPES)}
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,8 @@ class ShopConfig:
     guest_session_prob: float = 0.08
     late_login_prob: float = 0.25
     store_visit_prob: float = 0.04
+    new_item_share: float = 0.1
+    new_item_days: int = 21
     chunk_events: int = 500_000
 
     def resolved(self) -> ShopConfig:
@@ -117,7 +119,13 @@ class ShopConfig:
             raise ConfigError(f"data.num_categories={self.num_categories}; expected 2 to 10,000.")
         if self.chunk_events < 1000:
             raise ConfigError(f"data.chunk_events={self.chunk_events}; expected at least 1,000.")
-        for key in ("intent_shift_prob", "guest_session_prob", "late_login_prob", "store_visit_prob"):
+        for key in (
+            "intent_shift_prob",
+            "guest_session_prob",
+            "late_login_prob",
+            "store_visit_prob",
+            "new_item_share",
+        ):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"data.{key}={getattr(self, key)}; expected a probability in [0, 1].")
         catalog_size = self.catalog_size or int(
@@ -241,19 +249,34 @@ class _World:
         first_tuesday = (1 - (self._dow(np.array([self.start_ms]))[0])) % 7
         self.campaign_ms = self.start_ms + (np.arange(first_tuesday, cfg.days, 7) * 86400 + 10 * 3600) * 1000
         self.campaign_category = rng.choice(C, len(self.campaign_ms), p=category_size)
+        # New arrivals: a share of items (never the first 3*C, which anchor every group) launch at a
+        # random time in the last `new_item_days`; before that nobody sees them, and a draw that
+        # lands on one falls back to its group's most popular launched item (the anchor).
+        is_new = rng.random(N) < cfg.new_item_share
+        is_new[: 3 * C] = False
+        launch_day = np.where(is_new, rng.uniform(max(cfg.days - cfg.new_item_days, 0), cfg.days, N), 0.0)
+        self.item_launch_ms = np.where(is_new, self.start_ms + (launch_day * 86_400_000).astype(np.int64), 0)
+        by_group = np.lexsort((-self.popularity, is_new, group))  # per group: launched first, popular first
+        self.group_anchor = np.full(3 * C, -1)
+        self.group_anchor[group[by_group][::-1]] = by_group[::-1]  # last write wins -> first of each group
         best = np.full(C, -1)
-        by_pop = np.argsort(-self.popularity)
-        best[item_category[by_pop][::-1]] = by_pop[::-1]  # last write wins -> most popular per category
+        by_pop = np.lexsort((-self.popularity, is_new))
+        best[item_category[by_pop][::-1]] = by_pop[::-1]  # most popular launched item per category
         self.campaign_item = best[self.campaign_category]
 
     @staticmethod
     def _dow(ms: np.ndarray) -> np.ndarray:
         return ((ms // 86_400_000) + 3) % 7  # 1970-01-01 was a Thursday; 0 = Monday
 
-    def sample_items(self, category: np.ndarray, tier: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def sample_items(
+        self, category: np.ndarray, tier: np.ndarray, at_ms: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
         group = category * 3 + tier
         position = np.searchsorted(self.group_cdf, group + rng.random(len(group)) * (1 - 1e-12), side="right")
-        return self.group_order[np.minimum(position, len(self.group_order) - 1)]
+        items = self.group_order[np.minimum(position, len(self.group_order) - 1)]
+        unavailable = self.item_launch_ms[items] > at_ms
+        items[unavailable] = self.group_anchor[group[unavailable]]
+        return items
 
     def intent_logits(self, customer, ctx) -> np.ndarray:
         logits = self.customer_pref[customer].copy()
@@ -322,7 +345,7 @@ def _chunk(world: _World, num_sessions: int, rng: np.random.Generator) -> dict:
     tier = _gumbel_argmax(
         world.tier_logits(customer[view_session], device_type[view_session], hour_band[view_session]), rng
     )
-    view_item = world.sample_items(view_category, tier, rng)
+    view_item = world.sample_items(view_category, tier, start_ms[view_session], rng)
     repeat = (view_pos > 0) & (rng.random(V) < 0.15)
     repeat[1:] &= after_shift[1:] == after_shift[:-1]
     view_item[1:] = np.where(repeat[1:], view_item[:-1], view_item[1:])
@@ -573,12 +596,18 @@ def _write_static(world: _World, out: Path) -> None:
             ),
             "price": pa.array(world.item_price),
             "price_tier": pa.array(np.array(TIERS, dtype=object)[world.item_tier]),
+            "first_available": pa.array(world.item_launch_ms, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
         }
     )
     pq.write_table(
         items.cast(
             pa.schema(
-                list(ITEM_SCHEMA) + [pa.field("price_tier", pa.string())], metadata=ITEM_SCHEMA.metadata
+                list(ITEM_SCHEMA)
+                + [
+                    pa.field("price_tier", pa.string()),
+                    pa.field("first_available", pa.timestamp("ms", tz="UTC")),
+                ],
+                metadata=ITEM_SCHEMA.metadata,
             )
         ),
         out / "items.parquet",

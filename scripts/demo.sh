@@ -1,11 +1,29 @@
 #!/usr/bin/env bash
-# The main job on the built-in synthetic shop: set up .venv, generate the shop, prepare it, print statistics.
-#   ./scripts/demo.sh                        # 200k events (default)
-#   NUM_EVENTS=1000000 ./scripts/demo.sh     # a bigger shop
+# The main job on the built-in synthetic shop: set up .venv, generate and prepare the shop, train the
+# default model (transformer query tower with context), evaluate it by full-catalogue ranking, and
+# run the popularity baseline through the same pipeline for comparison.
+#   ./scripts/demo.sh                                  # 200k events, 8 epochs (a few minutes on 2 cores)
+#   NUM_EVENTS=1000000 EPOCHS=10 ./scripts/demo.sh     # a bigger shop
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 NUM_EVENTS="${NUM_EVENTS:-200000}"
 SEED="${SEED:-0}"
-echo "[demo] 1/1 synthetic shop -> prepared sequences (data.num_events=$NUM_EVENTS data.seed=$SEED)"
-python -m data.prepare data=synthetic data.num_events="$NUM_EVENTS" data.seed="$SEED" "$@"
-echo "[demo] done. Prepared data: artifacts/data/synthetic/ (stats.json); shop + ground truth: artifacts/shops/"
+EPOCHS="${EPOCHS:-8}"
+RUN=artifacts/runs/demo
+DATA=(data=synthetic data.num_events="$NUM_EVENTS" data.seed="$SEED")
+
+echo "[demo] 1/4 synthetic shop -> prepared sequences (${DATA[*]})"
+python -m data.prepare "${DATA[@]}"
+
+echo "[demo] 2/4 train the default model (${EPOCHS} epochs at most, early stopping on val NDCG@10)"
+rm -rf "$RUN"
+python -m training.train "${DATA[@]}" trainer.max_epochs="$EPOCHS" trainer.enable_progress_bar=false \
+  seed="$SEED" hydra.run.dir="$RUN/train"
+
+echo "[demo] 3/4 evaluate the best checkpoint again from disk (full-catalogue ranking)"
+python -m training.evaluate "${DATA[@]}" ckpt_path="$RUN/train/checkpoints/best.ckpt" hydra.run.dir="$RUN/evaluate"
+
+echo "[demo] 4/4 the popularity baseline through the same pipeline"
+python -m training.train "${DATA[@]}" model=popularity hydra.run.dir="$RUN/popularity"
+
+echo "[demo] done: $RUN/train/metrics.md (every slice and K), $RUN/popularity/metrics.md"

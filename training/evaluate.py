@@ -70,6 +70,19 @@ def markdown_table(metrics: dict, ks) -> str:
     return "\n".join(lines)
 
 
+def format_summary(metrics: dict, run_dir: Path) -> str:
+    """A few lines for the terminal: overall and slice metrics at 10 on val and test."""
+    lines = [f"run folder: {run_dir}"]
+    for split in ("val", "test"):
+        for head in (split, f"{split}/intent_shift", f"{split}/cold", f"{split}/anonymous"):
+            if f"{head}/count" in metrics:
+                lines.append(
+                    f"  {head:22} n={int(metrics[f'{head}/count']):>7,}  HR@10 {metrics[f'{head}/hr@10']:.4f}  "
+                    f"NDCG@10 {metrics[f'{head}/ndcg@10']:.4f}  MRR@10 {metrics[f'{head}/mrr@10']:.4f}"
+                )
+    return "\n".join(lines)
+
+
 def write_metrics(run_dir: Path, metrics: dict, info: dict, ks) -> None:
     run_dir = Path(run_dir)
     (run_dir / "metrics.json").write_text(json.dumps({**metrics, "info": info}, indent=2, sort_keys=True))
@@ -141,7 +154,14 @@ def evaluate(cfg) -> dict:
     return metrics
 
 
+def _cli(cfg) -> None:
+    from training.train import _hydra_run_dir
+
+    metrics = evaluate(cfg)
+    print(format_summary(metrics, Path(cfg.run_dir) if cfg.get("run_dir") else _hydra_run_dir()))
+
+
 if __name__ == "__main__":
     from data.cli import hydra_main
 
-    hydra_main("evaluate", evaluate)
+    hydra_main("evaluate", _cli)

@@ -230,8 +230,15 @@ def _hydra_run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
+def _cli(cfg) -> None:
+    from training.evaluate import format_summary
+
+    metrics = train(cfg)
+    print(format_summary(metrics, Path(cfg.run_dir) if cfg.get("run_dir") else _hydra_run_dir()))
+
+
 if __name__ == "__main__":
     from data.cli import hydra_main
 
     torch.set_float32_matmul_precision("high")
-    hydra_main("train", train)
+    hydra_main("train", _cli)

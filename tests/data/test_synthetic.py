@@ -212,3 +212,12 @@ def test_prepared_shop_keeps_context_per_step(shop, tmp_path):
     items = pd.read_parquet(tmp_path / "data" / "synthetic" / "items.parquet")
     assert (items["category_idx"] > 0).all() and (items["price_bucket"] > 0).all()
     assert stats["shop"]["counts"]["events"] == 4000
+
+
+def test_new_arrivals_are_never_seen_before_their_launch(shop):
+    items = shop["items"].set_index("item_id")
+    launched = shop["events"]["item_id"].map(items["first_available"])
+    assert (shop["events"]["event_time"] >= launched).all()
+    new = items[items["first_available"] > items["first_available"].min()]
+    assert 0.05 < len(new) / len(items) < 0.15  # new_item_share=0.1
+    assert shop["events"]["item_id"].isin(new.index).any()
