@@ -79,20 +79,14 @@ def parse_time(frame: pd.DataFrame, book: RejectBook, *, unit: str) -> None:
     if unit == "iso":
         parsed = pd.to_datetime(raw.where(~blank, None), errors="coerce", utc=True, format="ISO8601")
         bad = ~blank & parsed.isna().to_numpy()
-        ms = (
-            ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1))
-            .fillna(0)
-            .to_numpy(dtype="int64")
-        )
+        ms = ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)).fillna(0).to_numpy(dtype="int64")
         expected = "an ISO-8601 date-time such as 2016-05-09T10:15:00Z"
     else:
         number = pd.to_numeric(raw.where(~blank, None), errors="coerce")
         bad = ~blank & number.isna().to_numpy()
         ms = np.round(number.fillna(0).to_numpy(dtype="float64") * _UNIT_TO_MS[unit]).astype("int64")
         expected = f"a number of {unit} since 1970-01-01 UTC (data.time_unit={unit})"
-    book.check(
-        frame, bad, "event_time", expected, "Fix the timestamp, or set data.time_unit to the column's unit."
-    )
+    book.check(frame, bad, "event_time", expected, "Fix the timestamp, or set data.time_unit to the column's unit.")
     if blank.all():
         frame.drop(columns="event_time", inplace=True)
         return
@@ -138,9 +132,7 @@ def parse_enum(
     frame[column] = values.where(~blank, None)
 
 
-def parse_number(
-    frame: pd.DataFrame, column: str, book: RejectBook, *, minimum: float, integer: bool = False
-) -> None:
+def parse_number(frame: pd.DataFrame, column: str, book: RejectBook, *, minimum: float, integer: bool = False) -> None:
     if column not in frame:
         return
     raw = frame[column]
@@ -202,9 +194,7 @@ def canonicalize(
     frame = book.apply(frame)
     if "event_id" not in frame or frame["event_id"].isna().any():
         generated = (
-            frame[FILE_COLUMN].map(lambda p: Path(str(p)).name).astype(str)
-            + ":"
-            + frame[LINE_COLUMN].astype(str)
+            frame[FILE_COLUMN].map(lambda p: Path(str(p)).name).astype(str) + ":" + frame[LINE_COLUMN].astype(str)
         )
         frame["event_id"] = frame["event_id"].fillna(generated) if "event_id" in frame else generated
     return frame

@@ -62,11 +62,7 @@ class RejectBook:
         bad = np.asarray(bad, dtype=bool)
         if not bad.any():
             return
-        shown = (
-            (values if values is not None else frame[column])
-            if column in frame or values is not None
-            else None
-        )
+        shown = (values if values is not None else frame[column]) if column in frame or values is not None else None
         bad_index = np.flatnonzero(bad)
         if self.strict:
             first = bad_index[0]

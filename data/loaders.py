@@ -91,9 +91,7 @@ def read_delimited(
     return frame
 
 
-def _rename(
-    frame: pd.DataFrame, mapping: Mapping[str, str | None], path: Path, key_prefix: str
-) -> pd.DataFrame:
+def _rename(frame: pd.DataFrame, mapping: Mapping[str, str | None], path: Path, key_prefix: str) -> pd.DataFrame:
     """Rename source columns to canonical names; a mapped column that is missing is an error."""
     renames = {}
     for key, source_column in mapping.items():
@@ -264,12 +262,8 @@ def load_yoochoose(cfg: Mapping, book: RejectBook) -> LoadedData:
     train_path = root / cfg.get("train_file", "yoochoose-clicks-100k_train_full.txt")
     test_path = root / cfg.get("test_file", "yoochoose-clicks-100k_test.txt")
     mapping = {"session_id": "SessionId", "item_id": "ItemId", "timestamp": "Time"}
-    train = _rename(
-        read_delimited(train_path, "\t", key="data.train_file"), mapping, train_path, "data.train_file"
-    )
-    test = _rename(
-        read_delimited(test_path, "\t", key="data.test_file"), mapping, test_path, "data.test_file"
-    )
+    train = _rename(read_delimited(train_path, "\t", key="data.train_file"), mapping, train_path, "data.train_file")
+    test = _rename(read_delimited(test_path, "\t", key="data.test_file"), mapping, test_path, "data.test_file")
     train[SPLIT_COLUMN] = "train"
     test[SPLIT_COLUMN] = "test"
     files = [train_path, test_path]
@@ -286,9 +280,7 @@ def load_yoochoose(cfg: Mapping, book: RejectBook) -> LoadedData:
 def load_sasrec_lines(cfg: Mapping, book: RejectBook) -> LoadedData:
     """`user item` per line (space-separated, no header); file order is time order."""
     path = Path(cfg["path"]).resolve()
-    frame = read_delimited(
-        path, r"\s+" if cfg.get("sep") is None else cfg["sep"], key="data.path", header=False
-    )
+    frame = read_delimited(path, r"\s+" if cfg.get("sep") is None else cfg["sep"], key="data.path", header=False)
     if frame.shape[1] - 2 != 2:
         raise DataError(
             f"{path}: expected 2 fields per line ('user item'), found {frame.shape[1] - 2}. Use data.format=sequence_lines for 'user item1 item2 ...'."
@@ -370,9 +362,7 @@ def load_table(cfg: Mapping, book: RejectBook) -> LoadedData:
     mapping = {k: v for k, v in (cfg.get("columns") or {}).items()}
     unknown = sorted(set(mapping) - set(GENERIC_KEYS))
     if unknown:
-        raise ConfigError(
-            f"data.columns has unknown key(s) {unknown}; expected keys from {sorted(GENERIC_KEYS)}."
-        )
+        raise ConfigError(f"data.columns has unknown key(s) {unknown}; expected keys from {sorted(GENERIC_KEYS)}.")
     if not mapping.get("item_id"):
         raise ConfigError(
             "data.columns.item_id is not set; name the file's item id column, e.g. data.columns.item_id=item_id."

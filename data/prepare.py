@@ -77,9 +77,7 @@ def preparation_config(cfg: Mapping) -> dict:
 
 def config_hash(cfg: Mapping) -> str:
     """Hash of the keys that decide the prepared data (training-only keys left out)."""
-    return hashlib.sha256(
-        json.dumps(preparation_config(cfg), sort_keys=True, default=str).encode()
-    ).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(preparation_config(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def library_versions() -> dict:
@@ -134,9 +132,7 @@ class Flat:
         return len(self.seq)
 
 
-def sequence_keys(
-    events: pa.Table, key: str, stitch: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def sequence_keys(events: pa.Table, key: str, stitch: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per-event sequence codes, the raw key of each code, whether it is a known customer, session codes.
 
     `customer`: the customer id when known; with `stitch`, an anonymous event takes the customer
@@ -171,9 +167,7 @@ def sequence_keys(
         [
             customer_values.astype(str),
             np.char.add("device:", device_values.astype(str)) if D else np.array([], dtype=str),
-            np.char.add("session:", session_values.astype(str))
-            if len(session_values)
-            else np.array([], dtype=str),
+            np.char.add("session:", session_values.astype(str)) if len(session_values) else np.array([], dtype=str),
         ]
     ).astype(object)
     is_customer = np.arange(len(raw)) < U
@@ -216,17 +210,13 @@ def build_flat(events: pa.Table, cfg: Mapping) -> tuple[Flat, dict]:
         region=(region + 1).astype(np.int16),
         price=(price.to_numpy().astype(np.float32) if price is not None else np.full(E, np.nan, np.float32)),
         quantity=(
-            pc.fill_null(quantity, 0).to_numpy().astype(np.int16)
-            if quantity is not None
-            else np.zeros(E, np.int16)
+            pc.fill_null(quantity, 0).to_numpy().astype(np.int16) if quantity is not None else np.zeros(E, np.int16)
         ),
         split=split,
         session=session,
     )
     # Stable order: sequence, then time, then source order (file order is time order without timestamps).
-    order = np.lexsort(
-        (np.arange(E), flat.time_ms if flat.time_ms is not None else np.zeros(E, np.int64), flat.seq)
-    )
+    order = np.lexsort((np.arange(E), flat.time_ms if flat.time_ms is not None else np.zeros(E, np.int64), flat.seq))
     flat = flat.take(order)
     meta = {
         "seq_raw": seq_raw,
@@ -343,9 +333,7 @@ def _row_lists(
         "target_mask": target[index],
     }
     offsets_array = pa.array(offsets, pa.int32())
-    return pa.table(
-        {name: pa.ListArray.from_arrays(offsets_array, pa.array(v)) for name, v in values.items()}
-    )
+    return pa.table({name: pa.ListArray.from_arrays(offsets_array, pa.array(v)) for name, v in values.items()})
 
 
 def make_splits(flat: Flat, cfg: Mapping, name: str) -> tuple[dict[str, tuple], dict]:
@@ -405,12 +393,12 @@ def make_splits(flat: Flat, cfg: Mapping, name: str) -> tuple[dict[str, tuple], 
             test_t = _first_only(test_t, row_of)
             val_t = _first_only(val_t, row_of)
         # Rows are prefixes: events before a cut-off (sorted by time within each sequence).
-        before_test = starts + np.bincount(
-            row_of, weights=flat.time_ms < cut_test, minlength=len(starts)
-        ).astype(np.int64)
-        before_val = starts + np.bincount(
-            row_of, weights=flat.time_ms < cut_val, minlength=len(starts)
-        ).astype(np.int64)
+        before_test = starts + np.bincount(row_of, weights=flat.time_ms < cut_test, minlength=len(starts)).astype(
+            np.int64
+        )
+        before_val = starts + np.bincount(row_of, weights=flat.time_ms < cut_val, minlength=len(starts)).astype(
+            np.int64
+        )
         has_test = np.bincount(row_of, weights=test_t, minlength=len(starts)) > 0
         has_val = np.bincount(row_of, weights=val_t, minlength=len(starts)) > 0
         last_test = _last_true(test_t, row_of, len(starts)) + 1
@@ -441,9 +429,7 @@ def make_splits(flat: Flat, cfg: Mapping, name: str) -> tuple[dict[str, tuple], 
             name_: rows((row_split == code) & (ends - starts >= 2), ends, eligible)
             for code, name_ in enumerate(("train", "val", "test"))
         }
-        info["protocol"] = (
-            "predefined: the source's own files; every target step of a val/test sequence is evaluated"
-        )
+        info["protocol"] = "predefined: the source's own files; every target step of a val/test sequence is evaluated"
     return out, info
 
 
@@ -464,9 +450,7 @@ def _first_only(mask: np.ndarray, row_of: np.ndarray) -> np.ndarray:
     return out
 
 
-def item_features(
-    flat: Flat, meta: dict, items: pa.Table | None, train_counts: np.ndarray, num_price_buckets: int
-):
+def item_features(flat: Flat, meta: dict, items: pa.Table | None, train_counts: np.ndarray, num_price_buckets: int):
     """Contiguous item ids by descending frequency, with category/brand/price features."""
     counts = np.bincount(flat.item, minlength=len(meta["item_values"]))
     present = np.flatnonzero(counts)
@@ -494,9 +478,7 @@ def item_features(
     def item_column(column: str) -> pa.Array:
         if items is None or column not in items.column_names:
             return pa.nulls(len(present), pa.string())
-        return pc.if_else(
-            pa.array(found), items[column].combine_chunks().take(pa.array(np.maximum(lookup, 0))), None
-        )
+        return pc.if_else(pa.array(found), items[column].combine_chunks().take(pa.array(np.maximum(lookup, 0))), None)
 
     # Categorical item features: category, brand, and any optional string attribute of the catalogue
     # (e.g. color, price_tier). Codes follow the sorted values, so they are stable across runs.
@@ -542,9 +524,7 @@ def item_features(
     return pa.table(table), item_index, vocab
 
 
-def prepare(
-    loaded: LoadedData, cfg: Mapping, out_dir: Path, *, name: str, extra_stats: dict | None = None
-) -> dict:
+def prepare(loaded: LoadedData, cfg: Mapping, out_dir: Path, *, name: str, extra_stats: dict | None = None) -> dict:
     """Filter, remap, split and write a loaded dataset; returns the content of `stats.json`."""
     started = time.perf_counter()
     sequence_key = cfg.get("sequence_key", "customer")
@@ -669,9 +649,7 @@ def _sequence_loyalty(meta: dict, customers: pa.Table | None) -> np.ndarray:
     codes = np.zeros(len(meta["seq_raw"]), np.int8)
     if customers is None or "loyalty_member" not in customers.column_names:
         return codes
-    row = pc.index_in(
-        pa.array(meta["seq_raw"].astype(str)), value_set=customers["customer_id"].combine_chunks()
-    )
+    row = pc.index_in(pa.array(meta["seq_raw"].astype(str)), value_set=customers["customer_id"].combine_chunks())
     row = row.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
     loyal = customers["loyalty_member"].combine_chunks().fill_null(False).to_numpy(zero_copy_only=False)
     has_flag = customers["loyalty_member"].combine_chunks().is_valid().to_numpy(zero_copy_only=False)
@@ -714,9 +692,7 @@ def run(cfg) -> dict:
         loaded = load(data_cfg)
         extra = {}
     event_type_counts = (
-        pc.value_counts(loaded.events["event_type"]).to_pylist()
-        if "event_type" in loaded.events.column_names
-        else []
+        pc.value_counts(loaded.events["event_type"]).to_pylist() if "event_type" in loaded.events.column_names else []
     )
     extra["event_type_counts"] = {d["values"]: int(d["counts"]) for d in event_type_counts}
     out_dir = artifacts / "data" / name
@@ -749,9 +725,7 @@ def format_stats(stats: dict, out_dir: Path) -> str:
     if stats.get("event_type_counts"):
         lines.append(
             "  event types: "
-            + ", ".join(
-                f"{k} {v:,}" for k, v in sorted(stats["event_type_counts"].items(), key=lambda kv: -kv[1])
-            )
+            + ", ".join(f"{k} {v:,}" for k, v in sorted(stats["event_type_counts"].items(), key=lambda kv: -kv[1]))
         )
     if stats.get("time_range"):
         lines.append(f"  time range: {stats['time_range'][0]} .. {stats['time_range'][1]}")

@@ -48,9 +48,7 @@ EVENT_TIME_TYPE = pa.timestamp("ms", tz="UTC")
 
 EVENT_SCHEMA = pa.schema(
     [
-        pa.field(
-            "event_id", pa.string(), nullable=False, metadata={"doc": "unique per event; idempotency key"}
-        ),
+        pa.field("event_id", pa.string(), nullable=False, metadata={"doc": "unique per event; idempotency key"}),
         pa.field("event_time", EVENT_TIME_TYPE, metadata={"doc": "UTC; null when the source has no time"}),
         pa.field("session_id", pa.string(), metadata={"doc": "visit id; null when the source has none"}),
         pa.field("customer_id", pa.string(), metadata={"doc": "known shopper; null for anonymous events"}),

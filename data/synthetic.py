@@ -128,9 +128,7 @@ class ShopConfig:
         ):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"data.{key}={getattr(self, key)}; expected a probability in [0, 1].")
-        catalog_size = self.catalog_size or int(
-            np.clip(self.num_events // 40, 3 * self.num_categories, 200_000)
-        )
+        catalog_size = self.catalog_size or int(np.clip(self.num_events // 40, 3 * self.num_categories, 200_000))
         num_customers = self.num_customers or int(np.clip(self.num_events // 60, 50, 2_000_000))
         if catalog_size < 3 * self.num_categories:
             raise ConfigError(
@@ -140,9 +138,7 @@ class ShopConfig:
         return ShopConfig(**{**asdict(self), "catalog_size": catalog_size, "num_customers": num_customers})
 
     def fingerprint(self) -> str:
-        payload = json.dumps(
-            {**asdict(self.resolved()), "generator_version": GENERATOR_VERSION}, sort_keys=True
-        )
+        payload = json.dumps({**asdict(self.resolved()), "generator_version": GENERATOR_VERSION}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -162,21 +158,15 @@ class _World:
         rng = np.random.default_rng([cfg.seed, 1])
         C, N, U = cfg.num_categories, cfg.catalog_size, cfg.num_customers
         self.cfg = cfg
-        self.category_names = [
-            CATEGORY_NAMES[c] if c < len(CATEGORY_NAMES) else f"category_{c}" for c in range(C)
-        ]
+        self.category_names = [CATEGORY_NAMES[c] if c < len(CATEGORY_NAMES) else f"category_{c}" for c in range(C)]
         # Catalogue. The first 3*C items cover every (category, tier) so no group is empty.
         category_size = rng.dirichlet(np.full(C, 2.0))
-        item_category = np.concatenate(
-            [np.repeat(np.arange(C), 3), rng.choice(C, N - 3 * C, p=category_size)]
-        )
+        item_category = np.concatenate([np.repeat(np.arange(C), 3), rng.choice(C, N - 3 * C, p=category_size)])
         brand_factor = np.exp(rng.normal(0, 0.4, size=(C, cfg.brands_per_category)))
         item_brand = rng.integers(0, cfg.brands_per_category, N)
         base_price = np.exp(rng.normal(3.3, 0.9, C))
         self.item_price = np.round(
-            base_price[item_category]
-            * brand_factor[item_category, item_brand]
-            * np.exp(rng.normal(0, 0.45, N)),
+            base_price[item_category] * brand_factor[item_category, item_brand] * np.exp(rng.normal(0, 0.45, N)),
             2,
         ).clip(0.5)
         # Tier = price tertile within the category.
@@ -216,9 +206,7 @@ class _World:
         first_type = rng.choice(3, U, p=[0.45, 0.45, 0.10])
         step = np.arange(num_devices) - np.repeat(self.device_offset, self.device_count)
         self.device_type = (np.repeat(first_type, self.device_count) + step) % 3
-        self.device_channel = np.where(
-            self.device_type == 0, 0, np.where(rng.random(num_devices) < 0.6, 1, 0)
-        )
+        self.device_channel = np.where(self.device_type == 0, 0, np.where(rng.random(num_devices) < 0.6, 1, 0))
         # Context effects: each value of each context dimension boosts a few categories.
         self.effects = {}
         for dimension, values in (
@@ -302,9 +290,7 @@ def _chunk(world: _World, num_sessions: int, rng: np.random.Generator) -> dict:
     device = world.device_offset[customer] + rng.integers(0, world.device_count[customer])
     device_type = world.device_type[device]
     day = rng.integers(0, cfg.days, S)
-    hour_profile = np.array(
-        [1, 0.5, 0.3, 0.3, 0.3, 0.5, 1, 2, 3, 3, 3, 3, 4, 4, 3, 3, 3, 4, 5, 6, 7, 7, 5, 2.0]
-    )
+    hour_profile = np.array([1, 0.5, 0.3, 0.3, 0.3, 0.5, 1, 2, 3, 3, 3, 3, 4, 4, 3, 3, 3, 4, 5, 6, 7, 7, 5, 2.0])
     hour = np.where(is_store, rng.integers(10, 19, S), rng.choice(24, S, p=hour_profile / hour_profile.sum()))
     start_ms = world.start_ms + (day * 86400 + hour * 3600 + rng.integers(0, 3600, S)) * 1000
     dow = world._dow(start_ms)
@@ -332,9 +318,7 @@ def _chunk(world: _World, num_sessions: int, rng: np.random.Generator) -> dict:
     views = np.minimum(rng.geometric(1.0 / cfg.mean_views_per_session, S), 60)
     views = np.where(is_store, rng.integers(1, 4, S), views)  # store: items bought, no views
     shifts = ~is_store & (views >= 3) & (rng.random(S) < cfg.intent_shift_prob)
-    shift_at = np.where(
-        shifts, 1 + (rng.random(S) * (views - 1)).astype(np.int64), views
-    )  # first view of new intent
+    shift_at = np.where(shifts, 1 + (rng.random(S) * (views - 1)).astype(np.int64), views)  # first view of new intent
 
     # Views (or store purchases): one row per step.
     V = int(views.sum())
@@ -361,9 +345,7 @@ def _chunk(world: _World, num_sessions: int, rng: np.random.Generator) -> dict:
     removed = rng.random(len(cart_idx)) < 0.15
     kept_idx = cart_idx[~removed]
     cart_left = np.bincount(view_session[kept_idx], minlength=S)
-    p_convert = (
-        0.40 + 0.15 * loyal + 0.10 * (device_type == 0) - 0.10 * (device_type == 1) + 0.10 * (referrer == 1)
-    )
+    p_convert = 0.40 + 0.15 * loyal + 0.10 * (device_type == 0) - 0.10 * (device_type == 1) + 0.10 * (referrer == 1)
     converted = (cart_left > 0) & (rng.random(S) < p_convert)
     abandoned = (cart_left > 0) & ~converted
     bought_idx = kept_idx[converted[view_session[kept_idx]]]
@@ -531,9 +513,7 @@ def _events_batch(
     events = pa.table(
         {
             "event_id": _str_ids("e", np.arange(event_base, event_base + keep)),
-            "event_time": pa.array(chunk["event_ms"][:keep], pa.int64()).cast(
-                EVENT_SCHEMA.field("event_time").type
-            ),
+            "event_time": pa.array(chunk["event_ms"][:keep], pa.int64()).cast(EVENT_SCHEMA.field("event_time").type),
             "session_id": session_ids,
             "customer_id": pc.if_else(pa.array(known), customer_ids, pa.scalar(None, pa.string())),
             "device_id": pc.if_else(pa.array(~store), _str_ids("d", device), pa.scalar(None, pa.string())),
@@ -657,8 +637,7 @@ def _write_static(world: _World, out: Path) -> None:
         "context_strength": cfg.context_strength,
         "context_boosts": {
             dim: {
-                value: [world.category_names[c] for c in boosted]
-                for value, boosted in zip(e["values"], e["boosted"])
+                value: [world.category_names[c] for c in boosted] for value, boosted in zip(e["values"], e["boosted"])
             }
             for dim, e in world.effects.items()
         },
@@ -674,15 +653,12 @@ def _write_static(world: _World, out: Path) -> None:
             for dim, table in world.tier_shift.items()
         },
         "complements": {
-            world.category_names[c]: [world.category_names[x] for x in row]
-            for c, row in enumerate(world.complements)
+            world.category_names[c]: [world.category_names[x] for x in row] for c, row in enumerate(world.complements)
         },
         "complement_strength": cfg.complement_strength,
         "campaigns": [
             {"campaign": i, "time_ms": int(t), "category": world.category_names[c], "item_id": f"i{item}"}
-            for i, (t, c, item) in enumerate(
-                zip(world.campaign_ms, world.campaign_category, world.campaign_item)
-            )
+            for i, (t, c, item) in enumerate(zip(world.campaign_ms, world.campaign_category, world.campaign_item))
         ],
         "notes": "Intent category logits = log customer preference + sum of context boosts (+ complement boost after a "
         "shift). Price tier logits = price affinity * (-1, 0, 1) + shifts. Hours are UTC.",

@@ -20,9 +20,7 @@ from torch.nn import functional as F
 LOSSES = ("full", "sampled", "gbce")
 
 
-def full_softmax(
-    queries: torch.Tensor, targets: torch.Tensor, all_items: torch.Tensor, scale: float
-) -> torch.Tensor:
+def full_softmax(queries: torch.Tensor, targets: torch.Tensor, all_items: torch.Tensor, scale: float) -> torch.Tensor:
     """queries (M, D), targets (M,), all_items (N, D) -> mean CE; padding column 0 never wins."""
     logits = queries @ all_items.T * scale  # (M, N)
     logits[:, 0] = float("-inf")
@@ -42,9 +40,7 @@ class SampledSoftmax:
         self.target_probs = target_probs  # (N,) frequency of each item as a training target
         self.num_negatives = num_negatives
 
-    def __call__(
-        self, queries: torch.Tensor, targets: torch.Tensor, embed: Callable, scale: float
-    ) -> torch.Tensor:
+    def __call__(self, queries: torch.Tensor, targets: torch.Tensor, embed: Callable, scale: float) -> torch.Tensor:
         M = targets.shape[0]
         probs = self.target_probs.to(queries.device)
         sampled = torch.multinomial(probs, self.num_negatives, replacement=True)  # (S,)
@@ -67,9 +63,7 @@ class GBCE:
         alpha = num_negatives / max(num_items - 1, 1)
         self.beta = alpha * (t * (1 - 1 / alpha) + 1 / alpha)
 
-    def __call__(
-        self, queries: torch.Tensor, targets: torch.Tensor, embed: Callable, scale: float
-    ) -> torch.Tensor:
+    def __call__(self, queries: torch.Tensor, targets: torch.Tensor, embed: Callable, scale: float) -> torch.Tensor:
         M = targets.shape[0]
         negatives = torch.randint(1, self.num_items + 1, (M, self.num_negatives), device=queries.device)
         positive = (queries * embed(targets)).sum(-1) * scale  # (M,)

@@ -153,9 +153,7 @@ class GRUEncoder(nn.Module):
 class TransformerEncoder(nn.Module):
     """SASRec style: learned positions + pre-norm transformer blocks with a causal mask."""
 
-    def __init__(
-        self, embedding_dim: int, num_layers: int, num_heads: int, dropout: float, max_seq_len: int, **_
-    ):
+    def __init__(self, embedding_dim: int, num_layers: int, num_heads: int, dropout: float, max_seq_len: int, **_):
         super().__init__()
         self.position = nn.Embedding(max_seq_len, embedding_dim)
         nn.init.normal_(self.position.weight, std=0.02)

@@ -74,9 +74,7 @@ class TwoTower(nn.Module):
         super().__init__()
         self.cfg = cfg
         use_content = (
-            cfg.item_features in ("content", "id+content")
-            and feature_codes is not None
-            and feature_codes.shape[1] > 0
+            cfg.item_features in ("content", "id+content") and feature_codes is not None and feature_codes.shape[1] > 0
         )
         self.item_tower = ItemTower(
             vocab.num_items,
@@ -86,9 +84,7 @@ class TwoTower(nn.Module):
             use_id=cfg.item_features != "content",
             id_dropout=cfg.id_dropout,
         )
-        self.steps = StepEmbedding(
-            cfg.embedding_dim, vocab.num_event_types, vocab.num_gap_buckets, vocab.num_channels
-        )
+        self.steps = StepEmbedding(cfg.embedding_dim, vocab.num_event_types, vocab.num_gap_buckets, vocab.num_channels)
         self.encoder = ENCODERS[cfg.encoder](
             embedding_dim=cfg.embedding_dim,
             num_layers=cfg.num_layers,
@@ -96,9 +92,7 @@ class TwoTower(nn.Module):
             dropout=cfg.dropout,
             max_seq_len=cfg.max_seq_len,
         )
-        self.context = (
-            ContextEmbedding(cfg.embedding_dim, vocab.context_sizes) if cfg.context != "none" else None
-        )
+        self.context = ContextEmbedding(cfg.embedding_dim, vocab.context_sizes) if cfg.context != "none" else None
         self.fusion = ContextFusion(cfg.context, cfg.embedding_dim, cfg.dropout)
 
     def purchase_summary(self, batch: dict[str, torch.Tensor], step_items: torch.Tensor) -> torch.Tensor:

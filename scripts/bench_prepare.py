@@ -93,9 +93,7 @@ def main() -> None:
                 for repeat in range(args.repeats):
                     # Generation writes into a fresh folder each time; preparation reuses the shop
                     # that data.prepare generated on its first run (not timed: warm-up).
-                    artifacts = (
-                        workdir / f"{size}-gen-{repeat}" if stage == "generate" else workdir / f"{size}-prep"
-                    )
+                    artifacts = workdir / f"{size}-gen-{repeat}" if stage == "generate" else workdir / f"{size}-prep"
                     if stage == "prepare" and repeat == 0:
                         child("prepare", size, artifacts)
                     runs.append(child(stage, size, artifacts))

@@ -50,9 +50,7 @@ class CoOccurrence:
             (np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
         )
         self.matrix.sum_duplicates()
-        self.popularity = (
-            np.asarray(train_counts, dtype=np.float64) / max(float(np.max(train_counts)), 1.0) * 1e-6
-        )
+        self.popularity = np.asarray(train_counts, dtype=np.float64) / max(float(np.max(train_counts)), 1.0) * 1e-6
         self.history, self.decay = history, decay
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

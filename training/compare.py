@@ -41,9 +41,7 @@ def find_runs(paths: list[Path]) -> list[Path]:
         elif path.is_dir():
             runs.extend(sorted(p.parent for p in path.rglob("metrics.json")))
         else:
-            raise SystemExit(
-                f"error: {path} is neither a run folder (with metrics.json) nor a folder of runs."
-            )
+            raise SystemExit(f"error: {path} is neither a run folder (with metrics.json) nor a folder of runs.")
     if not runs:
         raise SystemExit(
             f"error: no metrics.json under {', '.join(map(str, paths))}; train first (python -m training.train ...)."
@@ -57,9 +55,7 @@ def aggregate(runs: list[Path]) -> dict[tuple[str, str], dict]:
     for run in runs:
         metrics = json.loads((run / "metrics.json").read_text())
         info = metrics.pop("info", {})
-        groups[(info.get("data", "?"), info.get("model", run.name))].append(
-            {**metrics, "_seed": info.get("seed")}
-        )
+        groups[(info.get("data", "?"), info.get("model", run.name))].append({**metrics, "_seed": info.get("seed")})
     table = {}
     for key, items in groups.items():
         metrics = {}
@@ -144,12 +140,8 @@ def _plot(table: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "runs", nargs="+", type=Path, help="run folders, or folders containing runs (multirun folders)"
-    )
-    parser.add_argument(
-        "--out", type=Path, default=None, help="output folder (default: <first path>/compare)"
-    )
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders, or folders containing runs (multirun folders)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <first path>/compare)")
     parser.add_argument("--metric", default="test/ndcg@10", help="metric that orders the leaderboard")
     args = parser.parse_args(argv)
     runs = find_runs(args.runs)

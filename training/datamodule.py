@@ -193,9 +193,7 @@ def _intent_shift(split: Split, targets: np.ndarray, item_categories: np.ndarray
 class BatchIndexSampler(torch.utils.data.Sampler):
     """Yields index arrays of one batch each; shuffles per epoch; shards batches across DDP ranks."""
 
-    def __init__(
-        self, size: int, batch_size: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1
-    ):
+    def __init__(self, size: int, batch_size: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1):
         self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
         self.rank, self.world_size, self.epoch = rank, world_size, 0
 
@@ -357,14 +355,10 @@ class SequenceDataModule(pl.LightningDataModule):
     def train_counts(self) -> np.ndarray:
         return self.data.padded("train_count").astype(np.int64)
 
-    def _loader(
-        self, arrays: dict[str, np.ndarray], batch_size: int, shuffle: bool
-    ) -> torch.utils.data.DataLoader:
+    def _loader(self, arrays: dict[str, np.ndarray], batch_size: int, shuffle: bool) -> torch.utils.data.DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0
         world = self.trainer.world_size if self.trainer is not None else 1
-        sampler = BatchIndexSampler(
-            len(next(iter(arrays.values()))), batch_size, shuffle, self.seed, rank, world
-        )
+        sampler = BatchIndexSampler(len(next(iter(arrays.values()))), batch_size, shuffle, self.seed, rank, world)
         return torch.utils.data.DataLoader(
             ArrayDataset(arrays), batch_size=None, sampler=sampler, num_workers=self.num_workers
         )

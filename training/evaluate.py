@@ -25,9 +25,7 @@ log = logging.getLogger(__name__)
 HEADLINE = ("hr", "ndcg", "mrr")
 
 
-def evaluate_scorer(
-    score: Callable, datamodule, split: str, evaluation: dict, num_items: int
-) -> dict[str, float]:
+def evaluate_scorer(score: Callable, datamodule, split: str, evaluation: dict, num_items: int) -> dict[str, float]:
     """Rank the catalogue for every example of `split` with `score(batch) -> (B, N)` scores."""
     batch_arrays, slices, seen = datamodule.eval_sets[split]
     accumulator = RankingAccumulator(evaluation["ks"], num_items, datamodule.train_counts)
@@ -35,9 +33,7 @@ def evaluate_scorer(
     with torch.no_grad():
         for batch in loader:
             index = batch["example_index"].numpy()
-            scores = mask_scores(
-                score(batch).double(), index, seen, bool(evaluation.get("exclude_seen", False))
-            )
+            scores = mask_scores(score(batch).double(), index, seen, bool(evaluation.get("exclude_seen", False)))
             accumulator.add(scores, batch["target"], {name: mask[index] for name, mask in slices.items()})
     return accumulator.result(split)
 
@@ -87,8 +83,7 @@ def write_metrics(run_dir: Path, metrics: dict, info: dict, ks) -> None:
     run_dir = Path(run_dir)
     (run_dir / "metrics.json").write_text(json.dumps({**metrics, "info": info}, indent=2, sort_keys=True))
     (run_dir / "metrics.md").write_text(
-        f"# {info.get('model')} on {info.get('data')} (seed {info.get('seed')})\n\n"
-        + markdown_table(metrics, ks)
+        f"# {info.get('model')} on {info.get('data')} (seed {info.get('seed')})\n\n" + markdown_table(metrics, ks)
     )
     log.info(
         "test/ndcg@10 %.4f test/hr@10 %.4f -> %s",
@@ -117,13 +112,9 @@ def evaluate(cfg) -> dict:
     run_dir = Path(cfg.run_dir) if cfg.get("run_dir") else _hydra_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     data = prepared_data(cfg)
-    task = RetrievalTask.load_from_checkpoint(
-        str(ckpt), map_location="cpu", feature_codes=None, train_counts=None
-    )
+    task = RetrievalTask.load_from_checkpoint(str(ckpt), map_location="cpu", feature_codes=None, train_counts=None)
     trained_on = task.hparams.data_fingerprint
-    if trained_on["num_items"] != data.num_items or trained_on.get("data_hash") != data.stats.get(
-        "data_hash"
-    ):
+    if trained_on["num_items"] != data.num_items or trained_on.get("data_hash") != data.stats.get("data_hash"):
         raise ConfigError(
             f"{ckpt} was trained on {trained_on['name']} with num_items={trained_on['num_items']} (data hash "
             f"{trained_on.get('data_hash')}), but {data.directory}/stats.json says num_items={data.num_items} (data hash "

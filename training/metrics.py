@@ -124,17 +124,15 @@ class RankingAccumulator:
         return out
 
 
-def mask_scores(
-    scores: torch.Tensor, example_index: np.ndarray, seen: dict | None, exclude_seen: bool
-) -> torch.Tensor:
+def mask_scores(scores: torch.Tensor, example_index: np.ndarray, seen: dict | None, exclude_seen: bool) -> torch.Tensor:
     """Padding (id 0) never ranks; with exclude_seen, items in the example's history do not either."""
     scores[:, 0] = float("-inf")
     if exclude_seen and seen is not None:
         offsets, items = seen["offsets"], seen["items"]
         lengths = offsets[example_index + 1] - offsets[example_index]
         rows = np.repeat(np.arange(len(example_index)), lengths)
-        index = np.repeat(
-            offsets[example_index] - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths
-        ) + np.arange(lengths.sum())
+        index = np.repeat(offsets[example_index] - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(
+            lengths.sum()
+        )
         scores[torch.from_numpy(rows), torch.from_numpy(items[index].astype(np.int64))] = float("-inf")
     return scores

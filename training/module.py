@@ -69,19 +69,13 @@ class RetrievalTask(pl.LightningModule):
     def _choose_loss(self, loss: dict) -> str:
         name = loss.get("name", "auto")
         if name == "auto":
-            name = (
-                "full"
-                if self.vocab.num_items <= int(loss.get("full_softmax_max_items", 100_000))
-                else "sampled"
-            )
+            name = "full" if self.vocab.num_items <= int(loss.get("full_softmax_max_items", 100_000)) else "sampled"
         if name == "sampled":
             probs = self.train_counts.clone()
             probs[0] = 0
             self.sampled = SampledSoftmax(probs / probs.sum(), int(loss.get("num_negatives", 256)))
         elif name == "gbce":
-            self.gbce = GBCE(
-                self.vocab.num_items, int(loss.get("num_negatives", 256)), float(loss.get("gbce_t", 0.75))
-            )
+            self.gbce = GBCE(self.vocab.num_items, int(loss.get("num_negatives", 256)), float(loss.get("gbce_t", 0.75)))
         elif name != "full":
             raise ValueError(f"loss.name={name!r}; expected one of ['auto', 'full', 'sampled', 'gbce'].")
         return name
@@ -110,9 +104,7 @@ class RetrievalTask(pl.LightningModule):
         cfg = self.hparams.optim
         decay, no_decay = [], []
         for name, parameter in self.named_parameters():
-            (no_decay if parameter.ndim < 2 or "embedding" in name or "norm" in name else decay).append(
-                parameter
-            )
+            (no_decay if parameter.ndim < 2 or "embedding" in name or "norm" in name else decay).append(parameter)
         optimizer = torch.optim.AdamW(
             [
                 {"params": decay, "weight_decay": cfg["weight_decay"]},
@@ -165,9 +157,7 @@ class RetrievalTask(pl.LightningModule):
             # Each rank scored a shard of the examples: add the sums of every rank.
             states = [None] * self.trainer.world_size
             torch.distributed.all_gather_object(states, accumulator.state())
-            accumulator = RankingAccumulator(
-                self.eval_cfg["ks"], self.vocab.num_items, self.train_counts.cpu().numpy()
-            )
+            accumulator = RankingAccumulator(self.eval_cfg["ks"], self.vocab.num_items, self.train_counts.cpu().numpy())
             for state in states:
                 accumulator.merge(state)
         result = accumulator.result(split)

@@ -40,13 +40,9 @@ def prepared_data(cfg) -> PreparedData:
     data_cfg = config_dict(cfg, "data")
     directory = Path(cfg.artifacts_dir) / "data" / data_cfg["name"]
     stats_path = directory / "stats.json"
-    stale = not stats_path.is_file() or json.loads(stats_path.read_text()).get("config_hash") != config_hash(
-        data_cfg
-    )
+    stale = not stats_path.is_file() or json.loads(stats_path.read_text()).get("config_hash") != config_hash(data_cfg)
     if stale:
-        log.info(
-            "preparing %s into %s (missing or made with another data config)", data_cfg["name"], directory
-        )
+        log.info("preparing %s into %s (missing or made with another data config)", data_cfg["name"], directory)
         prepare_run(cfg)
     data = PreparedData.load(directory)
     expected = data_cfg.get("num_items")
@@ -114,9 +110,7 @@ def build_trainer(cfg, run_dir: Path, callbacks: list) -> pl.Trainer:
     else:
         raise ConfigError(f"logger.kind={logger_kind!r}; expected csv or tensorboard.")
     if trainer_cfg.get("accelerator") == "gpu" and not torch.cuda.is_available():
-        raise ConfigError(
-            "trainer=gpu but no CUDA GPU is visible; use trainer=default (auto) or trainer=cpu."
-        )
+        raise ConfigError("trainer=gpu but no CUDA GPU is visible; use trainer=default (auto) or trainer=cpu.")
     return pl.Trainer(
         default_root_dir=str(run_dir),
         logger=logger,
@@ -145,7 +139,9 @@ def train(cfg) -> dict:
     if model_cfg.get("kind") == "baseline":
         metrics = _run_baseline(cfg, model_cfg, data, datamodule)
     else:
-        metrics = _run_model(cfg, data, datamodule, run_dir, info)
+        metrics, is_global_zero = _run_model(cfg, data, datamodule, run_dir, info)
+        if not is_global_zero:
+            return metrics  # other DDP ranks: rank 0 trains the ranker and writes the results
     info["seconds"] = round(time.perf_counter() - started, 2)
     write_metrics(run_dir, metrics, info, ks=cfg.evaluate.ks)
     return metrics
@@ -161,9 +157,7 @@ def _run_baseline(cfg, model_cfg: dict, data: PreparedData, datamodule: Sequence
     )
     metrics = {}
     for split in ("val", "test"):
-        metrics.update(
-            evaluate_scorer(scorer, datamodule, split, config_dict(cfg, "evaluate"), data.num_items)
-        )
+        metrics.update(evaluate_scorer(scorer, datamodule, split, config_dict(cfg, "evaluate"), data.num_items))
     return metrics
 
 
@@ -197,7 +191,19 @@ def _run_model(cfg, data: PreparedData, datamodule: SequenceDataModule, run_dir:
         train_targets_per_second=throughput.rate(),
         parameters=int(sum(p.numel() for p in task.parameters())),
     )
-    return metrics
+    if trainer.is_global_zero and cfg.ranker.enabled:
+        from training.ranking import evaluate_reranked, train_ranker
+
+        ranker_cfg = config_dict(cfg, "ranker")
+        ranker, summary = train_ranker(task.cpu(), datamodule, ranker_cfg, int(cfg.seed), run_dir)
+        info["ranker"] = summary
+        for split in ("val", "test"):
+            metrics.update(
+                evaluate_reranked(
+                    task, ranker, datamodule, split, config_dict(cfg, "evaluate"), int(ranker_cfg["num_candidates"])
+                )
+            )
+    return metrics, trainer.is_global_zero
 
 
 class TargetsPerSecond(pl.Callback):

@@ -100,9 +100,7 @@ def test_amazon_video_games_lines_have_the_documented_counts(shared_data):
         ("diginetica", 30_416, 15_936, 15_478),
     ],
 )
-def test_prepare_each_shared_dataset_reports_source_counts(
-    shared_data, tmp_path, name, events, items, sequences
-):
+def test_prepare_each_shared_dataset_reports_source_counts(shared_data, tmp_path, name, events, items, sequences):
     stats = run(compose_config("prepare", [f"data={name}", f"artifacts_dir={tmp_path}"]))
     assert stats["source"] == {"events": events, "items": items, "sequences": sequences}
     assert stats["prepared"]["events"] <= events
@@ -457,9 +455,7 @@ def test_a_canonical_parquet_shop_with_a_bad_enum_names_row_and_column(tmp_path)
 
 def test_unknown_sequence_key_and_event_types_name_their_keys(tmp_path):
     path = write(tmp_path, "e.csv", "user,item\n1,2\n1,3\n")
-    with pytest.raises(
-        ConfigError, match=r"data\.sequence_key='visit'; expected one of \['session', 'customer'\]"
-    ):
+    with pytest.raises(ConfigError, match=r"data\.sequence_key='visit'; expected one of \['session', 'customer'\]"):
         _prepare_generic(tmp_path, path, "data.sequence_key=visit")
     with pytest.raises(ConfigError, match=r"data\.event_types has unknown value\(s\) \['like'\]"):
         _prepare_generic(tmp_path, path, "data.event_types=[view,like]")
@@ -474,10 +470,7 @@ def test_prepare_writes_the_source_as_canonical_parquet_that_loads_back_identica
         .remove_metadata()
         .equals(
             pa.schema(
-                [
-                    EVENT_SCHEMA.field(n)
-                    for n in ("event_id", "event_time", "customer_id", "item_id", "event_type")
-                ]
+                [EVENT_SCHEMA.field(n) for n in ("event_id", "event_time", "customer_id", "item_id", "event_type")]
             )
         )
     )

@@ -158,9 +158,7 @@ def test_kcore_repeats_filters_until_stable(tmp_path):
     # Round 1: x has support 1 and goes, which leaves u3 = [c], too short, so u3 goes; now c has
     # support 1. Only k-core's round 2 removes c.
     text = "user,item,ts\nu1,a,1\nu1,b,2\nu1,c,3\nu2,a,4\nu2,b,5\nu3,c,6\nu3,x,7\n"
-    once, _ = prepare_csv(
-        tmp_path / "once", text, "data.columns.event_type=null", "data.filters.min_item_support=2"
-    )
+    once, _ = prepare_csv(tmp_path / "once", text, "data.columns.event_type=null", "data.filters.min_item_support=2")
     assert once["prepared"] == {"events": 5, "items": 3, "sequences": 2}
     core, _ = prepare_csv(
         tmp_path / "core",
@@ -188,9 +186,7 @@ def test_unknown_split_type_names_the_key(tmp_path):
 
 
 def test_predefined_split_without_one_in_the_source_is_a_config_error(tmp_path):
-    with pytest.raises(
-        ConfigError, match=r"data\.split\.type=predefined but generic has no predefined split"
-    ):
+    with pytest.raises(ConfigError, match=r"data\.split\.type=predefined but generic has no predefined split"):
         prepare_csv(tmp_path, EVENTS_CSV, "data.split.type=predefined")
 
 
@@ -283,9 +279,7 @@ def test_a_missing_mandatory_key_names_it(tmp_path):
 
 def test_new_session_marks_session_changes_or_30_minute_gaps(tmp_path):
     text = "user,session,item,ts\nu,s1,a,0\nu,s1,b,60\nu,s2,a,120\nu,s2,c,180\n"
-    stats, out = prepare_csv(
-        tmp_path / "with", text, "data.columns.session_id=session", "data.columns.event_type=null"
-    )
+    stats, out = prepare_csv(tmp_path / "with", text, "data.columns.session_id=session", "data.columns.event_type=null")
     assert rows(out, "test")[0]["new_session"] == [True, False, True, False]
     # Without session ids: a new session after more than 30 minutes of silence.
     text = "user,item,ts\nu,a,0\nu,b,1800\nu,a,3601\nu,c,3700\n"

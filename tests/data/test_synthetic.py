@@ -116,10 +116,7 @@ def test_context_changes_which_categories_are_likely(shop):
         assert on_device > 1.5 * elsewhere, (device, on_device, elsewhere)
     for referrer in ("search", "social", "ads"):
         boosted = views["intent_category"].isin(boosts["referrer"][referrer])
-        assert (
-            boosted[views["referrer"] == referrer].mean()
-            > 1.3 * boosted[views["referrer"] != referrer].mean()
-        )
+        assert boosted[views["referrer"] == referrer].mean() > 1.3 * boosted[views["referrer"] != referrer].mean()
 
 
 def test_mobile_shoppers_see_cheaper_items_than_desktop_shoppers(shop):
@@ -137,9 +134,7 @@ def test_customers_use_several_devices_and_anonymous_sessions_log_in_later(shop)
     web = events[events["device_type"].notna()]
     types_per_customer = web.groupby("true_customer")["device_type"].nunique()
     assert (types_per_customer >= 2).mean() > 0.3
-    first_known = events.groupby("session_id")["customer_id"].agg(
-        lambda s: (s.isna().iloc[0], s.notna().any())
-    )
+    first_known = events.groupby("session_id")["customer_id"].agg(lambda s: (s.isna().iloc[0], s.notna().any()))
     late_logins = sum(1 for anonymous_start, known_later in first_known if anonymous_start and known_later)
     guests = sum(1 for anonymous_start, known_later in first_known if anonymous_start and not known_later)
     assert late_logins > 100 and guests > 50
@@ -165,9 +160,7 @@ def test_carts_purchases_emails_and_store_visits_are_consistent(shop):
     clicks = events[events["event_type"] == "email_click"]
     assert len(clicks) > 0 and (clicks["channel"] == "email").all()
     assert (
-        events.loc[
-            events["session_id"].isin(clicks["session_id"]) & (events["event_type"] == "view"), "referrer"
-        ]
+        events.loc[events["session_id"].isin(clicks["session_id"]) & (events["event_type"] == "view"), "referrer"]
         == "email"
     ).all()
     store = events[events["channel"] == "store"]
@@ -182,9 +175,7 @@ def test_carts_purchases_emails_and_store_visits_are_consistent(shop):
 def test_bad_shop_config_names_the_key():
     with pytest.raises(ConfigError, match=r"data\.num_events=10; expected 1,000 to 50,000,000 events"):
         ShopConfig(num_events=10).resolved()
-    with pytest.raises(
-        ConfigError, match=r"data\.intent_shift_prob=1\.5; expected a probability in \[0, 1\]"
-    ):
+    with pytest.raises(ConfigError, match=r"data\.intent_shift_prob=1\.5; expected a probability in \[0, 1\]"):
         ShopConfig(intent_shift_prob=1.5).resolved()
     with pytest.raises(ConfigError, match=r"data\.catalog_size=10 is below 3 x data\.num_categories=90"):
         ShopConfig(catalog_size=10).resolved()
@@ -200,9 +191,7 @@ def test_prepared_shop_keeps_context_per_step(shop, tmp_path):
         )
     )
     test = pq.read_table(tmp_path / "data" / "synthetic" / "test.parquet").to_pandas()
-    steps = test.explode(
-        ["item_ids", "device_types", "referrers", "hours", "days_of_week", "channels", "regions"]
-    )
+    steps = test.explode(["item_ids", "device_types", "referrers", "hours", "days_of_week", "channels", "regions"])
     assert set(steps["device_types"]) <= {0, 1, 2, 3} and (steps["device_types"] > 0).any()
     assert steps["hours"].between(1, 24).all() and steps["days_of_week"].between(1, 7).all()
     assert (steps["regions"] > 0).all()

@@ -106,8 +106,7 @@ def test_cold_items_are_embedded_from_their_features_alone():
     with torch.no_grad():
         cold = model.item_embeddings(torch.tensor([7]))[0]
         content = sum(
-            emb(model.item_tower.feature_codes[7, i])
-            for i, emb in enumerate(model.item_tower.feature_embeddings)
+            emb(model.item_tower.feature_codes[7, i]) for i, emb in enumerate(model.item_tower.feature_embeddings)
         )
     assert torch.allclose(cold, content) and cold.abs().sum() > 0
     id_only = make_model(item_features="id")
@@ -129,9 +128,9 @@ def test_losses_are_finite_and_train_the_item_tower():
     targets = torch.tensor([3, 4, 5])
     for loss_fn in (
         lambda: full_softmax(queries, targets, model.item_embeddings(), 1.0),
-        lambda: SampledSoftmax(
-            torch.full((NUM_ITEMS + 1,), 1.0 / NUM_ITEMS).index_fill(0, torch.tensor([0]), 0), 8
-        )(queries, targets, model.item_embeddings, 1.0),
+        lambda: SampledSoftmax(torch.full((NUM_ITEMS + 1,), 1.0 / NUM_ITEMS).index_fill(0, torch.tensor([0]), 0), 8)(
+            queries, targets, model.item_embeddings, 1.0
+        ),
         lambda: GBCE(NUM_ITEMS, 8)(queries, targets, model.item_embeddings, 1.0),
     ):
         model.zero_grad()
@@ -152,9 +151,7 @@ def test_full_softmax_never_predicts_padding():
 
 
 def test_bad_model_config_names_the_key():
-    with pytest.raises(
-        ValueError, match=r"model\.encoder='lstm'; expected one of \['mean', 'gru', 'transformer'\]"
-    ):
+    with pytest.raises(ValueError, match=r"model\.encoder='lstm'; expected one of \['mean', 'gru', 'transformer'\]"):
         TwoTowerConfig(encoder="lstm")
     with pytest.raises(ValueError, match=r"model\.embedding_dim=10 must be divisible by model\.num_heads=4"):
         TwoTowerConfig(embedding_dim=10, num_heads=4)

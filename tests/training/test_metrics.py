@@ -58,9 +58,7 @@ def test_exclude_seen_removes_history_items_and_padding():
 def test_accumulator_reports_slices_coverage_and_popularity():
     scores = torch.tensor([[float("-inf"), 3.0, 2.0, 1.0], [float("-inf"), 1.0, 2.0, 3.0]])
     accumulator = RankingAccumulator([1, 2], 3, np.array([0, 10, 20, 30]))
-    accumulator.add(
-        scores, torch.tensor([1, 1]), {"all": np.array([True, True]), "shift": np.array([False, True])}
-    )
+    accumulator.add(scores, torch.tensor([1, 1]), {"all": np.array([True, True]), "shift": np.array([False, True])})
     result = accumulator.result("val")
     assert result["val/hr@1"] == pytest.approx(0.5)  # first example ranks its target 1st, the second 3rd
     assert result["val/shift/hr@2"] == pytest.approx(0.0)

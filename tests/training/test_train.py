@@ -59,9 +59,12 @@ def test_every_variant_trains_and_evaluates_by_full_ranking(artifacts, tmp_path,
     assert on_disk["test/count"] > 100 and on_disk["info"]["model"] == variant
     assert metrics["test/hr@100"] >= metrics["test/hr@10"] >= metrics["test/hr@5"]
     if variant not in ("popularity", "cooccurrence"):
-        assert (tmp_path / "checkpoints" / "best.ckpt").is_file() and (
-            tmp_path / "checkpoints" / "last.ckpt"
-        ).is_file()
+        assert (tmp_path / "checkpoints" / "best.ckpt").is_file() and (tmp_path / "checkpoints" / "last.ckpt").is_file()
+        # Second stage: the ranker re-orders the top candidates; the metrics stay full-catalogue.
+        assert (tmp_path / "checkpoints" / "ranker.ckpt").is_file()
+        assert 0.0 <= on_disk["rerank_test/ndcg@10"] <= 1.0 and on_disk["rerank_test/count"] == on_disk["test/count"]
+        # Re-ranking the top 50 cannot change whether the target is in the top 50.
+        assert on_disk["rerank_test/hr@50"] == pytest.approx(on_disk["test/hr@50"], abs=1e-9)
     assert (tmp_path / "metrics.md").read_text().startswith(f"# {variant} on synthetic")
 
 
@@ -92,18 +95,14 @@ def test_resuming_continues_training_from_the_last_checkpoint(artifacts, tmp_pat
     resumed = json.loads((tmp_path / "resumed" / "metrics.json").read_text())["info"]
     assert first["global_step"] == 5
     assert resumed["global_step"] == 10  # 5 steps restored + 5 new ones, not 10 from scratch... nor 5
-    state = torch.load(
-        tmp_path / "resumed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
-    )
+    state = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert state["epoch"] == 1 and state["global_step"] == 10
 
 
 def test_exclude_seen_changes_the_protocol_not_the_model(artifacts, tmp_path):
     trained = run(artifacts, tmp_path / "train")
     ckpt = tmp_path / "train" / "checkpoints" / "best.ckpt"
-    excluded = run(
-        artifacts, tmp_path / "eval", f"ckpt_path={ckpt}", "evaluate.exclude_seen=true", config="evaluate"
-    )
+    excluded = run(artifacts, tmp_path / "eval", f"ckpt_path={ckpt}", "evaluate.exclude_seen=true", config="evaluate")
     assert excluded["test/count"] == trained["test/count"]
     assert excluded["test/ndcg@10"] != pytest.approx(trained["test/ndcg@10"])
 
@@ -114,9 +113,7 @@ def test_unknown_variant_lists_the_available_ones():
 
 
 def test_num_items_mismatch_with_the_prepared_data_names_the_key(artifacts, tmp_path):
-    with pytest.raises(
-        ConfigError, match=r"data\.num_items=7 but .*stats\.json says \d+; fix data\.num_items"
-    ):
+    with pytest.raises(ConfigError, match=r"data\.num_items=7 but .*stats\.json says \d+; fix data\.num_items"):
         run(artifacts, tmp_path, "data.num_items=7")
 
 
@@ -180,3 +177,32 @@ def test_ddp_trains_with_two_cpu_processes_over_gloo(artifacts, tmp_path):
     assert "All distributed processes registered. Starting with 2 processes" in result.stderr + result.stdout
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["test/count"] > 100  # every example counted once across the two ranks
+
+
+def test_reranking_in_retrieval_order_gives_the_retrieval_metrics(artifacts, tmp_path):
+    """A ranker that agrees with retrieval must reproduce the retrieval metrics exactly."""
+    from training.evaluate import evaluate_scorer
+    from training.ranking import RankerTask, evaluate_reranked
+    from training.train import build_datamodule, build_task, prepared_data
+
+    cfg = compose_config("train", [*FAST, f"artifacts_dir={artifacts}", f"run_dir={tmp_path}"])
+    data = prepared_data(cfg)
+    datamodule = build_datamodule(cfg, data)
+    datamodule.setup()
+    task = build_task(cfg, data, datamodule).eval()  # eval mode: no dropout, so both passes see one model
+
+    class RetrievalOrder(RankerTask):
+        def forward(self, query, candidates, retrieval_scores, context):
+            return retrieval_scores
+
+    codes = task.model.item_tower.feature_codes
+    sizes = [int(codes[:, i].max()) + 1 for i in range(codes.shape[1])]
+    agree = RetrievalOrder({}, 16, [4, 25, 8, 7, 7, 24, 3], sizes, task.model.item_embeddings().detach(), codes)
+    with torch.no_grad():
+        items = task.model.item_embeddings()
+        plain = evaluate_scorer(
+            lambda b: task.model.query(b) @ items.T, datamodule, "test", dict(cfg.evaluate), data.num_items
+        )
+    reranked = evaluate_reranked(task, agree, datamodule, "test", dict(cfg.evaluate), 50)
+    for k in (5, 10, 20, 50, 100):
+        assert reranked[f"rerank_test/ndcg@{k}"] == pytest.approx(plain[f"test/ndcg@{k}"], abs=1e-9)

@@ -1,0 +1,151 @@
+"""Benchmark: training throughput (targets/s and sequences/s) of each query encoder, side by side.
+
+    python scripts/bench_train.py                                   # synthetic shop, all encoders
+    python scripts/bench_train.py --data yoochoose --encoders transformer --steps 30
+
+Same data, same batches, same machine, one run: for each variant, `--warmup` steps, then `--repeats`
+timed blocks of `--steps` training steps (forward, full-softmax loss over the catalogue, backward,
+AdamW step); the median block gives targets/s (positions with a target) and sequences/s (windows).
+Results: JSON lines in benchmarks/results/train.jsonl and a printed table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="synthetic")
+    parser.add_argument("--encoders", nargs="+", default=["transformer", "gru", "mean"])
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--max-seq-len", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "train.jsonl")
+    args = parser.parse_args()
+
+    import numpy as np
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from training.datamodule import ArrayDataset
+    from training.train import build_datamodule, build_task, prepared_data
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(
+            "train", [f"data={args.data}", f"data.batch_size={args.batch_size}", f"data.max_seq_len={args.max_seq_len}"]
+        )
+    data = prepared_data(cfg)
+    datamodule = build_datamodule(cfg, data)
+    datamodule.setup()
+    dataset = ArrayDataset(datamodule.train_arrays)
+    order = np.random.default_rng(0).permutation(len(dataset))
+    batches = [
+        dataset[order[i : i + args.batch_size]] for i in range(0, len(order) - args.batch_size + 1, args.batch_size)
+    ]
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    rows = []
+    for encoder in args.encoders:
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = compose(
+                "train",
+                [
+                    f"data={args.data}",
+                    f"data.batch_size={args.batch_size}",
+                    f"data.max_seq_len={args.max_seq_len}",
+                    f"model.encoder={encoder}",
+                    "loss.name=full",
+                ],
+            )
+        torch.manual_seed(0)
+        task = build_task(cfg, data, datamodule).train()
+        optimizer = torch.optim.AdamW(task.parameters(), lr=1e-3)
+
+        def step(batch):
+            optimizer.zero_grad(set_to_none=True)
+            loss = task.training_step(batch, 0)
+            loss.backward()
+            optimizer.step()
+            return int((batch["targets"] > 0).sum())
+
+        task.log = lambda *a, **k: None  # no trainer attached: skip Lightning logging in the raw loop
+        cursor = 0
+        for _ in range(args.warmup):
+            step(batches[cursor % len(batches)])
+            cursor += 1
+        blocks = []
+        for _ in range(args.repeats):
+            targets = sequences = 0
+            started = time.perf_counter()
+            for _ in range(args.steps):
+                batch = batches[cursor % len(batches)]
+                targets += step(batch)
+                sequences += len(batch["targets"])
+                cursor += 1
+            seconds = time.perf_counter() - started
+            blocks.append(
+                {
+                    "seconds": seconds,
+                    "targets_per_second": targets / seconds,
+                    "sequences_per_second": sequences / seconds,
+                }
+            )
+        row = {
+            "benchmark": "train_throughput",
+            "data": args.data,
+            "encoder": encoder,
+            "num_items": data.num_items,
+            "batch_size": args.batch_size,
+            "max_seq_len": args.max_seq_len,
+            "embedding_dim": int(cfg.model.embedding_dim),
+            "num_layers": int(cfg.model.num_layers),
+            "loss": "full softmax",
+            "targets_per_second_median": statistics.median(b["targets_per_second"] for b in blocks),
+            "sequences_per_second_median": statistics.median(b["sequences_per_second"] for b in blocks),
+            "targets_per_second_min": min(b["targets_per_second"] for b in blocks),
+            "targets_per_second_max": max(b["targets_per_second"] for b in blocks),
+            "blocks": blocks,
+            "steps_per_block": args.steps,
+            "command": " ".join(sys.argv),
+            "git_commit": commit,
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+            "torch_threads": torch.get_num_threads(),
+            "versions": {"python": platform.python_version(), "torch": torch.__version__},
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        rows.append(row)
+        print(
+            f"{args.data:12} {encoder:12} {row['targets_per_second_median']:>10,.0f} targets/s "
+            f"({row['targets_per_second_min']:,.0f}-{row['targets_per_second_max']:,.0f})  "
+            f"{row['sequences_per_second_median']:>8,.0f} sequences/s",
+            flush=True,
+        )
+    base = next((r for r in rows if r["encoder"] == "transformer"), rows[0])
+    for row in rows:
+        print(
+            f"  {row['encoder']:12} {row['targets_per_second_median'] / base['targets_per_second_median']:.2f}x the {base['encoder']}"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "a") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+    print(f"results appended to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

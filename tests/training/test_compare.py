@@ -1,0 +1,73 @@
+"""training.compare over real runs: mean ± std per variant, markdown, CSV and a plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import compose_config
+from training.compare import main as compare
+from training.train import train
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    artifacts = root / "artifacts"
+    for model in ("popularity", "cooccurrence"):
+        for seed in (0, 1):
+            # Different shops per seed, so the two runs differ and the std is not trivially 0.
+            cfg = compose_config(
+                "train",
+                [
+                    "debug=fast",
+                    f"model={model}",
+                    f"seed={seed}",
+                    f"data.seed={seed}",
+                    f"artifacts_dir={artifacts}",
+                    f"run_dir={root / 'multirun' / f'{model}-{seed}'}",
+                    f"model.name={model}",
+                ],
+            )
+            train(cfg)
+    return root / "multirun"
+
+
+def test_leaderboard_averages_seeds_per_variant(runs, tmp_path):
+    out = compare([str(runs), "--out", str(tmp_path)])
+    text = (out / "leaderboard.md").read_text()
+    assert (
+        "## synthetic (sorted by test/ndcg@10" in text
+        and "| cooccurrence | 2 |" in text
+        and "| popularity | 2 |" in text
+    )
+    values = [json.loads((runs / f"cooccurrence-{s}" / "metrics.json").read_text())["test/ndcg@10"] for s in (0, 1)]
+    with open(out / "leaderboard.csv") as handle:
+        rows = {r["variant"]: r for r in csv.DictReader(handle)}
+    assert float(rows["cooccurrence"]["test/ndcg@10 mean"]) == pytest.approx(np.mean(values), abs=1e-6)
+    assert float(rows["cooccurrence"]["test/ndcg@10 std"]) == pytest.approx(np.std(values, ddof=1), abs=1e-6)
+    assert np.std(values) > 0
+    assert (out / "leaderboard.png").stat().st_size > 10_000
+
+
+def test_compare_without_runs_says_what_to_do(tmp_path):
+    with pytest.raises(SystemExit, match=r"no metrics\.json under .*; train first"):
+        compare([str(tmp_path)])
+
+
+def test_tensorboard_logger_writes_event_files(tmp_path):
+    cfg = compose_config(
+        "train",
+        [
+            "debug=fast",
+            "logger=tensorboard",
+            "ranker.enabled=false",
+            f"artifacts_dir={tmp_path / 'a'}",
+            f"run_dir={tmp_path / 'run'}",
+        ],
+    )
+    train(cfg)
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
