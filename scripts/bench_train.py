@@ -76,7 +76,7 @@ def main() -> None:
         task = build_task(cfg, data, datamodule).train()
         optimizer = torch.optim.AdamW(task.parameters(), lr=1e-3)
 
-        def step(batch):
+        def step(batch, task=task, optimizer=optimizer):
             optimizer.zero_grad(set_to_none=True)
             loss = task.training_step(batch, 0)
             loss.backward()
