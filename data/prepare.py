@@ -55,6 +55,8 @@ SPLIT_TYPES = ("leave_last_out", "temporal", "predefined")
 SEQUENCE_KEYS = ("session", "customer")
 MS_PER_DAY = 86_400_000
 SESSION_GAP_MS = 30 * 60 * 1000
+# Version of the prepared files' layout; bump when columns change so older preparations are redone.
+PREPARED_FORMAT_VERSION = 2
 
 
 def sha256_file(path: Path) -> str:
@@ -602,6 +604,7 @@ def prepare(loaded: LoadedData, cfg: Mapping, out_dir: Path, *, name: str, extra
     stats = {
         "name": name,
         "schema_version": SCHEMA_VERSION,
+        "prepared_format": PREPARED_FORMAT_VERSION,
         "source": source,
         "prepared": prepared_counts,
         "num_items": int(len(items_table)),

@@ -27,6 +27,7 @@ COLUMNS = (
     "test/ndcg@20",
     "test/hr@20",
     "test/intent_shift/ndcg@10",
+    "test/session_start/ndcg@10",
     "test/cold/hr@10",
     "test/coverage@10",
     "val/ndcg@10",
@@ -42,6 +43,8 @@ def find_runs(paths: list[Path]) -> list[Path]:
             runs.extend(sorted(p.parent for p in path.rglob("metrics.json")))
         else:
             raise SystemExit(f"error: {path} is neither a run folder (with metrics.json) nor a folder of runs.")
+    # A folder inside another run (e.g. <run>/evaluate) is a re-evaluation of that run: count the run once.
+    runs = [r for r in runs if not any(other != r and other in r.parents for other in runs)]
     if not runs:
         raise SystemExit(
             f"error: no metrics.json under {', '.join(map(str, paths))}; train first (python -m training.train ...)."

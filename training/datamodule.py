@@ -161,6 +161,8 @@ def evaluation_examples(
     device = split.steps["device_types"][targets]
     slices = {"all": np.ones(len(targets), bool)}
     slices["intent_shift"] = _intent_shift(split, targets, item_categories)
+    # First step of a new visit: the sequence cannot know the new intent yet, context can.
+    slices["session_start"] = split.steps["new_session"][targets].astype(bool)
     slices["cold"] = train_counts[batch["target"]] == 0
     slices["rare"] = (train_counts[batch["target"]] > 0) & (train_counts[batch["target"]] <= rare_max_count)
     for code, name in enumerate(DEVICE_NAMES):

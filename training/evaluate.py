@@ -70,7 +70,7 @@ def format_summary(metrics: dict, run_dir: Path) -> str:
     """A few lines for the terminal: overall and slice metrics at 10 on val and test."""
     lines = [f"run folder: {run_dir}"]
     for split in ("val", "test"):
-        for head in (split, f"{split}/intent_shift", f"{split}/cold", f"{split}/anonymous"):
+        for head in (split, f"{split}/intent_shift", f"{split}/session_start", f"{split}/cold", f"{split}/anonymous"):
             if f"{head}/count" in metrics:
                 lines.append(
                     f"  {head:22} n={int(metrics[f'{head}/count']):>7,}  HR@10 {metrics[f'{head}/hr@10']:.4f}  "
@@ -136,7 +136,7 @@ def evaluate(cfg) -> dict:
     trainer.test(task, datamodule=datamodule, verbose=False)
     metrics = dict(task.last_results)
     info = {
-        "model": task.hparams.model.get("encoder"),
+        "model": task.hparams.get("variant", "two_tower"),
         "data": data.stats["name"],
         "ckpt_path": str(ckpt),
         "exclude_seen": bool(task.eval_cfg.get("exclude_seen", False)),

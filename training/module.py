@@ -29,6 +29,7 @@ class RetrievalTask(pl.LightningModule):
         optim: {lr, weight_decay, warmup_steps, schedule: cosine|constant}.
         evaluation: {ks, exclude_seen, monitor}.
         data_fingerprint: {name, num_items, data_hash} of the prepared data, checked on reload.
+        variant: the model config's name (e.g. transformer_no_context), kept for reports.
     """
 
     def __init__(
@@ -41,6 +42,7 @@ class RetrievalTask(pl.LightningModule):
         optim: dict,
         evaluation: dict,
         data_fingerprint: dict,
+        variant: str = "two_tower",
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["feature_codes", "train_counts"])

@@ -34,15 +34,17 @@ log = logging.getLogger(__name__)
 
 def prepared_data(cfg) -> PreparedData:
     """The prepared dataset of `cfg.data`, preparing it first when missing or stale."""
-    from data.prepare import config_hash
+    from data.prepare import PREPARED_FORMAT_VERSION, config_hash
     from data.prepare import run as prepare_run
 
     data_cfg = config_dict(cfg, "data")
     directory = Path(cfg.artifacts_dir) / "data" / data_cfg["name"]
     stats_path = directory / "stats.json"
-    stale = not stats_path.is_file() or json.loads(stats_path.read_text()).get("config_hash") != config_hash(data_cfg)
-    if stale:
-        log.info("preparing %s into %s (missing or made with another data config)", data_cfg["name"], directory)
+    stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
+    if stats.get("config_hash") != config_hash(data_cfg) or stats.get("prepared_format") != PREPARED_FORMAT_VERSION:
+        log.info(
+            "preparing %s into %s (missing, or made with another data config or version)", data_cfg["name"], directory
+        )
         prepare_run(cfg)
     data = PreparedData.load(directory)
     expected = data_cfg.get("num_items")
@@ -95,6 +97,7 @@ def build_task(cfg, data: PreparedData, datamodule: SequenceDataModule):
             optim=config_dict(cfg, "optim"),
             evaluation=config_dict(cfg, "evaluate"),
             data_fingerprint=data_fingerprint(data),
+            variant=model_cfg.get("name", "two_tower"),
         )
     except (TypeError, ValueError) as error:
         raise ConfigError(f"model={model_cfg.get('name')!r}: {error}") from None

@@ -206,3 +206,13 @@ def test_reranking_in_retrieval_order_gives_the_retrieval_metrics(artifacts, tmp
     reranked = evaluate_reranked(task, agree, datamodule, "test", dict(cfg.evaluate), 50)
     for k in (5, 10, 20, 50, 100):
         assert reranked[f"rerank_test/ndcg@{k}"] == pytest.approx(plain[f"test/ndcg@{k}"], abs=1e-9)
+
+
+def test_training_prepares_again_when_the_prepared_data_is_from_an_older_version(artifacts, tmp_path):
+    run(artifacts, tmp_path / "first", "model=popularity")
+    stats_path = artifacts / "data" / "synthetic" / "stats.json"
+    stats = json.loads(stats_path.read_text())
+    stats["prepared_format"] = 1
+    stats_path.write_text(json.dumps(stats))
+    run(artifacts, tmp_path / "second", "model=popularity")
+    assert json.loads(stats_path.read_text())["prepared_format"] >= 2
