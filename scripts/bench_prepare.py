@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from scripts.bench_common import environment  # noqa: E402
 
 CHILD = r"""
 import json, resource, sys, time
@@ -56,33 +55,13 @@ def child(stage: str, num_events: int, artifacts: Path) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def environment() -> dict:
-    import numpy
-    import pandas
-    import pyarrow
-
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
-    return {
-        "git_commit": commit,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.machine()},
-        "versions": {
-            "python": platform.python_version(),
-            "numpy": numpy.__version__,
-            "pandas": pandas.__version__,
-            "pyarrow": pyarrow.__version__,
-        },
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "prepare.jsonl")
     args = parser.parse_args()
-    env = environment()
+    env = environment("numpy", "pandas", "pyarrow")
     command = " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     rows = []
     workdir = Path(tempfile.mkdtemp(prefix="bench_prepare_"))
@@ -112,7 +91,6 @@ def main() -> None:
                     "peak_rss_mib_max": max(memory),
                     "runs": runs,
                     "command": command,
-                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     **env,
                 }
                 rows.append(row)

@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from scripts.bench_common import environment  # noqa: E402
 
 
 def main() -> None:
@@ -56,9 +54,6 @@ def main() -> None:
     batches = [
         dataset[order[i : i + args.batch_size]] for i in range(0, len(order) - args.batch_size + 1, args.batch_size)
     ]
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
     rows = []
     for encoder in args.encoders:
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -122,11 +117,8 @@ def main() -> None:
             "blocks": blocks,
             "steps_per_block": args.steps,
             "command": " ".join(sys.argv),
-            "git_commit": commit,
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
             "torch_threads": torch.get_num_threads(),
-            "versions": {"python": platform.python_version(), "torch": torch.__version__},
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **environment("torch", "numpy"),
         }
         rows.append(row)
         print(

@@ -371,12 +371,16 @@ class SequenceDataModule(pl.LightningDataModule):
             loader.sampler.set_epoch(self.trainer.current_epoch)
         return loader
 
+    def eval_loader(self, name: str) -> torch.utils.data.DataLoader:
+        """Batches of the `name` split's examples in order (sharded across DDP ranks)."""
+        return self._loader(self.eval_arrays(name), self.eval_batch_size, shuffle=False)
+
     def eval_arrays(self, name: str) -> dict[str, np.ndarray]:
         batch, slices, _ = self.eval_sets[name]
         return {**batch, "example_index": np.arange(len(batch["target"]))}
 
     def val_dataloader(self):
-        return self._loader(self.eval_arrays("val"), self.eval_batch_size, shuffle=False)
+        return self.eval_loader("val")
 
     def test_dataloader(self):
-        return self._loader(self.eval_arrays("test"), self.eval_batch_size, shuffle=False)
+        return self.eval_loader("test")

@@ -29,7 +29,7 @@ def evaluate_scorer(score: Callable, datamodule, split: str, evaluation: dict, n
     """Rank the catalogue for every example of `split` with `score(batch) -> (B, N)` scores."""
     batch_arrays, slices, seen = datamodule.eval_sets[split]
     accumulator = RankingAccumulator(evaluation["ks"], num_items, datamodule.train_counts)
-    loader = datamodule._loader(datamodule.eval_arrays(split), datamodule.eval_batch_size, shuffle=False)
+    loader = datamodule.eval_loader(split)
     with torch.no_grad():
         for batch in loader:
             index = batch["example_index"].numpy()

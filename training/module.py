@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict
 
 import numpy as np
 import pytorch_lightning as pl
@@ -186,6 +185,3 @@ class RetrievalTask(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._end("test")
-
-    def config_summary(self) -> dict:
-        return {"model": asdict(self.model_cfg), "loss": self.loss_name}

@@ -1,0 +1,28 @@
+"""What every benchmark records beside its numbers: git commit, machine and library versions."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def environment(*libraries: str) -> dict:
+    """git commit, machine, Python and the given libraries' versions, and the time (UTC)."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "git_commit": commit,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.machine()},
+        "versions": {
+            "python": platform.python_version(),
+            **{name: importlib.import_module(name).__version__ for name in libraries},
+        },
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
