@@ -407,24 +407,17 @@ def _chunk(world: _World, num_sessions: int, rng: np.random.Generator) -> dict:
     featured = world.campaign_item[campaign[email_sessions]]
     featured_category = world.item_category[featured]
     no_shift = np.zeros(len(email_sessions), bool)
-    add(
-        email_sessions,
-        np.full(len(email_sessions), -2.0),
-        featured,
-        ET["email_open"],
-        np.zeros(len(email_sessions), np.int32),
-        featured_category,
-        no_shift,
-    )
-    add(
-        email_sessions,
-        np.full(len(email_sessions), -1.0),
-        featured,
-        ET["email_click"],
-        np.zeros(len(email_sessions), np.int32),
-        featured_category,
-        no_shift,
-    )
+    for key, event_type in ((-2.0, "email_open"), (-1.0, "email_click")):  # both before the first view
+        no_quantity = np.zeros(len(email_sessions), np.int32)
+        add(
+            email_sessions,
+            np.full(len(email_sessions), key),
+            featured,
+            ET[event_type],
+            no_quantity,
+            featured_category,
+            no_shift,
+        )
 
     session, key, item, event_type, quantity, category, shifted = (np.concatenate(x) for x in zip(*parts))
     order = np.lexsort((key, session))

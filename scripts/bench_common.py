@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import platform
 import subprocess
@@ -26,3 +27,12 @@ def environment(*libraries: str) -> dict:
         },
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def append_results(path: Path, rows: list[dict]) -> None:
+    """Append one JSON line per result row."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+    print(f"results appended to {path}")

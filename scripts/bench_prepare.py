@@ -23,7 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from scripts.bench_common import environment  # noqa: E402
+from scripts.bench_common import append_results, environment  # noqa: E402
 
 CHILD = r"""
 import json, resource, sys, time
@@ -102,11 +102,7 @@ def main() -> None:
                 )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "a") as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
-    print(f"results appended to {args.out}")
+    append_results(args.out, rows)
 
 
 if __name__ == "__main__":

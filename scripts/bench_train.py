@@ -12,7 +12,6 @@ Results: JSON lines in benchmarks/results/train.jsonl and a printed table.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from scripts.bench_common import environment  # noqa: E402
+from scripts.bench_common import append_results, environment  # noqa: E402
 
 
 def main() -> None:
@@ -132,11 +131,7 @@ def main() -> None:
         print(
             f"  {row['encoder']:12} {row['targets_per_second_median'] / base['targets_per_second_median']:.2f}x the {base['encoder']}"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "a") as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
-    print(f"results appended to {args.out}")
+    append_results(args.out, rows)
 
 
 if __name__ == "__main__":
