@@ -14,6 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from data.errors import ConfigError
 from training.datamodule import Split
 
 BASELINES = ("popularity", "cooccurrence")
@@ -75,4 +76,4 @@ def make_baseline(name: str, train_counts: np.ndarray, train: Split, params: dic
         return Popularity(train_counts)
     if name == "cooccurrence":
         return CoOccurrence(train_counts, train, **params)
-    raise ValueError(f"model.baseline={name!r}; expected one of {list(BASELINES)}.")
+    raise ConfigError(f"model.baseline={name!r}; expected one of {list(BASELINES)}.")

@@ -155,3 +155,11 @@ def test_bad_model_config_names_the_key():
         TwoTowerConfig(encoder="lstm")
     with pytest.raises(ValueError, match=r"model\.embedding_dim=10 must be divisible by model\.num_heads=4"):
         TwoTowerConfig(embedding_dim=10, num_heads=4)
+
+
+def test_a_sequence_longer_than_the_positions_is_refused_with_the_fix():
+    model = make_model()  # max_seq_len=12
+    with pytest.raises(
+        ValueError, match=r"sequence of 16 steps is longer than model\.max_seq_len=12; keep the most recent steps"
+    ):
+        model.query_states(make_batch(T=16, lengths=(16, 5, 1)))

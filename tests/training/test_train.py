@@ -216,3 +216,32 @@ def test_training_prepares_again_when_the_prepared_data_is_from_an_older_version
     stats_path.write_text(json.dumps(stats))
     run(artifacts, tmp_path / "second", "model=popularity")
     assert json.loads(stats_path.read_text())["prepared_format"] >= 2
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["loss.name=bogus"],
+            r"model='transformer': loss\.name='bogus'; expected one of \['auto', 'full', 'sampled', 'gbce'\]",
+        ),
+        (
+            ["model.context=sideways"],
+            r"model\.context='sideways'; expected one of \['none', 'concat', 'latent_cross'\]",
+        ),
+        (["model.similarity=l2"], r"model\.similarity='l2'; expected one of \['dot', 'cosine'\]"),
+        (["logger.kind=wandb"], r"logger\.kind='wandb'; expected csv or tensorboard"),
+        (
+            ["model=popularity", "model.baseline=random"],
+            r"model\.baseline='random'; expected one of \['popularity', 'cooccurrence'\]",
+        ),
+    ],
+)
+def test_bad_training_config_names_the_key(artifacts, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        run(artifacts, tmp_path, *overrides)
+
+
+def test_evaluate_needs_an_existing_checkpoint(artifacts, tmp_path):
+    with pytest.raises(ConfigError, match=r"ckpt_path='.*missing\.ckpt' does not exist; point it at a \.ckpt"):
+        run(artifacts, tmp_path, f"ckpt_path={tmp_path / 'missing.ckpt'}", config="evaluate")
