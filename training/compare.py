@@ -120,6 +120,8 @@ def _plot(table: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     datasets = sorted({d for d, _ in table})
+    variants = sorted({m for _, m in table})
+    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(variants)}  # one colour per variant everywhere
     figure, axes = plt.subplots(len(datasets), 2, figsize=(11, 3.8 * len(datasets)), squeeze=False)
     for row, data in enumerate(datasets):
         for column, (metric, label) in enumerate((("ndcg", "NDCG@K"), ("hr", "Recall@K (= HR@K)"))):
@@ -130,7 +132,7 @@ def _plot(table: dict, path: Path) -> None:
                 ks = sorted(int(k.split("@")[1]) for k in value["metrics"] if k.startswith(f"test/{metric}@"))
                 means = np.array([value["metrics"][f"test/{metric}@{k}"][0] for k in ks])
                 stds = np.array([value["metrics"][f"test/{metric}@{k}"][1] for k in ks])
-                axis.errorbar(ks, means, yerr=stds, marker="o", capsize=3, label=model)
+                axis.errorbar(ks, means, yerr=stds, marker="o", capsize=3, label=model, color=colors[model])
             axis.set_xscale("log")
             axis.set_xlabel("K")
             axis.set_title(f"{data}: test {label}")
