@@ -541,10 +541,7 @@ def prepare(loaded: LoadedData, cfg: Mapping, out_dir: Path, *, name: str, extra
 
     # Train counts per raw item (popularity as the model may see it) = items on train rows.
     _, train_start, train_end, _ = splits["train"]
-    train_mask = np.zeros(len(flat) + 1, np.int64)
-    np.add.at(train_mask, train_start, 1)
-    np.add.at(train_mask, train_end, -1)
-    in_train = np.cumsum(train_mask)[:-1] > 0
+    in_train = _slice_mask(train_start, train_end, len(flat))
     train_counts = np.bincount(flat.item[in_train], minlength=len(meta["item_values"]))
     items_table, item_index, item_vocab = item_features(
         flat, meta, loaded.items, train_counts, int(cfg.get("num_price_buckets", 10))

@@ -84,15 +84,12 @@ def _gather(values: np.ndarray, index: np.ndarray, valid: np.ndarray, fill=0) ->
 def _past_purchases(split: Split, row: np.ndarray, window_start: np.ndarray, count: int) -> np.ndarray:
     """(W, count) ids of the last `count` purchases of each row before its window start (0 = none)."""
     bought = np.flatnonzero(np.isin(split.steps["event_types"], PURCHASE_EVENT_CODES))
+    if len(bought) == 0:
+        return np.zeros((len(row), count), np.int64)
     before = np.searchsorted(bought, window_start)  # purchases (globally) before the window
     row_first = np.searchsorted(bought, split.offsets[row])  # first purchase of the row
     index = before[:, None] - count + np.arange(count)[None, :]
-    valid = index >= row_first[:, None]
-    return _gather(
-        split.steps["item_ids"][bought] if len(bought) else np.zeros(1, np.int32),
-        index,
-        valid & (len(bought) > 0),
-    )
+    return _gather(split.steps["item_ids"][bought], index, index >= row_first[:, None])
 
 
 def _inputs(
@@ -227,7 +224,7 @@ class BatchIndexSampler(torch.utils.data.Sampler):
 
 
 class ArrayDataset(torch.utils.data.Dataset):
-    """`dataset[index_array]` -> a batch dict of tensors (int64 for ids/codes)."""
+    """`dataset[index_array]` -> a batch dict of tensors (int64 for ids/codes; floats keep their dtype)."""
 
     def __init__(self, arrays: dict[str, np.ndarray]):
         self.arrays = arrays
@@ -238,7 +235,9 @@ class ArrayDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index) -> dict[str, torch.Tensor]:
         return {
-            name: torch.from_numpy(np.ascontiguousarray(values[index]).astype(np.int64))
+            name: torch.from_numpy(
+                np.ascontiguousarray(values[index]).astype(values.dtype if values.dtype.kind == "f" else np.int64)
+            )
             for name, values in self.arrays.items()
         }
 

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from models.context import CONTEXT_FIELDS
 from models.ranker import Ranker, RankerConfig
-from training.datamodule import ArrayDataset, evaluation_examples, read_split
+from training.datamodule import ArrayDataset, BatchIndexSampler, evaluation_examples, read_split
 from training.metrics import RankingAccumulator, mask_scores
 
 log = logging.getLogger(__name__)
@@ -101,17 +101,6 @@ class RankerTask(pl.LightningModule):
         return torch.optim.AdamW(self.ranker.parameters(), lr=self.hparams.lr, weight_decay=0.01)
 
 
-class _FloatDataset(torch.utils.data.Dataset):
-    def __init__(self, arrays):
-        self.arrays = arrays
-
-    def __len__(self):
-        return len(self.arrays["label"])
-
-    def __getitem__(self, index):
-        return {k: torch.as_tensor(v[index]) for k, v in self.arrays.items()}
-
-
 def train_ranker(retrieval, datamodule, cfg: dict, seed: int, run_dir) -> tuple[RankerTask, dict]:
     """Fit the ranker on candidates of training examples; returns the task and a summary."""
     model = retrieval.model
@@ -157,12 +146,9 @@ def train_ranker(retrieval, datamodule, cfg: dict, seed: int, run_dir) -> tuple[
         codes,
         lr=float(cfg["lr"]),
     )
-    loader = torch.utils.data.DataLoader(
-        _FloatDataset(examples),
-        batch_size=int(cfg["batch_size"]),
-        shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    # The same batch-at-a-time loading as retrieval training: one fancy index per batch.
+    sampler = BatchIndexSampler(len(examples["label"]), int(cfg["batch_size"]), shuffle=True, seed=seed)
+    loader = torch.utils.data.DataLoader(ArrayDataset(examples), batch_size=None, sampler=sampler)
     trainer = pl.Trainer(
         max_epochs=int(cfg["epochs"]),
         accelerator="auto",

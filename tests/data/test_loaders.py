@@ -490,3 +490,16 @@ def test_prepare_writes_the_source_as_canonical_parquet_that_loads_back_identica
     # (prices are NaN = unknown here, and NaN != NaN, so they are left out of the comparison)
     reloaded = pq.read_table(out.parent / "again" / "test.parquet").drop_columns(["prices"])
     assert reloaded.equals(pq.read_table(out / "test.parquet").drop_columns(["prices"]))
+
+
+def test_a_canonical_column_of_the_wrong_type_names_column_and_type(tmp_path):
+    from data.loaders import load_canonical
+
+    pq.write_table(
+        pa.table({"customer_id": ["c"], "item_id": ["1"], "event_time": ["yesterday"]}), tmp_path / "events.parquet"
+    )
+    with pytest.raises(
+        DataError,
+        match=r"events\.parquet: column 'event_time' has type string, which does not convert to the canonical timestamp\[ms, tz=UTC\]",
+    ):
+        load_canonical(tmp_path)

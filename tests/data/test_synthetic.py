@@ -210,3 +210,20 @@ def test_new_arrivals_are_never_seen_before_their_launch(shop):
     new = items[items["first_available"] > items["first_available"].min()]
     assert 0.05 < len(new) / len(items) < 0.15  # new_item_share=0.1
     assert shop["events"]["item_id"].isin(new.index).any()
+
+
+def test_data_synthetic_cli_refuses_another_dataset(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    result = subprocess.run(
+        [sys.executable, "-m", "data.synthetic", "data=yoochoose", f"artifacts_dir={tmp_path}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "data='yoochoose' is not the synthetic shop; run python -m data.synthetic data=synthetic." in result.stderr

@@ -71,3 +71,10 @@ def test_tensorboard_logger_writes_event_files(tmp_path):
     )
     train(cfg)
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_compare_names_a_path_that_is_not_a_run(tmp_path):
+    with pytest.raises(
+        SystemExit, match=r"missing is neither a run folder \(with metrics\.json\) nor a folder of runs"
+    ):
+        compare([str(tmp_path / "missing")])

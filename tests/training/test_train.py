@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -94,7 +95,12 @@ def test_resuming_continues_training_from_the_last_checkpoint(artifacts, tmp_pat
     run(artifacts, tmp_path / "resumed", f"ckpt_path={last}", "trainer.max_epochs=2")
     resumed = json.loads((tmp_path / "resumed" / "metrics.json").read_text())["info"]
     assert first["global_step"] == 5
-    assert resumed["global_step"] == 10  # 5 steps restored + 5 new ones, not 10 from scratch... nor 5
+    assert resumed["global_step"] == 10
+    # A run from scratch would also end at step 10; a resumed one trains only epoch 1 (steps 5..9).
+    with open(tmp_path / "resumed" / "logs" / "metrics.csv") as handle:
+        trained = [row for row in csv.DictReader(handle) if row.get("train/loss")]
+    assert trained and {row["epoch"] for row in trained} == {"1"}
+    assert min(int(row["step"]) for row in trained) >= 5
     state = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert state["epoch"] == 1 and state["global_step"] == 10
 
