@@ -9,7 +9,9 @@ It models what personalization is about and writes the ground truth beside the d
 - customers: sparse category preferences, price sensitivity, loyalty, region, 1-3 devices of
   different types (the same customer on desktop and mobile);
 - sessions: an intent category, and with `intent_shift_prob` a switch to a *complementary* category
-  at a random view (dress -> shoes), labelled per event; re-views of the same item;
+  at a random view (dress -> shoes), labelled per event, after a pause of about `shift_pause_s`
+  (the shopper leaves the product page and comes back with something else in mind); re-views of the
+  same item;
 - context that changes which categories and price tiers are likely: device type, hour band, day of
   week, referrer and region each boost a few categories (log-additive, `context_strength`) and
   shift the price tier;
@@ -84,7 +86,7 @@ CATEGORY_NAMES = (
 HOUR_BANDS = ("night", "morning", "afternoon", "evening")  # 0-5, 6-11, 12-17, 18-23 UTC
 TIERS = ("budget", "mid", "premium")
 ET = {name: i for i, name in enumerate(EVENT_TYPES)}
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class ShopConfig:
     intent_shift_prob: float = 0.35
     context_strength: float = 2.0
     complement_strength: float = 3.0
+    shift_pause_s: float = 300.0
     popularity_exponent: float = 1.0
     guest_session_prob: float = 0.08
     late_login_prob: float = 0.25
@@ -117,6 +120,11 @@ class ShopConfig:
             raise ConfigError(f"data.num_events={self.num_events}; expected 1,000 to 50,000,000 events.")
         if not 2 <= self.num_categories <= 10_000:
             raise ConfigError(f"data.num_categories={self.num_categories}; expected 2 to 10,000.")
+        if not 0.0 <= self.shift_pause_s <= 1000.0:
+            raise ConfigError(
+                f"data.shift_pause_s={self.shift_pause_s}; expected 0 to 1,000 seconds (1.5 x the pause must stay "
+                "under the 30-minute session gap)."
+            )
         if self.chunk_events < 1000:
             raise ConfigError(f"data.chunk_events={self.chunk_events}; expected at least 1,000.")
         for key in (
@@ -431,6 +439,11 @@ def _chunk(world: _World, num_sessions: int, rng: np.random.Generator) -> dict:
     mean_gap = np.where(device_type[session] == 1, 25_000, 45_000)
     gaps = rng.exponential(1.0, E) * mean_gap
     gaps = np.where(event_type == ET["email_click"], rng.uniform(60_000, 1_800_000, E), gaps)
+    # The first view of a new intent comes after a pause of 0.5-1.5 x shift_pause_s.
+    new_intent = shifted & ~np.r_[False, shifted[:-1]] & (event_type == ET["view"])
+    # The event's own exponential draw, mapped to uniform(0, 1), sets where in that range it falls.
+    pause = (0.5 + -np.expm1(-gaps / mean_gap)) * cfg.shift_pause_s * 1000
+    gaps = np.where(new_intent & (cfg.shift_pause_s > 0), pause, gaps)
     gaps[rank == 0] = 0
     elapsed = np.cumsum(gaps)
     elapsed -= np.repeat(elapsed[np.cumsum(counts) - counts], counts)
@@ -649,6 +662,7 @@ def _write_static(world: _World, out: Path) -> None:
             world.category_names[c]: [world.category_names[x] for x in row] for c, row in enumerate(world.complements)
         },
         "complement_strength": cfg.complement_strength,
+        "shift_pause_s": [0.5 * cfg.shift_pause_s, 1.5 * cfg.shift_pause_s],
         "campaigns": [
             {"campaign": i, "time_ms": int(t), "category": world.category_names[c], "item_id": f"i{item}"}
             for i, (t, c, item) in enumerate(zip(world.campaign_ms, world.campaign_category, world.campaign_item))

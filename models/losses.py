@@ -21,10 +21,13 @@ LOSSES = ("full", "sampled", "gbce")
 
 
 def full_softmax(queries: torch.Tensor, targets: torch.Tensor, all_items: torch.Tensor, scale: float) -> torch.Tensor:
-    """queries (M, D), targets (M,), all_items (N, D) -> mean CE; padding column 0 never wins."""
-    logits = queries @ all_items.T * scale  # (M, N)
-    logits[:, 0] = float("-inf")
-    return F.cross_entropy(logits, targets)
+    """queries (M, D), targets (M,) in 1..N, all_items (N + 1, D) with row 0 the padding -> mean CE.
+
+    The padding row is left out of the logits (rather than set to -inf in place, which costs a copy
+    of the (M, N) matrix in autograd).
+    """
+    logits = queries @ all_items[1:].T * scale  # (M, N)
+    return F.cross_entropy(logits, targets - 1)
 
 
 class SampledSoftmax:

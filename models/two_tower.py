@@ -95,32 +95,51 @@ class TwoTower(nn.Module):
         self.context = ContextEmbedding(cfg.embedding_dim, vocab.context_sizes) if cfg.context != "none" else None
         self.fusion = ContextFusion(cfg.context, cfg.embedding_dim, cfg.dropout)
 
-    def purchase_summary(self, batch: dict[str, torch.Tensor], step_items: torch.Tensor) -> torch.Tensor:
+    def purchase_summary(
+        self, batch: dict[str, torch.Tensor], step_items: torch.Tensor, past_items: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Mean embedding of purchases before the window and in it up to each step: (B, T, D)."""
         past_ids = batch["past_purchase_ids"]  # (B, P), 0 = none
-        past = self.item_tower(past_ids).sum(dim=1, keepdim=True)  # (B, 1, D)
+        past_items = self.item_tower(past_ids) if past_items is None else past_items * (past_ids > 0).unsqueeze(-1)
+        past = past_items.sum(dim=1, keepdim=True)  # (B, 1, D)
         past_count = (past_ids > 0).sum(dim=1, keepdim=True).unsqueeze(-1)  # (B, 1, 1)
         bought = torch.zeros_like(batch["event_types"], dtype=torch.bool)
         for code in PURCHASE_EVENT_CODES:
-            bought |= batch["event_types"] == code
+            bought = bought | (batch["event_types"] == code)  # not in place: exported to ONNX
         running = torch.cumsum(step_items * bought.unsqueeze(-1), dim=1)  # (B, T, D)
-        count = torch.cumsum(bought, dim=1).unsqueeze(-1) + past_count
+        count = torch.cumsum(bought.long(), dim=1).unsqueeze(-1) + past_count
         return (past + running) / count.clamp(min=1)
 
-    def query_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Queries at every position (B, T, D): position t predicts the step after t."""
+    def query_states(
+        self,
+        batch: dict[str, torch.Tensor],
+        step_items: torch.Tensor | None = None,
+        past_items: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Queries at every position (B, T, D): position t predicts the step after t.
+
+        Serving passes the item vectors itself (`step_items` (B, T, D), `past_items` (B, P, D)) from
+        the served embedding table, so items added after training are read like any other; then
+        only `item_ids > 0` and `past_purchase_ids > 0` (which steps are real) are used from the batch.
+        """
         mask = batch["item_ids"] > 0
-        step_items = self.item_tower(batch["item_ids"])  # (B, T, D)
+        if step_items is None:
+            step_items = self.item_tower(batch["item_ids"])  # (B, T, D)
         states = self.encoder(self.steps(batch, step_items), mask)  # (B, T, D)
         context = None
         if self.context is not None:
-            context = self.context(batch, self.purchase_summary(batch, step_items))
+            context = self.context(batch, self.purchase_summary(batch, step_items, past_items))
         queries = self.fusion(states, context)
         return F.normalize(queries, dim=-1) if self.cfg.similarity == "cosine" else queries
 
-    def query(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def query(
+        self,
+        batch: dict[str, torch.Tensor],
+        step_items: torch.Tensor | None = None,
+        past_items: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The query of each sequence's last real step: (B, D)."""
-        states = self.query_states(batch)
+        states = self.query_states(batch, step_items, past_items)
         last = (batch["item_ids"] > 0).sum(dim=1).clamp(min=1) - 1  # (B,)
         return states[torch.arange(states.shape[0], device=states.device), last]
 

@@ -3,8 +3,10 @@
     python scripts/bench_train.py                                   # synthetic shop, all encoders
     python scripts/bench_train.py --data yoochoose --encoders transformer --steps 30
 
-Same data, same batches, same machine, one run: for each variant, `--warmup` steps, then `--repeats`
-timed blocks of `--steps` training steps (forward, full-softmax loss over the catalogue, backward,
+Same data, same batches, same machine, one run: for each variant and batching (`padded`: random
+batches padded to max_seq_len; `bucketed`: batches of similar length with the padding cut, the
+training default `data.bucket_by_length=true`), `--warmup` steps, then `--repeats` timed blocks of
+`--steps` training steps (forward, full-softmax loss over the catalogue, backward,
 AdamW step); the median block gives targets/s (positions with a target) and sequences/s (windows).
 Results: JSON lines in benchmarks/results/train.jsonl and a printed table.
 """
@@ -28,17 +30,17 @@ def main() -> None:
     parser.add_argument("--encoders", nargs="+", default=["transformer", "gru", "mean"])
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--max-seq-len", type=int, default=50)
+    parser.add_argument("--batching", nargs="+", default=["padded", "bucketed"], choices=["padded", "bucketed"])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "train.jsonl")
     args = parser.parse_args()
 
-    import numpy as np
     import torch
     from hydra import compose, initialize_config_dir
 
-    from training.datamodule import ArrayDataset
+    from training.datamodule import ArrayDataset, BatchIndexSampler
     from training.train import build_datamodule, build_task, prepared_data
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -48,13 +50,17 @@ def main() -> None:
     data = prepared_data(cfg)
     datamodule = build_datamodule(cfg, data)
     datamodule.setup()
-    dataset = ArrayDataset(datamodule.train_arrays)
-    order = np.random.default_rng(0).permutation(len(dataset))
-    batches = [
-        dataset[order[i : i + args.batch_size]] for i in range(0, len(order) - args.batch_size + 1, args.batch_size)
-    ]
+    arrays = datamodule.train_arrays
+    lengths = (arrays["item_ids"] > 0).sum(axis=1)
+    batch_lists = {}
+    for batching in args.batching:
+        bucketed = batching == "bucketed"
+        dataset = ArrayDataset(arrays, trim=bucketed)
+        sampler = BatchIndexSampler(len(dataset), args.batch_size, True, 0, lengths=lengths if bucketed else None)
+        batch_lists[batching] = [dataset[index] for index in sampler if len(index) == args.batch_size]
     rows = []
-    for encoder in args.encoders:
+    for encoder, batching in [(e, b) for e in args.encoders for b in args.batching]:
+        batches = batch_lists[batching]
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
             cfg = compose(
                 "train",
@@ -103,6 +109,7 @@ def main() -> None:
             "benchmark": "train_throughput",
             "data": args.data,
             "encoder": encoder,
+            "batching": batching,
             "num_items": data.num_items,
             "batch_size": args.batch_size,
             "max_seq_len": args.max_seq_len,
@@ -121,16 +128,15 @@ def main() -> None:
         }
         rows.append(row)
         print(
-            f"{args.data:12} {encoder:12} {row['targets_per_second_median']:>10,.0f} targets/s "
+            f"{args.data:12} {encoder:12} {batching:9} {row['targets_per_second_median']:>10,.0f} targets/s "
             f"({row['targets_per_second_min']:,.0f}-{row['targets_per_second_max']:,.0f})  "
             f"{row['sequences_per_second_median']:>8,.0f} sequences/s",
             flush=True,
         )
-    base = next((r for r in rows if r["encoder"] == "transformer"), rows[0])
+    base = rows[0]
     for row in rows:
-        print(
-            f"  {row['encoder']:12} {row['targets_per_second_median'] / base['targets_per_second_median']:.2f}x the {base['encoder']}"
-        )
+        ratio = row["targets_per_second_median"] / base["targets_per_second_median"]
+        print(f"  {row['encoder']:12} {row['batching']:9} {ratio:.2f}x the {base['encoder']} ({base['batching']})")
     append_results(args.out, rows)
 
 

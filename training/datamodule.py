@@ -42,6 +42,8 @@ CONTEXT_COLUMNS = {  # batch name -> prepared step column
     "ctx_referrers": "referrers",
     "ctx_regions": "regions",
 }
+# (B, T) arrays of a batch, cut together when a batch is trimmed to its longest sequence.
+SEQUENCE_ARRAYS = frozenset({*STEP_INPUTS, "gap_buckets", *CONTEXT_COLUMNS, "ctx_gap_buckets", "targets"})
 DEVICE_NAMES = ("unknown", "desktop", "mobile", "tablet")
 
 
@@ -190,22 +192,42 @@ def _intent_shift(split: Split, targets: np.ndarray, item_categories: np.ndarray
 
 
 class BatchIndexSampler(torch.utils.data.Sampler):
-    """Yields index arrays of one batch each; shuffles per epoch; shards batches across DDP ranks."""
+    """Yields index arrays of one batch each; shuffles per epoch; shards batches across DDP ranks.
 
-    def __init__(self, size: int, batch_size: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1):
+    With `lengths`, batches hold examples of similar length so that `ArrayDataset` can trim the
+    padding: training shuffles, sorts each pool of `pool_batches` batches by length, cuts it into
+    batches and shuffles the batch order; evaluation (no shuffle) simply goes in order of length.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        lengths: np.ndarray | None = None,
+        pool_batches: int = 50,
+    ):
         self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
         self.rank, self.world_size, self.epoch = rank, world_size, 0
+        self.lengths, self.pool = lengths, batch_size * pool_batches
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def _batches(self) -> list[np.ndarray]:
-        order = (
-            np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
-            if self.shuffle
-            else np.arange(self.size)
-        )
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.size) if self.shuffle else np.arange(self.size)
+        if self.lengths is not None and self.shuffle:
+            pools = [order[i : i + self.pool] for i in range(0, self.size, self.pool)]
+            order = np.concatenate([pool[np.argsort(self.lengths[pool], kind="stable")] for pool in pools])
+        elif self.lengths is not None:
+            order = np.argsort(self.lengths, kind="stable")
         batches = [order[i : i + self.batch_size] for i in range(0, self.size, self.batch_size)]
+        if self.lengths is not None and self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
         if self.world_size > 1 and self.shuffle:
             # Training: every rank takes the same number of batches (DDP steps in lockstep); the
             # last few batches are repeated on ranks that would otherwise run short.
@@ -224,19 +246,29 @@ class BatchIndexSampler(torch.utils.data.Sampler):
 
 
 class ArrayDataset(torch.utils.data.Dataset):
-    """`dataset[index_array]` -> a batch dict of tensors (int64 for ids/codes; floats keep their dtype)."""
+    """`dataset[index_array]` -> a batch dict of tensors (int64 for ids/codes; floats keep their dtype).
 
-    def __init__(self, arrays: dict[str, np.ndarray]):
+    With `trim`, the (B, T) step arrays are cut after the batch's longest sequence: steps are right
+    padded and the encoders are causal, so the outputs of real steps do not change.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], trim: bool = False):
         self.arrays = arrays
         self.size = len(next(iter(arrays.values())))
+        self.trim = trim and "item_ids" in arrays
 
     def __len__(self) -> int:
         return self.size
 
     def __getitem__(self, index) -> dict[str, torch.Tensor]:
+        width = None
+        if self.trim:
+            width = max(1, int((self.arrays["item_ids"][index] > 0).sum(axis=1).max(initial=1)))
         return {
             name: torch.from_numpy(
-                np.ascontiguousarray(values[index]).astype(values.dtype if values.dtype.kind == "f" else np.int64)
+                np.ascontiguousarray(
+                    values[index, :width] if width and name in SEQUENCE_ARRAYS else values[index]
+                ).astype(values.dtype if values.dtype.kind == "f" else np.int64)
             )
             for name, values in self.arrays.items()
         }
@@ -271,11 +303,16 @@ class PreparedData:
 
     def feature_codes(self) -> tuple[np.ndarray, list[int]]:
         """(N, F) item content codes and their vocabulary sizes (category, brand, price bucket, attributes)."""
-        columns = [c for c in self.items if c.endswith("_idx") and c != "item_idx"] + ["price_bucket"]
+        columns = self.feature_columns()
+        if not columns:
+            return np.zeros((self.num_items + 1, 0), np.int64), []
         codes = np.stack([self.padded(c).astype(np.int64) for c in columns], axis=1)
-        sizes = [int(codes[:, i].max()) + 1 for i in range(codes.shape[1])]
-        useful = [i for i, size in enumerate(sizes) if size > 1]  # drop features that are unknown everywhere
-        return codes[:, useful], [sizes[i] for i in useful]
+        return codes, [int(codes[:, i].max()) + 1 for i in range(codes.shape[1])]
+
+    def feature_columns(self) -> list[str]:
+        """The items.parquet code columns that are content features; those unknown everywhere are left out."""
+        columns = [c for c in self.items if c.endswith("_idx") and c != "item_idx"] + ["price_bucket"]
+        return [c for c in columns if int(np.max(self.items[c], initial=0)) > 0]
 
     def vocabulary(self) -> Vocabulary:
         _, sizes = self.feature_codes()
@@ -306,6 +343,7 @@ class SequenceDataModule(pl.LightningDataModule):
         batch_size: training batch size (evaluation uses `eval_batch_size`).
         past_purchases: P, purchases before the window given to the context.
         rare_max_count: targets with 1..rare_max_count training events form the `rare` slice.
+        bucket_by_length: batch examples of similar length and trim padding (same results, less work).
     """
 
     def __init__(
@@ -318,8 +356,10 @@ class SequenceDataModule(pl.LightningDataModule):
         rare_max_count: int = 5,
         seed: int = 0,
         num_workers: int = 0,
+        bucket_by_length: bool = True,
     ):
         super().__init__()
+        self.bucket_by_length = bucket_by_length
         self.data = data
         self.max_seq_len, self.batch_size, self.eval_batch_size = max_seq_len, batch_size, eval_batch_size
         self.past_purchases, self.rare_max_count, self.seed, self.num_workers = (
@@ -359,9 +399,15 @@ class SequenceDataModule(pl.LightningDataModule):
     def _loader(self, arrays: dict[str, np.ndarray], batch_size: int, shuffle: bool) -> torch.utils.data.DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0
         world = self.trainer.world_size if self.trainer is not None else 1
-        sampler = BatchIndexSampler(len(next(iter(arrays.values()))), batch_size, shuffle, self.seed, rank, world)
+        lengths = (arrays["item_ids"] > 0).sum(axis=1) if self.bucket_by_length else None
+        sampler = BatchIndexSampler(
+            len(next(iter(arrays.values()))), batch_size, shuffle, self.seed, rank, world, lengths=lengths
+        )
         return torch.utils.data.DataLoader(
-            ArrayDataset(arrays), batch_size=None, sampler=sampler, num_workers=self.num_workers
+            ArrayDataset(arrays, trim=self.bucket_by_length),
+            batch_size=None,
+            sampler=sampler,
+            num_workers=self.num_workers,
         )
 
     def train_dataloader(self):

@@ -93,33 +93,44 @@ def write_metrics(run_dir: Path, metrics: dict, info: dict, ks) -> None:
     )
 
 
-def evaluate(cfg) -> dict:
-    """Load `ckpt_path`, check it matches the prepared data, evaluate val and test."""
-    import pytorch_lightning as pl
-
-    from training.module import RetrievalTask
-    from training.train import _hydra_run_dir, build_datamodule, prepared_data
-
-    if not cfg.get("ckpt_path"):
-        raise ConfigError(
-            "ckpt_path must be given: python -m training.evaluate ckpt_path=<run>/checkpoints/best.ckpt data=<name>."
-        )
-    ckpt = Path(cfg.ckpt_path)
+def checkpoint_path(ckpt_path, command: str) -> Path:
+    """`ckpt_path` as a Path, or a clear error when it is not given or not a file."""
+    if not ckpt_path:
+        raise ConfigError(f"ckpt_path must be given: {command} ckpt_path=<run>/checkpoints/best.ckpt data=<name>.")
+    ckpt = Path(ckpt_path)
     if not ckpt.is_file():
         raise ConfigError(
             f"ckpt_path={str(ckpt)!r} does not exist; point it at a .ckpt under a run's checkpoints/ folder."
         )
-    run_dir = Path(cfg.run_dir) if cfg.get("run_dir") else _hydra_run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    data = prepared_data(cfg)
+    return ckpt
+
+
+def load_checkpoint(ckpt: Path, data):
+    """The RetrievalTask of checkpoint `ckpt`, refused with a clear error when trained on other data."""
+    from training.module import RetrievalTask
+
     task = RetrievalTask.load_from_checkpoint(str(ckpt), map_location="cpu", feature_codes=None, train_counts=None)
     trained_on = task.hparams.data_fingerprint
     if trained_on["num_items"] != data.num_items or trained_on.get("data_hash") != data.stats.get("data_hash"):
         raise ConfigError(
             f"{ckpt} was trained on {trained_on['name']} with num_items={trained_on['num_items']} (data hash "
             f"{trained_on.get('data_hash')}), but {data.directory}/stats.json says num_items={data.num_items} (data hash "
-            f"{data.stats.get('data_hash')}); evaluate with the data config it was trained on."
+            f"{data.stats.get('data_hash')}); use the data config it was trained on."
         )
+    return task
+
+
+def evaluate(cfg) -> dict:
+    """Load `ckpt_path`, check it matches the prepared data, evaluate val and test."""
+    import pytorch_lightning as pl
+
+    from training.train import _hydra_run_dir, build_datamodule, prepared_data
+
+    ckpt = checkpoint_path(cfg.get("ckpt_path"), "python -m training.evaluate")
+    run_dir = Path(cfg.run_dir) if cfg.get("run_dir") else _hydra_run_dir()
+    data = prepared_data(cfg)
+    task = load_checkpoint(ckpt, data)
+    run_dir.mkdir(parents=True, exist_ok=True)
     task.eval_cfg = config_dict(cfg, "evaluate")
     datamodule = build_datamodule(cfg, data)
     datamodule.setup()

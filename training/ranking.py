@@ -42,7 +42,7 @@ def retrieve(model, arrays: dict[str, np.ndarray], num_candidates: int, batch_si
     model.eval()
     items = model.item_embeddings()
     scale = model.logit_scale()
-    dataset = ArrayDataset(arrays)
+    dataset = ArrayDataset(arrays, trim=True)
     out = {"query": [], "candidates": [], "scores": [], "context": []}
     for start in range(0, len(dataset), batch_size):
         batch = dataset[np.arange(start, min(start + batch_size, len(dataset)))]
@@ -185,7 +185,7 @@ def evaluate_reranked(
     items = model.item_embeddings()
     scale = model.logit_scale()
     accumulator = RankingAccumulator(evaluation["ks"], model.item_tower.num_items, datamodule.train_counts)
-    dataset = ArrayDataset({**batch_arrays, "example_index": np.arange(len(batch_arrays["target"]))})
+    dataset = ArrayDataset({**batch_arrays, "example_index": np.arange(len(batch_arrays["target"]))}, trim=True)
     exclude = bool(evaluation.get("exclude_seen", False))
     for start in range(0, len(dataset), 512):
         batch = dataset[np.arange(start, min(start + 512, len(dataset)))]

@@ -172,6 +172,21 @@ def test_carts_purchases_emails_and_store_visits_are_consistent(shop):
     )
 
 
+def test_a_new_intent_starts_after_a_pause(shop):
+    events = shop["events"].merge(shop["truth"], on="event_id").sort_values(["session_id", "event_time"], kind="stable")
+    gap_s = events.groupby("session_id")["event_time"].diff().dt.total_seconds()
+    shifted = events["after_intent_shift"].to_numpy()
+    previous = np.r_[False, shifted[:-1]] & (
+        events["session_id"].to_numpy() == np.r_[None, events["session_id"].to_numpy()[:-1]]
+    )
+    new_intent = shifted & ~previous & (events["event_type"] == "view").to_numpy() & gap_s.notna().to_numpy()
+    low, high = shop["effects"]["shift_pause_s"]
+    assert new_intent.sum() > 100
+    assert ((gap_s[new_intent] >= low - 1) & (gap_s[new_intent] <= high + 1)).all()
+    browsing = gap_s[~new_intent & (events["event_type"] == "view").to_numpy() & gap_s.notna().to_numpy()]
+    assert (browsing > low).mean() < 0.05  # ordinary browsing gaps rarely reach the pause: the gap signals a shift
+
+
 def test_bad_shop_config_names_the_key():
     with pytest.raises(ConfigError, match=r"data\.num_events=10; expected 1,000 to 50,000,000 events"):
         ShopConfig(num_events=10).resolved()
@@ -179,6 +194,8 @@ def test_bad_shop_config_names_the_key():
         ShopConfig(intent_shift_prob=1.5).resolved()
     with pytest.raises(ConfigError, match=r"data\.catalog_size=10 is below 3 x data\.num_categories=90"):
         ShopConfig(catalog_size=10).resolved()
+    with pytest.raises(ConfigError, match=r"data\.shift_pause_s=2000\.0; expected 0 to 1,000 seconds"):
+        ShopConfig(shift_pause_s=2000.0).resolved()
 
 
 def test_prepared_shop_keeps_context_per_step(shop, tmp_path):

@@ -7,12 +7,14 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from hydra.errors import MissingConfigException
 
 from data.errors import ConfigError
 from tests.conftest import REPO_ROOT, compose_config
+from training.datamodule import BatchIndexSampler
 from training.evaluate import evaluate
 from training.train import train
 
@@ -86,6 +88,28 @@ def test_a_saved_checkpoint_evaluates_to_the_same_metrics_after_reload(artifacts
     )
     for key in ("test/ndcg@10", "test/hr@20", "val/mrr@10", "test/intent_shift/ndcg@10"):
         assert reloaded[key] == pytest.approx(trained[key], abs=1e-9), key
+
+
+def test_length_buckets_cut_padding_without_changing_metrics(artifacts, tmp_path):
+    # The default batches windows of similar length and trims their padding; evaluating the same
+    # checkpoint with random padded batches must give the same metrics (causal, right padded).
+    run(artifacts, tmp_path / "train", "model=gru")
+    ckpt = f"ckpt_path={tmp_path / 'train' / 'checkpoints' / 'best.ckpt'}"
+    bucketed = run(artifacts, tmp_path / "a", ckpt, "model=gru", "data.bucket_by_length=true", config="evaluate")
+    padded = run(artifacts, tmp_path / "b", ckpt, "model=gru", "data.bucket_by_length=false", config="evaluate")
+    for key in ("test/ndcg@10", "test/hr@50", "val/mrr@10", "test/intent_shift/ndcg@10", "test/coverage@10"):
+        assert bucketed[key] == pytest.approx(padded[key], abs=1e-6), key
+
+
+def test_length_bucket_sampler_covers_every_window_once_per_epoch():
+    lengths = np.random.default_rng(0).integers(1, 51, 1000)
+    sampler = BatchIndexSampler(1000, 32, True, seed=0, lengths=lengths, pool_batches=10)
+    batches = list(sampler)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    spread = np.mean([np.ptp(lengths[b]) for b in batches])
+    assert spread < 8  # pools of 10 batches: about 5 steps; random batches of 32 span about 45
+    sampler.set_epoch(1)
+    assert not all(np.array_equal(a, b) for a, b in zip(batches, sampler))
 
 
 def test_resuming_continues_training_from_the_last_checkpoint(artifacts, tmp_path):

@@ -1,0 +1,278 @@
+"""Python SDK and command line for the Triton `recommend` and `similar_items` models (HTTP or gRPC, sync or async).
+
+    from serving.client import Client, RecommendRequest
+    with Client("127.0.0.1:8001") as client:                  # gRPC; Client("127.0.0.1:8000", "http") for HTTP
+        reply = client.recommend(RecommendRequest(item_ids=["i35", "i7"], device_type="mobile", k=10))
+        reply.item_ids, reply.scores, reply.info               # info: unknown_items, truncated, fallback, ...
+        client.similar_items(["i35"], k=5)
+
+    async with AsyncClient("127.0.0.1:8001") as client:
+        reply = await client.recommend(RecommendRequest(item_ids=["i35"]))
+
+    python -m serving.client recommend --items i35,i7 --event-types view,add_to_cart --device-type mobile --k 5
+    python -m serving.client similar --items i35 --k 5 --protocol http --url 127.0.0.1:8000
+
+Several requests in one call (`recommend([r1, r2])`) travel as rows of one inference request.
+A request the server refuses raises `ServingError` with the server's message (which input, which
+value, what is expected).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from data.errors import IntentrecError
+from serving.recommender import Query as RecommendRequest
+
+__all__ = ["AsyncClient", "Client", "Recommendation", "RecommendRequest", "ServingError"]
+
+
+class ServingError(IntentrecError):
+    """The server refused a request or could not be reached."""
+
+
+@dataclass
+class Recommendation:
+    item_ids: list[str]
+    scores: list[float]
+    info: dict
+
+
+def _module(protocol: str, aio: bool):
+    if protocol == "grpc":
+        import tritonclient.grpc as module
+        import tritonclient.grpc.aio as aio_module
+    elif protocol == "http":
+        import tritonclient.http as module
+        import tritonclient.http.aio as aio_module
+    else:
+        raise ServingError(f"protocol={protocol!r}; expected grpc or http.")
+    return aio_module if aio else module
+
+
+def _tensor(module, name: str, values: np.ndarray):
+    kind = {
+        np.dtype(object): "BYTES",
+        np.dtype(np.int64): "INT64",
+        np.dtype(np.int32): "INT32",
+        np.dtype(bool): "BOOL",
+    }[values.dtype]
+    tensor = module.InferInput(name, list(values.shape), kind)
+    tensor.set_data_from_numpy(values)
+    return tensor
+
+
+def _rows(values: list[list], fill, dtype) -> np.ndarray:
+    width = max([len(v) for v in values] + [1])
+    out = np.full((len(values), width), fill, dtype=dtype)
+    for i, row in enumerate(values):
+        out[i, : len(row)] = [x.encode() if dtype is object else x for x in row]
+    return out
+
+
+def recommend_inputs(module, requests: list[RecommendRequest]) -> list:
+    """Triton inputs for a batch of requests (rows); optional inputs are sent only when some row sets them."""
+    rows = len(requests)
+    inputs = [_tensor(module, "item_ids", _rows([[str(i) for i in r.item_ids] for r in requests], b"", object))]
+    if any(r.event_types is not None for r in requests):
+        types = [list(r.event_types) if r.event_types is not None else ["view"] * len(r.item_ids) for r in requests]
+        inputs.append(_tensor(module, "event_types", _rows(types, b"", object)))
+    if any(r.timestamps is not None for r in requests):
+        # -1 = no timestamps for that row (the server then treats its gaps as unknown)
+        stamps = [list(map(int, r.timestamps)) if r.timestamps is not None else [-1] * len(r.item_ids) for r in requests]
+        inputs.append(_tensor(module, "timestamps", _rows(stamps, -1, np.int64)))
+    if any(r.channels is not None for r in requests):
+        channels = [list(r.channels) if r.channels is not None else ["web"] * len(r.item_ids) for r in requests]
+        inputs.append(_tensor(module, "channels", _rows(channels, b"", object)))
+    if any(r.session_ids is not None for r in requests):
+        sessions = [
+            list(map(str, r.session_ids)) if r.session_ids is not None else [""] * len(r.item_ids) for r in requests
+        ]
+        inputs.append(_tensor(module, "session_ids", _rows(sessions, b"", object)))
+    for name in ("device_type", "referrer", "region", "loyalty"):
+        if any(getattr(r, name) for r in requests):
+            inputs.append(
+                _tensor(module, name, np.asarray([[(getattr(r, name) or "").encode()] for r in requests], dtype=object))
+            )
+    for name, dtype in (("now", np.int64), ("hour", np.int32), ("day_of_week", np.int32)):
+        if any(getattr(r, name) is not None for r in requests):
+            values = [[-1 if getattr(r, name) is None else int(getattr(r, name))] for r in requests]
+            inputs.append(_tensor(module, name, np.asarray(values, dtype=dtype)))
+    inputs.append(_tensor(module, "k", np.asarray([[int(r.k)] for r in requests], np.int32)))
+    inputs.append(_tensor(module, "exclude_purchased", np.asarray([[bool(r.exclude_purchased)] for r in requests])))
+    inputs.append(_tensor(module, "exclude_in_cart", np.asarray([[bool(r.exclude_in_cart)] for r in requests])))
+    for name in ("past_purchases", "categories"):
+        if any(getattr(r, name) for r in requests):
+            inputs.append(
+                _tensor(module, name, _rows([[str(x) for x in getattr(r, name)] for r in requests], b"", object))
+            )
+    assert all(t.shape()[0] == rows for t in inputs)
+    return inputs
+
+
+def similar_inputs(module, item_ids: list[list[str]], ks: list[int]) -> list:
+    return [
+        _tensor(module, "item_ids", _rows([[str(i) for i in ids] for ids in item_ids], b"", object)),
+        _tensor(module, "k", np.asarray([[int(k)] for k in ks], np.int32)),
+    ]
+
+
+def _replies(result) -> list[Recommendation]:
+    ids, scores, info = result.as_numpy("item_ids"), result.as_numpy("scores"), result.as_numpy("info")
+    out = []
+    for row in range(ids.shape[0]):
+        keep = [j for j in range(ids.shape[1]) if ids[row, j] not in (b"", "")]
+        out.append(
+            Recommendation(
+                [ids[row, j].decode() if isinstance(ids[row, j], bytes) else str(ids[row, j]) for j in keep],
+                [float(scores[row, j]) for j in keep],
+                json.loads(info[row, 0]),
+            )
+        )
+    return out
+
+
+class Client:
+    """Synchronous client; `url` is host:port of the server's gRPC (default) or HTTP endpoint."""
+
+    def __init__(self, url: str = "127.0.0.1:8001", protocol: str = "grpc", timeout_s: float = 10.0):
+        self.module = _module(protocol, aio=False)
+        self.protocol, self.timeout_s = protocol, timeout_s
+        kwargs = {"network_timeout": timeout_s, "connection_timeout": timeout_s} if protocol == "http" else {}
+        self.client = self.module.InferenceServerClient(url, **kwargs)
+
+    def _infer(self, model: str, inputs: list):
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            if self.protocol == "grpc":
+                return self.client.infer(model, inputs, client_timeout=self.timeout_s)
+            return self.client.infer(model, inputs)
+        except InferenceServerException as error:
+            raise ServingError(f"{model}: {error.message()}") from None
+
+    def recommend(self, requests: RecommendRequest | list[RecommendRequest]) -> Recommendation | list[Recommendation]:
+        single = isinstance(requests, RecommendRequest)
+        batch = [requests] if single else list(requests)
+        replies = _replies(self._infer("recommend", recommend_inputs(self.module, batch)))
+        return replies[0] if single else replies
+
+    def similar_items(self, item_ids: list[str], k: int = 10) -> Recommendation:
+        return _replies(self._infer("similar_items", similar_inputs(self.module, [list(item_ids)], [k])))[0]
+
+    def ready(self) -> bool:
+        try:
+            return bool(self.client.is_server_ready())
+        except Exception:
+            return False
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """asyncio client with the same methods (awaitable)."""
+
+    def __init__(self, url: str = "127.0.0.1:8001", protocol: str = "grpc", timeout_s: float = 10.0):
+        self.module = _module(protocol, aio=True)
+        self.protocol, self.timeout_s = protocol, timeout_s
+        self.client = self.module.InferenceServerClient(url)
+
+    async def _infer(self, model: str, inputs: list):
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            if self.protocol == "grpc":
+                return await self.client.infer(model, inputs, client_timeout=self.timeout_s)
+            return await self.client.infer(model, inputs, timeout=int(self.timeout_s))
+        except InferenceServerException as error:
+            raise ServingError(f"{model}: {error.message()}") from None
+
+    async def recommend(self, requests):
+        single = isinstance(requests, RecommendRequest)
+        batch = [requests] if single else list(requests)
+        replies = _replies(await self._infer("recommend", recommend_inputs(self.module, batch)))
+        return replies[0] if single else replies
+
+    async def similar_items(self, item_ids: list[str], k: int = 10) -> Recommendation:
+        return _replies(await self._infer("similar_items", similar_inputs(self.module, [list(item_ids)], [k])))[0]
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+def _split(text: str | None) -> list[str] | None:
+    return None if text is None else [x for x in text.split(",") if x != ""]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", choices=["recommend", "similar"])
+    parser.add_argument("--url", default=None, help="host:port (default 127.0.0.1:8001 for grpc, :8000 for http)")
+    parser.add_argument("--protocol", default="grpc", choices=["grpc", "http"])
+    parser.add_argument("--items", default="", help="comma-separated raw item ids, oldest first")
+    parser.add_argument("--event-types", default=None, help="comma-separated, one per item (default view)")
+    parser.add_argument("--timestamps", default=None, help="comma-separated ms since epoch, one per item")
+    parser.add_argument("--now", type=int, default=None, help="request time, ms since epoch (default: server clock)")
+    for name in ("device-type", "referrer", "region", "loyalty"):
+        parser.add_argument(f"--{name}", default=None)
+    parser.add_argument("--hour", type=int, default=None, help="0-23 UTC")
+    parser.add_argument("--day-of-week", type=int, default=None, help="1 = Monday ... 7 = Sunday")
+    parser.add_argument("--past-purchases", default=None, help="comma-separated raw item ids")
+    parser.add_argument("--categories", default=None, help="comma-separated: only these categories")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--keep-purchased", action="store_true", help="do not exclude purchased items")
+    parser.add_argument("--exclude-in-cart", action="store_true", help="exclude items in the cart")
+    args = parser.parse_args(argv)
+    url = args.url or ("127.0.0.1:8001" if args.protocol == "grpc" else "127.0.0.1:8000")
+    try:
+        with Client(url, args.protocol) as client:
+            if args.model == "similar":
+                reply = client.similar_items(_split(args.items) or [], args.k)
+            else:
+                timestamps = _split(args.timestamps)
+                reply = client.recommend(
+                    RecommendRequest(
+                        item_ids=_split(args.items) or [],
+                        event_types=_split(args.event_types),
+                        timestamps=[int(t) for t in timestamps] if timestamps is not None else None,
+                        now=args.now,
+                        device_type=args.device_type,
+                        referrer=args.referrer,
+                        region=args.region,
+                        loyalty=args.loyalty,
+                        hour=args.hour,
+                        day_of_week=args.day_of_week,
+                        past_purchases=_split(args.past_purchases) or [],
+                        categories=_split(args.categories) or [],
+                        k=args.k,
+                        exclude_purchased=not args.keep_purchased,
+                        exclude_in_cart=args.exclude_in_cart,
+                    )
+                )
+    except IntentrecError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(asdict(reply), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""Export a trained checkpoint into a serving bundle: ONNX query encoder and ranker, item table, FAISS index.
+
+    python -m serving.export ckpt_path=<run>/checkpoints/best.ckpt data=<name>
+    python -m serving.export ckpt_path=... data=<name> index=ivf index.search_params.nprobe=64 \
+        export.out_dir=artifacts/exports/my_bundle       # index: flat | ivf | hnsw | ivf_pq (conf/index/)
+    python -m serving.export ckpt_path=... data=<name> 'index.factory="IVF1024,PQ32"'   # any index_factory string
+
+The bundle layout is in `serving.bundle`. The index's recall@10 and recall@100 against exact search,
+over validation queries of the model itself, go into the manifest and the printed summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from data import REPO_ROOT
+from data.cli import config_dict
+from data.errors import ConfigError
+from data.features import NUM_GAP_BUCKETS
+from data.prepare import SESSION_GAP_MS
+from models.context import CONTEXT_FIELDS
+from serving.bundle import library_versions, write_manifest
+from serving.index import build_index, recall_against_exact, resolve_factory, set_search_params, write_index
+from serving.onnx_models import export_query_encoder, export_ranker
+
+log = logging.getLogger(__name__)
+
+VOCAB_KEYS = (
+    "event_types",
+    "device_types",
+    "referrers",
+    "channels",
+    "regions",
+    "loyalty",
+    "categories",
+    "brands",
+    "price_bucket_edges",
+    "item_attributes",
+)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _ranker_path(option, ckpt: Path) -> Path | None:
+    if option in (None, "", "null", "none"):
+        return None
+    if option == "auto":
+        path = ckpt.parent / "ranker.ckpt"
+        return path if path.is_file() else None
+    path = Path(option)
+    if not path.is_file():
+        raise ConfigError(f"export.ranker_ckpt={option!r} does not exist; give a ranker.ckpt, auto or null.")
+    return path
+
+
+def validation_queries(task, cfg, data, count: int) -> np.ndarray:
+    """Query vectors of up to `count` validation examples (what the index will really be asked)."""
+    from training.datamodule import ArrayDataset, evaluation_examples, read_split
+
+    split = read_split(data.directory / "val.parquet")
+    arrays, _, _ = evaluation_examples(
+        split,
+        int(cfg.data.max_seq_len),
+        int(cfg.data.past_purchases),
+        data.padded("category_idx"),
+        data.padded("train_count"),
+        5,
+    )
+    size = len(arrays["target"])
+    chosen = np.sort(np.random.default_rng(0).choice(size, min(size, count), replace=False))
+    dataset = ArrayDataset({k: v[chosen] for k, v in arrays.items()}, trim=True)
+    with torch.no_grad():
+        parts = [
+            task.model.query(dataset[np.arange(s, min(s + 512, len(dataset)))]).numpy()
+            for s in range(0, len(dataset), 512)
+        ]
+    return (
+        np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, task.model.cfg.embedding_dim), np.float32)
+    )
+
+
+def export(cfg) -> dict:
+    """Write the bundle for `cfg.ckpt_path`; returns its manifest."""
+    from training.evaluate import checkpoint_path, load_checkpoint
+    from training.ranking import RankerTask
+    from training.train import _hydra_run_dir, prepared_data
+
+    ckpt = checkpoint_path(cfg.get("ckpt_path"), "python -m serving.export")
+    options = config_dict(cfg, "export")
+    index_cfg = config_dict(cfg, "index")
+    out = Path(options["out_dir"]) if options.get("out_dir") else _hydra_run_dir()
+    data = prepared_data(cfg)
+    task = load_checkpoint(ckpt, data).eval()
+    model = task.model
+    if int(cfg.data.max_seq_len) > model.cfg.max_seq_len:
+        raise ConfigError(
+            f"data.max_seq_len={cfg.data.max_seq_len} is longer than the checkpoint's model.max_seq_len="
+            f"{model.cfg.max_seq_len}; export with data.max_seq_len={model.cfg.max_seq_len} or less."
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = task.vocab
+    D = model.cfg.embedding_dim
+    with torch.no_grad():
+        embeddings = model.item_embeddings().numpy().astype(np.float32)
+    np.save(out / "item_embeddings.npy", embeddings)
+
+    # Items: raw ids, category, price, popularity and the content codes the towers read.
+    columns = data.feature_columns()
+    codes = model.item_tower.feature_codes
+    items = {
+        "item_idx": np.arange(1, data.num_items + 1, dtype=np.int64),
+        "item_id": data.items["item_id"].astype(str),
+        "category": data.items["category_id"].astype(str)
+        if "category_id" in data.items
+        else np.full(data.num_items, ""),
+        "price": data.items["price"].astype(np.float64),
+        "train_count": data.items["train_count"].astype(np.int64),
+        "added": np.zeros(data.num_items, bool),
+    }
+    for column in columns:
+        items[column] = data.items[column].astype(np.int64)
+    pq.write_table(pa.table(items), out / "items.parquet")
+    if codes is not None:
+        if codes.shape[1] != len(columns):
+            raise ConfigError(
+                f"{ckpt} reads {codes.shape[1]} item features but {data.directory} has {len(columns)} ({columns}); "
+                "export with the data config it was trained on."
+            )
+        tables = {
+            c: e.weight.detach().numpy().astype(np.float32)
+            for c, e in zip(columns, model.item_tower.feature_embeddings)
+        }
+        np.savez(out / "content_tables.npz", **tables)
+
+    sizes = {
+        "event_types": vocab.num_event_types,
+        "gap_buckets": vocab.num_gap_buckets,
+        "channels": vocab.num_channels,
+        **vocab.context_sizes,
+    }
+    past = int(cfg.data.past_purchases)
+    export_query_encoder(model, out / "query_encoder.onnx", sizes, model.cfg.max_seq_len, past)
+
+    ranker_info = None
+    ranker_ckpt = _ranker_path(options.get("ranker_ckpt"), ckpt)
+    if ranker_ckpt is not None:
+        F = 0 if codes is None else codes.shape[1]
+        ranker = RankerTask.load_from_checkpoint(
+            str(ranker_ckpt),
+            map_location="cpu",
+            item_vectors=torch.zeros(data.num_items + 1, D),
+            feature_codes=torch.zeros(data.num_items + 1, F, dtype=torch.long),
+        ).eval()
+        context_sizes = list(ranker.hparams.context_sizes)
+        feature_sizes = list(ranker.hparams.feature_sizes)
+        export_ranker(ranker.ranker, out / "ranker.onnx", D, feature_sizes, context_sizes)
+        ranker_info = {
+            "checkpoint": str(ranker_ckpt),
+            "num_candidates": int(cfg.ranker.num_candidates),
+            "context_fields": [*CONTEXT_FIELDS, "loyalty"],
+            "feature_sizes": feature_sizes,
+        }
+
+    # FAISS index over rows 1..N, with recall measured on the model's own validation queries.
+    vectors = embeddings[1:]
+    index = build_index(vectors, str(index_cfg["factory"]), seed=int(cfg.seed), use_gpu=index_cfg.get("use_gpu"))
+    set_search_params(index, index_cfg.get("search_params") or {})
+    write_index(index, out / "index.faiss")
+    queries = validation_queries(task, cfg, data, int(options.get("recall_queries", 2000)))
+    recall = {
+        f"recall@{k}": recall_against_exact(index, vectors, queries, k) if len(queries) else None for k in (10, 100)
+    }
+    minimum = float(index_cfg.get("min_recall_at_100", 0.0))
+    if recall["recall@100"] is not None and recall["recall@100"] < minimum:
+        log.warning(
+            "index %s %s: recall@100 %.4f is below index.min_recall_at_100=%.2f; raise nprobe/efSearch or use index=flat",
+            index_cfg["factory"],
+            index_cfg.get("search_params"),
+            recall["recall@100"],
+            minimum,
+        )
+
+    manifest = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "intentrec_commit": git_commit(),
+        "versions": library_versions(),
+        "checkpoint": str(ckpt.resolve()),
+        "model": {
+            "variant": task.hparams.get("variant", "two_tower"),
+            "encoder": model.cfg.encoder,
+            "context": model.cfg.context,
+            "item_features": model.cfg.item_features,
+            "similarity": model.cfg.similarity,
+            "logit_scale": float(model.logit_scale()),
+            "max_seq_len": int(model.cfg.max_seq_len),
+        },
+        "data": dict(task.hparams.data_fingerprint),
+        "num_items": int(data.num_items),
+        "trained_items": int(data.num_items),
+        "added_items": 0,
+        "dim": int(D),
+        "past_purchases": past,
+        "num_gap_buckets": NUM_GAP_BUCKETS,
+        "session_gap_s": SESSION_GAP_MS // 1000,
+        "feature_columns": columns,
+        "vocab": {key: data.vocab_json[key] for key in VOCAB_KEYS if key in data.vocab_json},
+        "index": {
+            "factory": resolve_factory(str(index_cfg["factory"]), len(vectors)),
+            "search_params": dict(index_cfg.get("search_params") or {}),
+            "metric": "inner_product" + (" (normalized vectors)" if model.cfg.similarity == "cosine" else ""),
+            **recall,
+            "min_recall_at_100": minimum,
+            "recall_queries": int(len(queries)),
+        },
+        "ranker": ranker_info,
+    }
+    manifest = write_manifest(out, manifest)
+    log.info("bundle written to %s", out)
+    return manifest
+
+
+def _cli(cfg) -> None:
+    from training.train import _hydra_run_dir
+
+    manifest = export(cfg)
+    out = Path(cfg.export.out_dir) if cfg.export.get("out_dir") else _hydra_run_dir()
+    index = manifest["index"]
+    print(f"bundle: {out}")
+    print(
+        f"  {manifest['num_items']:,} items, dim {manifest['dim']}, {manifest['model']['similarity']} similarity, "
+        f"ranker {'yes' if manifest['ranker'] else 'no'}"
+    )
+    print(
+        f"  index {index['factory']} {index['search_params'] or ''}: recall@10 {index['recall@10']:.4f}, "
+        f"recall@100 {index['recall@100']:.4f} against exact search ({index['recall_queries']} validation queries)"
+    )
+
+
+if __name__ == "__main__":
+    from data.cli import hydra_main
+
+    hydra_main("export", _cli)

@@ -1,0 +1,146 @@
+"""The two exported networks and their ONNX export: the query encoder and the ranker.
+
+Both read item *vectors* rather than item ids, so the catalogue lives in one served table
+(`item_embeddings.npy`) and items added after training are read like any other:
+
+    query_encoder(step_items (B,T,D), step_mask (B,T), event_types, gap_buckets, channels, new_session (B,T),
+                  device_type, hour, day_of_week, referrer, region, gap_bucket, loyalty (B,),
+                  past_items (B,P,D), past_mask (B,P))                              -> query (B,D)
+    ranker(query (B,D), candidates (B,C,D), candidate_codes (B,C,F), context (B,K), retrieval_scores (B,C))
+                                                                                   -> logits (B,C)
+
+Codes are the prepared data's (`vocab.json`); B, T, P and C are dynamic axes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models.context import CONTEXT_FIELDS
+
+STEP_INPUTS = ("event_types", "gap_buckets", "channels", "new_session")
+# Request context in CONTEXT_FIELDS order (device type, hour, day of week, referrer, region, gap), then loyalty.
+CONTEXT_INPUTS = ("device_type", "hour", "day_of_week", "referrer", "region", "gap_bucket")
+QUERY_INPUTS = ("step_items", "step_mask", *STEP_INPUTS, *CONTEXT_INPUTS, "loyalty", "past_items", "past_mask")
+RANKER_INPUTS = ("query", "candidates", "candidate_codes", "context", "retrieval_scores")
+OPSET = 17
+
+
+class QueryEncoder(nn.Module):
+    """The query tower of a trained TwoTower with the item vectors given as inputs."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model.eval()
+
+    def forward(self, step_items, step_mask, event_types, gap_buckets, channels, new_session, *rest):
+        *context, loyalty, past_items, past_mask = rest
+        T = step_mask.shape[1]
+        batch = {
+            "item_ids": step_mask,
+            "event_types": event_types,
+            "gap_buckets": gap_buckets,
+            "channels": channels,
+            "new_session": new_session,
+            "loyalty": loyalty,
+            "past_purchase_ids": past_mask,
+        }
+        # The request's context is the context of the step being predicted: the same at every position
+        # (only the last real position is read, and the encoder is causal).
+        for name, value in zip(CONTEXT_FIELDS, context):
+            batch[name] = value.unsqueeze(1).expand(-1, T)
+        return self.model.query(batch, step_items, past_items)
+
+
+class RankerScorer(nn.Module):
+    """The ranker of a RankerTask, reading candidate vectors and feature codes as inputs."""
+
+    def __init__(self, ranker):
+        super().__init__()
+        self.ranker = ranker.eval()
+
+    def forward(self, query, candidates, candidate_codes, context, retrieval_scores):
+        relative = retrieval_scores - retrieval_scores[:, :1]  # as in training: the best candidate is 0
+        return self.ranker(query, candidates, candidate_codes, context, relative)
+
+
+def example_query_inputs(B: int, T: int, P: int, D: int, sizes: dict[str, int], generator=None) -> tuple:
+    """Random, right-padded query-encoder inputs (for export tracing and the equality tests)."""
+    g = generator or torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    lengths[0] = T
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).long()
+    past_lengths = torch.randint(0, P + 1, (B,), generator=g)
+    past_mask = (torch.arange(P)[None, :] < past_lengths[:, None]).long()
+
+    def codes(size, shape):
+        return torch.randint(1, max(size, 2), shape, generator=g)
+
+    steps = [codes(sizes[name], (B, T)) * mask for name in ("event_types", "gap_buckets", "channels")]
+    steps.append(torch.randint(0, 2, (B, T), generator=g) * mask)
+    context = [codes(sizes[name], (B,)) for name in CONTEXT_FIELDS]
+    return (
+        torch.randn(B, T, D, generator=g) * mask.unsqueeze(-1),
+        mask,
+        *steps,
+        *context,
+        codes(3, (B,)),
+        torch.randn(B, P, D, generator=g) * past_mask.unsqueeze(-1),
+        past_mask,
+    )
+
+
+def export_query_encoder(model, path: Path, sizes: dict[str, int], max_seq_len: int, past: int) -> None:
+    encoder = QueryEncoder(model)
+    inputs = example_query_inputs(2, max_seq_len, max(past, 1), model.cfg.embedding_dim, sizes)
+    axes = {"step_items": {0: "B", 1: "T"}, "past_items": {0: "B", 1: "P"}, "past_mask": {0: "B", 1: "P"}}
+    axes.update({name: {0: "B", 1: "T"} for name in ("step_mask", *STEP_INPUTS)})
+    axes.update({name: {0: "B"} for name in (*CONTEXT_INPUTS, "loyalty")})
+    axes["query"] = {0: "B"}
+    with torch.no_grad():
+        torch.onnx.export(
+            encoder,
+            inputs,
+            str(path),
+            input_names=list(QUERY_INPUTS),
+            output_names=["query"],
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )
+
+
+def example_ranker_inputs(B: int, C: int, D: int, feature_sizes: list[int], context_sizes: list[int], generator=None):
+    g = generator or torch.Generator().manual_seed(1)
+    codes = torch.stack([torch.randint(0, max(s, 1), (B, C), generator=g) for s in feature_sizes], dim=-1)
+    codes = codes if feature_sizes else torch.zeros(B, C, 0, dtype=torch.long)
+    context = torch.stack([torch.randint(0, max(s, 1), (B,), generator=g) for s in context_sizes], dim=-1)
+    scores = torch.sort(torch.randn(B, C, generator=g), dim=1, descending=True).values
+    return torch.randn(B, D, generator=g), torch.randn(B, C, D, generator=g), codes, context, scores
+
+
+def export_ranker(ranker, path: Path, embedding_dim: int, feature_sizes: list[int], context_sizes: list[int]) -> None:
+    scorer = RankerScorer(ranker)
+    inputs = example_ranker_inputs(2, 8, embedding_dim, feature_sizes, context_sizes)
+    axes = {
+        "query": {0: "B"},
+        "candidates": {0: "B", 1: "C"},
+        "candidate_codes": {0: "B", 1: "C"},
+        "context": {0: "B"},
+        "retrieval_scores": {0: "B", 1: "C"},
+        "logits": {0: "B", 1: "C"},
+    }
+    with torch.no_grad():
+        torch.onnx.export(
+            scorer,
+            inputs,
+            str(path),
+            input_names=list(RANKER_INPUTS),
+            output_names=["logits"],
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )

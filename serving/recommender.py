@@ -1,0 +1,427 @@
+"""Real-time recommendation from an export bundle: decode -> encode (ONNX) -> retrieve (FAISS) -> rank (ONNX) -> rules.
+
+This is what the Triton `recommend` and `similar_items` models run, one call per batch of requests;
+it also runs in-process (tests, batch jobs). Per request:
+
+1. Decode. Raw item ids map to the catalogue; unknown ids are dropped and counted
+   (`info.unknown_items`). Events are put in time order and only the most recent `max_seq_len` kept
+   (`info.truncated`); purchases among the older events join `past_purchases`, as in training. Time gaps, session starts and the gap to `now` are computed exactly as in
+   preparation (`data.features`). Context strings the model never saw (a new device type, referrer,
+   region) become "unknown" and are listed in `info.unknown_context`; an hour outside 0-23, a day of
+   week outside 1-7 (ISO, 1 = Monday) or an unknown event type is an error.
+2. Encode the query with the ONNX query encoder (item vectors read from the served table).
+3. Retrieve: the FAISS index returns max(num_candidates, k) candidates plus as many as may be
+   excluded. With a category filter the allowed items are scored exactly instead (no candidate is
+   lost to the filter).
+4. Business rules: purchased items (events and `past_purchases`) are excluded unless
+   `exclude_purchased=false`; items in the cart (added and neither removed nor bought) are excluded
+   when `exclude_in_cart=true`, else kept; items of the request's recent views stay allowed.
+5. Rank the remaining candidates with the ONNX ranker (context + item features), keep the top k.
+
+No known event at all (empty history, or only unknown ids): the most popular items that pass the
+rules and filters (`info.fallback = "popularity"`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from data.errors import IntentrecError
+from data.features import time_gap_buckets
+from serving.bundle import check_index, load_bundle
+
+log = logging.getLogger(__name__)
+
+PURCHASE_TYPES = ("purchase", "store_purchase")
+MAX_K = 100
+
+
+class RequestError(IntentrecError):
+    """A request that cannot be answered; the message names the input, the value and what is expected."""
+
+
+@dataclass
+class Query:
+    """One recommendation request in raw values (what a client sends)."""
+
+    item_ids: list[str] = field(default_factory=list)
+    event_types: list[str] | None = None  # default: all "view"
+    timestamps: list[int] | None = None  # ms since epoch; default: unknown gaps
+    now: int | None = None  # ms since epoch; default: the server clock
+    device_type: str | None = None
+    referrer: str | None = None
+    region: str | None = None
+    hour: int | None = None  # 0-23 UTC; default: from `now`
+    day_of_week: int | None = None  # 1 = Monday ... 7 = Sunday; default: from `now`
+    loyalty: str | None = None  # "yes" | "no"
+    past_purchases: list[str] = field(default_factory=list)
+    k: int = 10
+    exclude_purchased: bool = True
+    exclude_in_cart: bool = False
+    categories: list[str] = field(default_factory=list)  # only these categories (empty = all)
+    channels: list[str] | None = None  # per event; default "web"
+    session_ids: list[str] | None = None  # per event; a change starts a new session (as does a 30-minute gap)
+
+
+@dataclass
+class Result:
+    item_ids: list[str]
+    scores: list[float]
+    info: dict
+
+
+class Recommender:
+    """Loads a bundle once; `recommend` and `similar` answer batches of requests."""
+
+    def __init__(self, bundle_dir: Path, threads: int = 1, use_gpu: bool | None = None, verify: bool = True):
+        import faiss
+        import onnxruntime as ort
+
+        from serving.index import read_index, set_search_params, to_search_device
+
+        self.bundle = load_bundle(Path(bundle_dir), verify=verify)
+        m = self.bundle.manifest
+        self.embeddings = self.bundle.embeddings
+        self.dim = self.bundle.dim
+        self.num_items = self.bundle.num_items
+        self.max_seq_len = int(m["model"]["max_seq_len"])
+        self.past = max(1, int(m["past_purchases"]))
+        self.scale = float(m["model"]["logit_scale"])
+        self.session_gap_s = int(m["session_gap_s"])
+        vocab = m["vocab"]
+        self.codes = {
+            name: {value: code for code, value in enumerate(vocab.get(name, [])) if code > 0}
+            for name in ("event_types", "device_types", "referrers", "regions", "channels", "loyalty")
+        }
+        self.item_index = {item_id: i + 1 for i, item_id in enumerate(self.bundle.items["item_id"].tolist())}
+        self.item_ids = np.concatenate([[""], self.bundle.items["item_id"].astype(str)]).astype(object)
+        self.categories = self.bundle.padded("category", "").astype(str)
+        self.category_items = {}
+        for idx, category in enumerate(self.categories[1:], start=1):
+            self.category_items.setdefault(category, []).append(idx)
+        self.category_items = {c: np.asarray(v) for c, v in self.category_items.items()}
+        counts = self.bundle.padded("train_count").astype(np.float64)
+        self.popular = np.argsort(-counts[1:], kind="stable") + 1
+        self.popularity = counts
+        self.feature_codes = self.bundle.feature_codes()
+
+        faiss.omp_set_num_threads(threads)
+        use_gpu = (faiss.get_num_gpus() > 0) if use_gpu is None else use_gpu
+        index = read_index(self.bundle.directory / "index.faiss")
+        check_index(self.bundle, index)
+        set_search_params(index, m["index"].get("search_params", {}))
+        self.index = to_search_device(index, use_gpu)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        if use_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.encoder = ort.InferenceSession(
+            str(self.bundle.directory / "query_encoder.onnx"), options, providers=providers
+        )
+        # Inputs the model does not read (e.g. context with model.context=none) are not in the graph.
+        self.encoder_inputs = [i.name for i in self.encoder.get_inputs()]
+        ranker_path = self.bundle.directory / "ranker.onnx"
+        self.ranker = (
+            ort.InferenceSession(str(ranker_path), options, providers=providers)
+            if m.get("ranker") and ranker_path.is_file()
+            else None
+        )
+        self.num_candidates = int(m["ranker"]["num_candidates"]) if m.get("ranker") else 50
+        self.web = self.codes["channels"].get("web", 0)
+        log.info("recommender: %d items, dim %d, ranker %s", self.num_items, self.dim, self.ranker is not None)
+
+    # --- decoding --------------------------------------------------------------------------
+
+    def _code(self, table: str, value, name: str, info: dict) -> int:
+        if value is None or value == "":
+            return 0
+        code = self.codes[table].get(str(value))
+        if code is None:
+            info.setdefault("unknown_context", []).append(f"{name}={value!r}")
+            return 0
+        return code
+
+    def decode(self, q: Query) -> dict:
+        """Validate one request and turn it into model codes; raises RequestError naming the input."""
+        n = len(q.item_ids)
+        for name in ("event_types", "timestamps", "channels", "session_ids"):
+            values = getattr(q, name)
+            if values is not None and len(values) != n:
+                raise RequestError(
+                    f"{name} has {len(values)} values but item_ids has {n}; send one {name[:-1]} per event."
+                )
+        if not isinstance(q.k, int | np.integer) or not 1 <= int(q.k) <= MAX_K:
+            raise RequestError(f"k={q.k!r}; expected an integer from 1 to {MAX_K}.")
+        if q.hour is not None and not 0 <= int(q.hour) <= 23:
+            raise RequestError(f"hour={q.hour!r}; expected 0-23 (UTC), or leave it out to use the request time.")
+        if q.day_of_week is not None and not 1 <= int(q.day_of_week) <= 7:
+            raise RequestError(f"day_of_week={q.day_of_week!r}; expected 1 (Monday) to 7 (Sunday), or leave it out.")
+        info: dict = {"unknown_items": 0, "truncated": 0, "fallback": None}
+        types = list(q.event_types) if q.event_types is not None else ["view"] * n
+        event_codes = []
+        for position, value in enumerate(types):
+            code = self.codes["event_types"].get(str(value))
+            if code is None:
+                raise RequestError(
+                    f"event_types[{position}]={value!r} is not an event type; expected one of "
+                    f"{sorted(self.codes['event_types'])}."
+                )
+            event_codes.append(code)
+        times = np.asarray(q.timestamps if q.timestamps is not None else [-1] * n, dtype=np.int64)
+        order = np.argsort(times, kind="stable") if q.timestamps is not None else np.arange(n)
+        ids = [str(q.item_ids[i]) for i in order]
+        event_codes = np.asarray(event_codes, dtype=np.int64)[order] if n else np.zeros(0, np.int64)
+        times = times[order]
+        channels = (
+            np.asarray([self._code("channels", q.channels[i], f"channels[{i}]", info) for i in order], np.int64)
+            if q.channels is not None
+            else np.full(n, self.web, np.int64)
+        )
+        idx = np.asarray([self.item_index.get(i, 0) for i in ids], dtype=np.int64)
+        known = idx > 0
+        info["unknown_items"] = int((~known).sum())
+        sessions = np.asarray([str(q.session_ids[i]) for i in order] if q.session_ids is not None else [""] * n, object)
+        # Gaps and session starts over the known events, in time order (as preparation does).
+        idx, event_codes, times, channels = idx[known], event_codes[known], times[known], channels[known]
+        sessions = sessions[known]
+        new_session = np.zeros(len(idx), np.int64)
+        if len(idx):
+            new_session[0] = 1
+            new_session[1:] = sessions[1:] != sessions[:-1]
+        if q.timestamps is not None and len(times):
+            gaps = np.zeros(len(times), np.int64)
+            gaps[1:] = (times[1:] - times[:-1]) // 1000
+            new_session[1:] |= gaps[1:] > self.session_gap_s
+        else:
+            gaps = np.full(len(idx), -1, np.int64)
+        if len(idx) > self.max_seq_len:
+            info["truncated"] = int(len(idx) - self.max_seq_len)
+        keep = slice(max(0, len(idx) - self.max_seq_len), None)
+        now = int(q.now) if q.now is not None else int(time.time() * 1000)
+        last = int(times[-1]) if len(times) and q.timestamps is not None else None
+        ctx_gap = time_gap_buckets(np.asarray([(now - last) // 1000 if last is not None else -1]))[0]
+        if last is not None and now < last:
+            ctx_gap = 1
+        hour = int(q.hour) if q.hour is not None else int(now // 3_600_000 % 24)
+        day = int(q.day_of_week) if q.day_of_week is not None else int((now // 86_400_000 + 3) % 7 + 1)
+        past = np.asarray([self.item_index.get(str(i), 0) for i in q.past_purchases], dtype=np.int64)
+        info["unknown_items"] += int((past == 0).sum())
+        # Purchases among events too old for the window join the past purchases (as in training).
+        dropped = slice(0, max(0, len(idx) - self.max_seq_len))
+        purchase_codes = [self.codes["event_types"].get(t) for t in PURCHASE_TYPES]
+        old_purchases = idx[dropped][np.isin(event_codes[dropped], purchase_codes)]
+        past = np.concatenate([past[past > 0], old_purchases])[-self.past :]
+        # Business-rule sets over all known events (not only the kept window).
+        bought = set(idx[np.isin(event_codes, purchase_codes)].tolist()) | set(past.tolist())
+        cart: dict[int, bool] = {}
+        for item, code in zip(idx.tolist(), event_codes.tolist()):
+            name = self._event_name(code)
+            if name == "add_to_cart":
+                cart[item] = True
+            elif name in ("remove_from_cart", *PURCHASE_TYPES):
+                cart.pop(item, None)
+        allowed = None
+        if q.categories:
+            unknown = [c for c in q.categories if c not in self.category_items]
+            if unknown:
+                examples = ", ".join(sorted(self.category_items)[:8])
+                raise RequestError(
+                    f"categories={unknown!r} not in the catalogue ({len(self.category_items)} categories, e.g. {examples})."
+                )
+            allowed = np.concatenate([self.category_items[c] for c in q.categories])
+        excluded = set()
+        if q.exclude_purchased:
+            excluded |= bought
+        if q.exclude_in_cart:
+            excluded |= set(cart)
+        return {
+            "idx": idx[keep],
+            "event_types": event_codes[keep],
+            "gap_buckets": time_gap_buckets(gaps[keep]),
+            "channels": channels[keep],
+            "new_session": new_session[keep],
+            "context": [
+                self._code("device_types", q.device_type, "device_type", info),
+                hour + 1,
+                day,
+                self._code("referrers", q.referrer, "referrer", info),
+                self._code("regions", q.region, "region", info),
+                int(ctx_gap),
+            ],
+            "loyalty": self._code("loyalty", q.loyalty, "loyalty", info),
+            "past": past,
+            "k": int(q.k),
+            "excluded": np.asarray(sorted(excluded), dtype=np.int64),
+            "allowed": allowed,
+            "in_cart": sorted(cart),
+            "info": info,
+        }
+
+    def _event_name(self, code: int) -> str:
+        if not hasattr(self, "_event_names"):
+            self._event_names = {c: n for n, c in self.codes["event_types"].items()}
+        return self._event_names.get(code, "")
+
+    # --- the pipeline ----------------------------------------------------------------------
+
+    def encode(self, decoded: list[dict]) -> np.ndarray:
+        """(B, D) query vectors of decoded requests that have at least one known event."""
+        B = len(decoded)
+        T = max(len(d["idx"]) for d in decoded)
+        P = self.past
+        arrays = {
+            name: np.zeros((B, T), np.int64)
+            for name in ("step_mask", "event_types", "gap_buckets", "channels", "new_session")
+        }
+        step_idx = np.zeros((B, T), np.int64)
+        past_idx = np.zeros((B, P), np.int64)
+        for row, d in enumerate(decoded):
+            n = len(d["idx"])
+            step_idx[row, :n] = d["idx"]
+            arrays["step_mask"][row, :n] = 1
+            for name in ("event_types", "gap_buckets", "channels", "new_session"):
+                arrays[name][row, :n] = d[name]
+            past_idx[row, : len(d["past"])] = d["past"]
+        context = np.asarray([d["context"] for d in decoded], np.int64)  # (B, 6)
+        feed = {
+            "step_items": self.embeddings[step_idx],
+            **arrays,
+            "device_type": context[:, 0],
+            "hour": context[:, 1],
+            "day_of_week": context[:, 2],
+            "referrer": context[:, 3],
+            "region": context[:, 4],
+            "gap_bucket": context[:, 5],
+            "loyalty": np.asarray([d["loyalty"] for d in decoded], np.int64),
+            "past_items": self.embeddings[past_idx],
+            "past_mask": (past_idx > 0).astype(np.int64),
+        }
+        return self.encoder.run(["query"], {name: feed[name] for name in self.encoder_inputs})[0]
+
+    def _candidates(self, queries: np.ndarray, decoded: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per request: candidate item indexes and retrieval scores after rules, best first."""
+        wanted = [max(self.num_candidates, d["k"]) for d in decoded]
+        out: list = [None] * len(decoded)
+        plain = [i for i, d in enumerate(decoded) if d["allowed"] is None]
+        if plain:
+            n = min(self.num_items, max(wanted[i] + len(decoded[i]["excluded"]) for i in plain))
+            scores, rows = self.index.search(np.ascontiguousarray(queries[plain], dtype=np.float32), n)
+            for j, i in enumerate(plain):
+                items, s = rows[j] + 1, scores[j]
+                keep = (rows[j] >= 0) & ~np.isin(items, decoded[i]["excluded"])
+                out[i] = (items[keep][: wanted[i]], s[keep][: wanted[i]] * self.scale)
+        for i, d in enumerate(decoded):
+            if d["allowed"] is not None:
+                allowed = d["allowed"][~np.isin(d["allowed"], d["excluded"])]
+                s = self.embeddings[allowed] @ queries[i] * self.scale
+                top = np.argsort(-s, kind="stable")[: wanted[i]]
+                out[i] = (allowed[top], s[top])
+        return out
+
+    def _rank(self, queries: np.ndarray, decoded: list[dict], candidates: list) -> list[tuple[np.ndarray, np.ndarray]]:
+        if self.ranker is None:
+            return candidates
+        C = max(len(c[0]) for c in candidates)
+        if C == 0:
+            return candidates
+        B = len(decoded)
+        items = np.zeros((B, C), np.int64)
+        scores = np.zeros((B, C), np.float32)
+        valid = np.zeros((B, C), bool)
+        for row, (idx, s) in enumerate(candidates):
+            items[row, : len(idx)], scores[row, : len(idx)], valid[row, : len(idx)] = idx, s, True
+            scores[row, len(idx) :] = s[-1] if len(s) else 0.0
+        context = np.asarray([[*d["context"], d["loyalty"]] for d in decoded], np.int64)
+        logits = self.ranker.run(
+            ["logits"],
+            {
+                "query": queries.astype(np.float32),
+                "candidates": self.embeddings[items],
+                "candidate_codes": self.feature_codes[items],
+                "context": context,
+                "retrieval_scores": scores,
+            },
+        )[0]
+        logits = np.where(valid, logits, -np.inf)
+        out = []
+        for row in range(B):
+            order = np.argsort(-logits[row], kind="stable")[: valid[row].sum()]
+            out.append((items[row, order], logits[row, order]))
+        return out
+
+    def _popular(self, d: dict) -> tuple[np.ndarray, np.ndarray]:
+        pool = (
+            self.popular
+            if d["allowed"] is None
+            else d["allowed"][np.argsort(-self.popularity[d["allowed"]], kind="stable")]
+        )
+        pool = pool[~np.isin(pool, d["excluded"])][: d["k"]]
+        return pool, self.popularity[pool]
+
+    def recommend(self, queries: list[Query]) -> list[Result | RequestError]:
+        """Answer a batch; a request that fails validation gets its RequestError, the others their Result."""
+        decoded: list = []
+        for q in queries:
+            try:
+                decoded.append(self.decode(q))
+            except RequestError as error:
+                decoded.append(error)
+        good = [i for i, d in enumerate(decoded) if not isinstance(d, RequestError) and len(d["idx"])]
+        results: list = [d if isinstance(d, RequestError) else None for d in decoded]
+        if good:
+            batch = [decoded[i] for i in good]
+            vectors = self.encode(batch)
+            ranked = self._rank(vectors, batch, self._candidates(vectors, batch))
+            for i, d, (items, scores) in zip(good, batch, ranked):
+                results[i] = Result(
+                    self.item_ids[items[: d["k"]]].tolist(), scores[: d["k"]].astype(float).tolist(), d["info"]
+                )
+        for i, d in enumerate(decoded):
+            if results[i] is None:  # no known event: popularity within the rules and filters
+                d["info"]["fallback"] = "popularity"
+                items, scores = self._popular(d)
+                results[i] = Result(self.item_ids[items].tolist(), scores.astype(float).tolist(), d["info"])
+        return results
+
+    def similar(self, item_ids: list[list[str]], ks: list[int]) -> list[Result | RequestError]:
+        """Nearest items to each request's item(s) (their mean vector), the items themselves left out."""
+        results: list = []
+        rows, wanted = [], []
+        for ids, k in zip(item_ids, ks):
+            if not isinstance(k, int | np.integer) or not 1 <= int(k) <= MAX_K:
+                results.append(RequestError(f"k={k!r}; expected an integer from 1 to {MAX_K}."))
+                continue
+            idx = np.asarray([self.item_index.get(str(i), 0) for i in ids], np.int64)
+            info = {"unknown_items": int((idx == 0).sum()), "fallback": None}
+            if not (idx > 0).any():
+                info["fallback"] = "popularity"
+                pool = self.popular[: int(k)]
+                results.append(Result(self.item_ids[pool].tolist(), self.popularity[pool].tolist(), info))
+                continue
+            results.append(None)
+            rows.append((len(results) - 1, idx[idx > 0], int(k), info))
+            wanted.append(int(k) + int((idx > 0).sum()))
+        if rows:
+            queries = np.stack([self.embeddings[idx].mean(axis=0) for _, idx, _, _ in rows]).astype(np.float32)
+            scores, found = self.index.search(queries, min(self.num_items, max(wanted)))
+            for (slot, idx, k, info), s, f in zip(rows, scores, found):
+                items = f + 1
+                keep = (f >= 0) & ~np.isin(items, idx)
+                results[slot] = Result(
+                    self.item_ids[items[keep][:k]].tolist(), s[keep][:k].astype(float).tolist(), info
+                )
+        return results
+
+
+def result_json(result: Result | RequestError) -> str:
+    if isinstance(result, RequestError):
+        return json.dumps({"error": str(result)})
+    return json.dumps({"item_ids": result.item_ids, "scores": result.scores, "info": result.info})

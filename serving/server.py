@@ -1,0 +1,238 @@
+"""Run the real Triton Inference Server (the `tritonserver` binary shipped in nvidia-pytriton) on a model repository.
+
+    python -m serving.server --repository artifacts/triton/repository            # 127.0.0.1:8000 / :8001
+    python -m serving.server --repository ... --http-port 8100 --grpc-port 8101 --address 0.0.0.0
+
+Binds 127.0.0.1 unless told otherwise, waits until the server and every model are ready, and shuts
+down cleanly on Ctrl-C or SIGTERM. Models load in explicit mode: all of them at start, and a new
+version is picked up with `serving.repository publish` (or the load API) without a restart.
+
+The python backend runs our code with this interpreter: the backend stub in the pytriton wheel links
+the system libpython, so LD_LIBRARY_PATH starts with this interpreter's LIBDIR (otherwise models fail
+with `'_thread.RLock' object has no attribute '_recursion_count'`); the stub's embedded interpreter
+ignores PYTHONPATH, so INTENTREC_PYTHONPATH (repository root + the venv's site-packages) is put on
+sys.path by the generated model.py; and the stub sits beside `libtriton_python.so` in a backend
+directory we own (`<artifacts>/triton/backends/python`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from pathlib import Path
+
+from data import REPO_ROOT
+from data.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ADDRESS = "127.0.0.1"
+
+
+def triton_home() -> Path:
+    try:
+        import pytriton
+    except ImportError:
+        raise ConfigError(
+            "nvidia-pytriton is not installed; run ./scripts/test.sh or pip install -e . first."
+        ) from None
+    home = Path(pytriton.__file__).parent / "tritonserver"
+    if not (home / "bin" / "tritonserver").is_file():
+        raise ConfigError(f"{home}/bin/tritonserver not found: the nvidia-pytriton wheel is incomplete; reinstall it.")
+    return home
+
+
+def backend_directory(root: Path | None = None) -> Path:
+    """A backend directory we own: python backend library, its utils and the stub for this Python."""
+    home = triton_home()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = home / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ConfigError(f"no Triton python backend stub for Python {version} in {stub.parent.parent}.")
+    root = Path(root or REPO_ROOT / "artifacts" / "triton" / "backends")
+    target = root / "python"
+    target.mkdir(parents=True, exist_ok=True)
+    for source in (
+        home / "backends" / "python" / "libtriton_python.so",
+        home / "backends" / "python" / "triton_python_backend_utils.py",
+        stub,
+    ):
+        link = target / source.name
+        if not link.exists() or link.resolve() != source.resolve():
+            if link.exists() or link.is_symlink():
+                link.unlink()
+            link.symlink_to(source)
+    return root
+
+
+def server_environment() -> dict[str, str]:
+    env = dict(os.environ)
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    env["LD_LIBRARY_PATH"] = ":".join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
+    site = sysconfig.get_paths()["purelib"]
+    env["PYTHONPATH"] = ":".join(p for p in (str(REPO_ROOT), site, env.get("PYTHONPATH", "")) if p)
+    # The stub's embedded interpreter does not read PYTHONPATH; the generated model.py reads this one.
+    env["INTENTREC_PYTHONPATH"] = env["PYTHONPATH"]
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((DEFAULT_ADDRESS, 0))
+        return s.getsockname()[1]
+
+
+class TritonServer:
+    """A tritonserver process on `repository`; use as a context manager or call start()/stop()."""
+
+    def __init__(
+        self,
+        repository: Path,
+        http_port: int | None = 8000,
+        grpc_port: int | None = 8001,
+        metrics_port: int | None = 8002,
+        address: str = DEFAULT_ADDRESS,
+        log_file: Path | None = None,
+        backend_root: Path | None = None,
+        startup_timeout_s: float = 120.0,
+        log_verbose: int = 0,
+    ):
+        self.repository = Path(repository).resolve()
+        if not self.repository.is_dir():
+            raise ConfigError(
+                f"--repository {repository} is not a folder; build one with python -m serving.repository."
+            )
+        self.http_port = http_port or free_port()
+        self.grpc_port = grpc_port or free_port()
+        self.metrics_port = metrics_port or free_port()
+        self.address = address
+        self.log_file = Path(log_file) if log_file else None
+        self.backend_root = backend_root
+        self.startup_timeout_s = startup_timeout_s
+        self.log_verbose = log_verbose
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.address if self.address != '0.0.0.0' else DEFAULT_ADDRESS}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.address if self.address != '0.0.0.0' else DEFAULT_ADDRESS}:{self.grpc_port}"
+
+    def command(self) -> list[str]:
+        home = triton_home()
+        return [
+            str(home / "bin" / "tritonserver"),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={backend_directory(self.backend_root)}",
+            f"--http-address={self.address}",
+            f"--grpc-address={self.address}",
+            f"--metrics-address={self.address}",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false",
+            "--model-control-mode=explicit",
+            "--load-model=*",
+            "--strict-readiness=true",
+            "--exit-timeout-secs=15",
+            f"--log-verbose={self.log_verbose}",
+        ]
+
+    def start(self) -> TritonServer:
+        for port in (self.http_port, self.grpc_port, self.metrics_port):
+            with socket.socket() as s:
+                if s.connect_ex((DEFAULT_ADDRESS, port)) == 0:
+                    raise ConfigError(
+                        f"port {port} on {DEFAULT_ADDRESS} is in use; pick others (--http-port/--grpc-port/--metrics-port)."
+                    )
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        self.process = subprocess.Popen(
+            self.command(), env=server_environment(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = self._log_tail()
+                raise RuntimeError(f"tritonserver exited with status {self.process.returncode} while starting.\n{tail}")
+            if self.ready():
+                log.info("tritonserver ready: http %s, grpc %s", self.http_url, self.grpc_url)
+                return self
+            time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"tritonserver was not ready after {self.startup_timeout_s:.0f} s.\n{self._log_tail()}")
+
+    def _log_tail(self, lines: int = 30) -> str:
+        if self.log_file and self.log_file.is_file():
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        return "(no log file; pass log_file= to see the server's output)"
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            return self.process.wait()
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repository", type=Path, default=REPO_ROOT / "artifacts" / "triton" / "repository")
+    parser.add_argument("--address", default=DEFAULT_ADDRESS, help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--log-file", type=Path, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        server = TritonServer(
+            args.repository, args.http_port, args.grpc_port, args.metrics_port, args.address, args.log_file
+        )
+        stopping = []
+
+        def handle(signum, _frame):
+            stopping.append(signum)
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+        server.start()
+    except (ConfigError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"serving {args.repository}: HTTP {server.http_url}, gRPC {server.grpc_url} (Ctrl-C stops)", flush=True)
+    while not stopping and server.process.poll() is None:
+        time.sleep(0.2)
+    code = server.stop()
+    print(f"tritonserver stopped ({'signal ' + str(stopping[0]) if stopping else 'exited'}, status {code})", flush=True)
+    return 0 if stopping else (code or 1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""One small but real model of the synthetic shop, exported once and shared by the serving tests.
+
+The shop has a stronger context effect than the default (`context_strength=5`) so that a model
+trained for about a minute on 2 cores has learned it; everything else is the default generator.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from serving.export import export
+from serving.repository import build
+from serving.server import TritonServer
+from tests.conftest import compose_config
+from training.train import train
+
+SERVING_SHOP = [
+    "debug=fast",
+    "data.num_events=80000",
+    "data.context_strength=5",
+    "data.batch_size=128",
+    "trainer.limit_train_batches=1.0",
+    "trainer.max_epochs=5",
+    "model.embedding_dim=32",
+    "ranker.max_train_examples=5000",
+    "ranker.epochs=2",
+]
+
+
+@pytest.fixture(scope="session")
+def serving_run(tmp_path_factory):
+    """(artifacts_dir, run_dir) of the trained model."""
+    root = tmp_path_factory.mktemp("serving")
+    artifacts, run = root / "artifacts", root / "run"
+    train(compose_config("train", [*SERVING_SHOP, f"artifacts_dir={artifacts}", f"run_dir={run}"]))
+    return artifacts, run
+
+
+def export_config(serving_run, out, *overrides):
+    artifacts, run = serving_run
+    return compose_config(
+        "export",
+        [
+            *SERVING_SHOP,
+            f"artifacts_dir={artifacts}",
+            f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}",
+            f"export.out_dir={out}",
+            *overrides,
+        ],
+    )
+
+
+@pytest.fixture(scope="session")
+def bundle(serving_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle") / "v1"
+    export(export_config(serving_run, out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def shop_truth(serving_run):
+    import json
+
+    artifacts, _ = serving_run
+    shop = next((artifacts / "shops").iterdir())
+    return json.loads((shop / "truth" / "effects.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def server(bundle, tmp_path_factory):
+    """The real tritonserver on a fresh repository of `bundle`, on free loopback ports."""
+    root = tmp_path_factory.mktemp("triton")
+    repository = build(bundle, root / "repository")
+    with TritonServer(repository, None, None, None, log_file=root / "server.log", backend_root=root / "backends") as s:
+        yield s
+    shutil.rmtree(root / "repository", ignore_errors=True)

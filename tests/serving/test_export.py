@@ -1,0 +1,240 @@
+"""Export: ONNX equals torch, serving decodes requests exactly as training prepared them, the index keeps
+its recall, the manifest refuses mismatches, and items added later are embedded from their features."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from data.errors import ConfigError, DataError
+from models.context import CONTEXT_FIELDS
+from models.ranker import Ranker, RankerConfig
+from models.two_tower import TwoTower, TwoTowerConfig, Vocabulary
+from serving.bundle import add_items, load_bundle
+from serving.export import export, validation_queries
+from serving.index import build_index, recall_against_exact, set_search_params
+from serving.onnx_models import (
+    QUERY_INPUTS,
+    RANKER_INPUTS,
+    QueryEncoder,
+    RankerScorer,
+    example_query_inputs,
+    example_ranker_inputs,
+    export_query_encoder,
+    export_ranker,
+)
+from serving.recommender import Query, Recommender
+from tests.conftest import CONF_DIR, compose_config
+from tests.serving.conftest import SERVING_SHOP, export_config
+
+SIZES = {"event_types": 8, "gap_buckets": 24, "channels": 5, **{name: 9 for name in CONTEXT_FIELDS}}
+
+
+def _session(path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize(
+    "encoder,context", [("transformer", "concat"), ("transformer", "latent_cross"), ("gru", "none"), ("mean", "concat")]
+)
+def test_onnx_query_encoder_equals_torch_on_random_padded_inputs(tmp_path, encoder, context):
+    vocab = Vocabulary(100, 8, 24, 5, {name: 9 for name in CONTEXT_FIELDS}, [5, 7])
+    torch.manual_seed(0)
+    model = TwoTower(
+        TwoTowerConfig(encoder=encoder, context=context, embedding_dim=32, max_seq_len=30),
+        vocab,
+        torch.randint(0, 5, (101, 2)),
+    )
+    export_query_encoder(model.eval(), tmp_path / "q.onnx", SIZES, 30, 20)
+    session = _session(tmp_path / "q.onnx")
+    worst = 0.0
+    for B, T, P in [(4, 30, 20), (7, 9, 3), (1, 1, 1), (3, 17, 0 + 1)]:
+        inputs = example_query_inputs(B, T, P, 32, SIZES, torch.Generator().manual_seed(B * T))
+        with torch.no_grad():
+            expected = QueryEncoder(model)(*inputs).numpy()
+        feed = {name: x.numpy() for name, x in zip(QUERY_INPUTS, inputs)}
+        got = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})[0]
+        worst = max(worst, float(np.abs(got - expected).max()))
+    assert worst < 1e-5, worst
+
+
+def test_onnx_ranker_equals_torch(tmp_path):
+    torch.manual_seed(0)
+    ranker = Ranker(RankerConfig(), 32, [9] * 7, [5, 11]).eval()
+    for layer in ranker.cross:  # not the identity start: exercise the cross layers
+        torch.nn.init.normal_(layer.weight, std=0.1)
+    export_ranker(ranker, tmp_path / "r.onnx", 32, [5, 11], [9] * 7)
+    session = _session(tmp_path / "r.onnx")
+    for B, C in [(3, 50), (1, 7)]:
+        inputs = example_ranker_inputs(B, C, 32, [5, 11], [9] * 7, torch.Generator().manual_seed(C))
+        with torch.no_grad():
+            expected = RankerScorer(ranker)(*inputs).numpy()
+        got = session.run(None, {name: x.numpy() for name, x in zip(RANKER_INPUTS, inputs)})[0]
+        assert np.abs(got - expected).max() < 1e-5
+
+
+def test_serving_decodes_requests_exactly_as_training_prepared_them(serving_run, bundle):
+    """Raw requests rebuilt from the test split give the checkpoint's own queries (gaps, sessions, context, past)."""
+    from training.datamodule import PreparedData, evaluation_examples, read_split
+    from training.evaluate import load_checkpoint
+
+    artifacts, run = serving_run
+    data = PreparedData.load(artifacts / "data" / "synthetic")
+    task = load_checkpoint(run / "checkpoints" / "best.ckpt", data).eval()
+    split = read_split(data.directory / "test.parquet")
+    T, P = task.model.cfg.max_seq_len, 20
+    arrays, _, _ = evaluation_examples(split, T, P, data.padded("category_idx"), data.padded("train_count"), 5)
+    recommender = Recommender(bundle)
+    vocab = data.vocab_json
+    raw_ids = data.padded("item_id", "").astype(str)
+    rng = np.random.default_rng(0)
+    targets = np.flatnonzero(split.steps["target_mask"])
+    rows = split.row_of_step[targets]
+    keep = targets - split.offsets[rows] >= 1
+    chosen = np.sort(rng.choice(int(keep.sum()), 200, replace=False))
+    queries = []
+    for target in targets[keep][chosen]:
+        row = split.row_of_step[target]
+        history = np.arange(split.offsets[row], target)
+        steps = split.steps
+
+        def name(table, code):
+            return vocab[table][int(code)] if int(code) > 0 else None
+
+        queries.append(
+            Query(
+                item_ids=raw_ids[steps["item_ids"][history]].tolist(),
+                event_types=[vocab["event_types"][c] for c in steps["event_types"][history]],
+                timestamps=steps["timestamps"][history].tolist(),
+                channels=[name("channels", c) or "" for c in steps["channels"][history]],
+                session_ids=[str(x) for x in np.cumsum(steps["new_session"][history])],
+                now=int(steps["timestamps"][target]),
+                device_type=name("device_types", steps["device_types"][target]),
+                referrer=name("referrers", steps["referrers"][target]),
+                region=name("regions", steps["regions"][target]),
+                hour=int(steps["hours"][target]) - 1,
+                day_of_week=int(steps["days_of_week"][target]),
+                loyalty=name("loyalty", split.loyalty[row]),
+            )
+        )
+    served = recommender.encode([recommender.decode(q) for q in queries])
+    batch = {k: torch.as_tensor(v[keep][chosen].astype(np.int64)) for k, v in arrays.items() if v.dtype.kind in "iub"}
+    with torch.no_grad():
+        expected = task.model.query(batch).numpy()
+    assert np.abs(served - expected).max() < 1e-4
+
+
+@pytest.fixture(scope="module")
+def index_inputs(serving_run, bundle):
+    from training.datamodule import PreparedData
+    from training.evaluate import load_checkpoint
+
+    artifacts, run = serving_run
+    data = PreparedData.load(artifacts / "data" / "synthetic")
+    task = load_checkpoint(run / "checkpoints" / "best.ckpt", data).eval()
+    cfg = compose_config("train", [*SERVING_SHOP, f"artifacts_dir={artifacts}"])
+    vectors = load_bundle(bundle).embeddings[1:]
+    return vectors, validation_queries(task, cfg, data, 1000)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "index").glob("*.yaml")))
+def test_index_recall_against_exact_search_for_each_factory_in_config(index_inputs, name):
+    vectors, queries = index_inputs
+    cfg = compose_config("export", [f"index={name}", "ckpt_path=unused"]).index
+    index = build_index(vectors, cfg.factory)
+    set_search_params(index, dict(cfg.search_params))
+    recall = {k: recall_against_exact(index, vectors, queries, k) for k in (10, 100)}
+    print(
+        f"index={name} ({cfg.factory} {dict(cfg.search_params)}): recall@10 {recall[10]:.4f} recall@100 {recall[100]:.4f}"
+    )
+    assert recall[100] >= cfg.min_recall_at_100
+    if name == "flat":
+        assert recall[10] == recall[100] == 1.0
+
+
+def test_manifest_records_what_serving_needs(bundle):
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["num_items"] == load_bundle(bundle).embeddings.shape[0] - 1
+    assert manifest["dim"] == 32 and manifest["model"]["similarity"] == "dot"
+    assert {"torch", "onnx", "onnxruntime", "faiss"} <= set(manifest["versions"])
+    assert set(manifest["files"]) >= {
+        "query_encoder.onnx",
+        "ranker.onnx",
+        "item_embeddings.npy",
+        "items.parquet",
+        "index.faiss",
+    }
+    assert manifest["index"]["recall@100"] == 1.0 and manifest["ranker"]["num_candidates"] == 50
+
+
+def test_a_bundle_that_does_not_match_its_manifest_is_refused(bundle, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    vectors = np.load(copy / "item_embeddings.npy")
+    np.save(copy / "item_embeddings.npy", vectors[:-1])
+    with pytest.raises(DataError, match=r"item_embeddings\.npy does not match .*manifest\.json .*export again"):
+        load_bundle(copy)
+    with pytest.raises(
+        DataError, match=r"item_embeddings\.npy has shape \(\d+, 32\) float32; .* says num_items=\d+, dim=32"
+    ):
+        load_bundle(copy, verify=False)
+    (copy / "index.faiss").unlink()
+    with pytest.raises(DataError, match=r"index\.faiss is listed in .*manifest\.json but missing"):
+        load_bundle(copy, verify=False)
+    with pytest.raises(DataError, match=r"not an export bundle; make one with python -m serving\.export"):
+        load_bundle(tmp_path)
+
+
+def test_items_added_later_are_embedded_from_their_features_and_served(serving_run, bundle, tmp_path):
+    from training.datamodule import PreparedData
+    from training.evaluate import load_checkpoint
+
+    artifacts, run = serving_run
+    data = PreparedData.load(artifacts / "data" / "synthetic")
+    model = load_checkpoint(run / "checkpoints" / "best.ckpt", data).eval().model
+    before = load_bundle(bundle)
+    vocab = before.manifest["vocab"]
+    new = pa.table(
+        {
+            "item_id": ["new-1", "new-2"],
+            "category_id": ["shoes", "no-such-category"],
+            "brand": [vocab["brands"][1], None],
+            "price": [42.0, None],
+            "price_tier": ["premium", "mid"],
+        }
+    )
+    pq.write_table(new, tmp_path / "new.parquet")
+    manifest = add_items(bundle, tmp_path / "new.parquet", tmp_path / "v2")
+    after = load_bundle(tmp_path / "v2")
+    assert manifest["num_items"] == before.num_items + 2 and manifest["added_items"] == 2
+    # The torch item tower embeds a cold item with the same feature codes to the same vector.
+    codes = torch.as_tensor(after.feature_codes()[-2:])
+    with torch.no_grad():
+        expected = sum(e(codes[:, j]) for j, e in enumerate(model.item_tower.feature_embeddings)).numpy()
+    np.testing.assert_allclose(after.embeddings[-2:], expected, atol=1e-6)
+    assert codes[1, before.manifest["feature_columns"].index("category_idx")] == 0  # unknown category -> code 0
+    recommender = Recommender(tmp_path / "v2")
+    assert recommender.index.ntotal == before.num_items + 2
+    similar = recommender.similar([["new-1"]], [10])[0]
+    assert similar.info["unknown_items"] == 0 and "new-1" not in similar.item_ids
+    shoes = recommender.recommend([Query(item_ids=["new-1"], categories=["shoes"], k=5)])[0]
+    assert shoes.info["fallback"] is None and len(shoes.item_ids) == 5
+    with pytest.raises(DataError, match=r"row 0: item_id='new-1' is already in the catalogue"):
+        add_items(tmp_path / "v2", tmp_path / "new.parquet", tmp_path / "v3")
+
+
+def test_export_config_errors_name_the_key(serving_run, tmp_path):
+    with pytest.raises(ConfigError, match=r"ckpt_path must be given: python -m serving\.export"):
+        export(compose_config("export", [*SERVING_SHOP, f"export.out_dir={tmp_path}", "ckpt_path=null"]))
+    with pytest.raises(ConfigError, match=r"index\.factory='IVF\?\?' is not a FAISS index_factory string"):
+        export(export_config(serving_run, tmp_path / "b", "index.factory=IVF??"))
+    with pytest.raises(ConfigError, match=r"asks for 100000 inverted lists but the catalogue has only \d+ items"):
+        export(export_config(serving_run, tmp_path / "c", "index.factory='IVF100000,Flat'"))
