@@ -23,10 +23,19 @@ def environment(*libraries: str) -> dict:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.machine()},
         "versions": {
             "python": platform.python_version(),
-            **{name: importlib.import_module(name).__version__ for name in libraries},
+            **{name: _version(name) for name in libraries},
         },
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def _version(name: str) -> str:
+    module = importlib.import_module(name)
+    if hasattr(module, "__version__"):
+        return module.__version__
+    from importlib.metadata import version
+
+    return version(name)
 
 
 def append_results(path: Path, rows: list[dict]) -> None:

@@ -262,31 +262,3 @@ def _column(table: pa.Table, name: str, length: int) -> np.ndarray:
     if name not in table.column_names:
         return np.full(length, "", dtype=object)
     return np.asarray([("" if v is None else str(v)) for v in table[name].to_pylist()], dtype=object)
-
-
-def _cli() -> None:
-    import argparse
-
-    from data.errors import IntentrecError
-
-    parser = argparse.ArgumentParser(
-        description="Append new catalogue items to an export bundle (content features only)."
-    )
-    parser.add_argument("--bundle", type=Path, required=True, help="the export bundle to start from")
-    parser.add_argument(
-        "--items",
-        type=Path,
-        required=True,
-        help="Parquet or CSV of new items (item_id, category_id, brand, price, ...)",
-    )
-    parser.add_argument("--out", type=Path, required=True, help="folder of the new bundle")
-    args = parser.parse_args()
-    try:
-        manifest = add_items(args.bundle, args.items, args.out)
-    except IntentrecError as error:
-        raise SystemExit(f"error: {error}") from None
-    print(f"{args.out}: {manifest['num_items']} items ({manifest['added_items']} added after training)")
-
-
-if __name__ == "__main__":
-    _cli()

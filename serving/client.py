@@ -84,7 +84,9 @@ def recommend_inputs(module, requests: list[RecommendRequest]) -> list:
         inputs.append(_tensor(module, "event_types", _rows(types, b"", object)))
     if any(r.timestamps is not None for r in requests):
         # -1 = no timestamps for that row (the server then treats its gaps as unknown)
-        stamps = [list(map(int, r.timestamps)) if r.timestamps is not None else [-1] * len(r.item_ids) for r in requests]
+        stamps = [
+            list(map(int, r.timestamps)) if r.timestamps is not None else [-1] * len(r.item_ids) for r in requests
+        ]
         inputs.append(_tensor(module, "timestamps", _rows(stamps, -1, np.int64)))
     if any(r.channels is not None for r in requests):
         channels = [list(r.channels) if r.channels is not None else ["web"] * len(r.item_ids) for r in requests]

@@ -23,7 +23,7 @@ import argparse
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -97,6 +97,24 @@ class ServingOptions:
                 raise ConfigError(f"{key}={getattr(self, key)!r}; expected an integer of at least 1.")
         if self.max_queue_delay_us < 0:
             raise ConfigError(f"max_queue_delay_us={self.max_queue_delay_us}; expected 0 or more.")
+
+
+def serving_options(path: Path, overrides=None) -> ServingOptions:
+    """ServingOptions from a YAML file (conf/serving.yaml), with command-line values on top."""
+    from omegaconf import OmegaConf
+
+    if not Path(path).is_file():
+        raise ConfigError(f"--config {path} not found; conf/serving.yaml documents the keys.")
+    values = OmegaConf.to_container(OmegaConf.load(path))
+    names = [f.name for f in fields(ServingOptions)]
+    unknown = set(values) - set(names)
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; expected {names}.")
+    for name in names:
+        value = getattr(overrides, name, None) if overrides is not None else None
+        if value is not None:
+            values[name] = value
+    return ServingOptions(**values)
 
 
 def python_model_config(name: str, options: ServingOptions) -> mc.ModelConfig:
@@ -256,11 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["build", "publish", "production", "validate"])
     parser.add_argument("--bundle", type=Path, help="export bundle (from python -m serving.export)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "artifacts" / "triton" / "repository")
-    parser.add_argument("--instances", type=int, default=1)
-    parser.add_argument("--kind", default="KIND_CPU", choices=["KIND_CPU", "KIND_GPU"])
-    parser.add_argument("--max-batch-size", type=int, default=64)
-    parser.add_argument("--max-queue-delay-us", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--config", type=Path, default=REPO_ROOT / "conf" / "serving.yaml", help="serving options")
+    parser.add_argument("--instances", type=int, default=None)
+    parser.add_argument("--kind", default=None, choices=["KIND_CPU", "KIND_GPU"])
+    parser.add_argument("--max-batch-size", type=int, default=None)
+    parser.add_argument("--max-queue-delay-us", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument(
         "--url", default=None, help="publish: gRPC address of the running server to load the new version"
     )
@@ -273,16 +292,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.bundle is None:
             raise ConfigError(f"{args.action} needs --bundle <export bundle>.")
-        options = ServingOptions(args.instances, args.kind, args.max_batch_size, args.max_queue_delay_us, args.threads)
+        options = serving_options(args.config, args)
         if args.action == "build":
             build(args.bundle, args.out, options)
             print(f"repository {args.out}: {', '.join(MODELS)} version 1")
         elif args.action == "production":
-            production(
-                args.bundle,
-                args.out,
-                options if args.kind == "KIND_GPU" else ServingOptions(args.instances, "KIND_GPU"),
-            )
+            options.kind = "KIND_GPU"
+            production(args.bundle, args.out, options)
             print(f"production repository {args.out} (onnxruntime backend, KIND_GPU)")
         else:
             version = publish(args.bundle, args.out, args.url)

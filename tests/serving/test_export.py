@@ -238,3 +238,31 @@ def test_export_config_errors_name_the_key(serving_run, tmp_path):
         export(export_config(serving_run, tmp_path / "b", "index.factory=IVF??"))
     with pytest.raises(ConfigError, match=r"asks for 100000 inverted lists but the catalogue has only \d+ items"):
         export(export_config(serving_run, tmp_path / "c", "index.factory='IVF100000,Flat'"))
+
+
+def test_add_items_command_line_refuses_known_ids_with_exit_status_2(bundle, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    known = load_bundle(bundle).items["item_id"][0]
+    pq.write_table(pa.table({"item_id": [str(known)], "category_id": ["shoes"]}), tmp_path / "dup.parquet")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "serving.add_items",
+            "--bundle",
+            str(bundle),
+            "--items",
+            str(tmp_path / "dup.parquet"),
+            "--out",
+            str(tmp_path / "v2"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
+    assert out.returncode == 2 and f"item_id={str(known)!r} is already in the catalogue" in out.stderr

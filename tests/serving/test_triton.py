@@ -66,6 +66,24 @@ def test_every_generated_config_is_valid_against_tritons_schema(bundle, tmp_path
         validate_config(tmp_path / "bad.pbtxt")
 
 
+def test_serving_options_come_from_the_config_file_with_flags_on_top(tmp_path):
+    from types import SimpleNamespace
+
+    from data.errors import ConfigError
+    from serving.repository import serving_options
+
+    defaults = serving_options(REPO_ROOT / "conf" / "serving.yaml")
+    assert (defaults.instances, defaults.kind, defaults.max_queue_delay_us) == (1, "KIND_CPU", 0)
+    flags = SimpleNamespace(instances=2, kind=None, max_batch_size=None, max_queue_delay_us=None, threads=None)
+    assert serving_options(REPO_ROOT / "conf" / "serving.yaml", flags).instances == 2
+    (tmp_path / "bad.yaml").write_text("instances: 1\nworkers: 4\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown keys \['workers'\]"):
+        serving_options(tmp_path / "bad.yaml")
+    (tmp_path / "zero.yaml").write_text("instances: 0\n")
+    with pytest.raises(ConfigError, match=r"instances=0; expected an integer of at least 1"):
+        serving_options(tmp_path / "zero.yaml")
+
+
 def test_server_listens_on_loopback_only(server):
     listening = [
         c.laddr

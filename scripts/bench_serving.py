@@ -1,0 +1,280 @@
+"""Benchmark: latency and throughput of `recommend` and `similar_items` through the real Triton server.
+
+    python scripts/bench_serving.py --bundle artifacts/runs/demo/bundle                 # 10k, 100k, 1M items
+    python scripts/bench_serving.py --bundle ... --items 10000 --concurrency 1 8 --protocols grpc
+
+Loopback only, bounded: each (catalogue, protocol, model, concurrency) level stops after
+`--requests` requests or `--seconds` seconds, whichever comes first, after `--warmup` requests.
+The load generator is one asyncio process (tritonclient aio) on the same machine as the server.
+
+Catalogues above the bundle's own size keep its trained query encoder and ranker and get synthetic
+item vectors: each new item copies a real item's vector, content codes and category, plus Gaussian
+noise (`--noise` x the per-dimension std), so the index sees clustered, model-shaped vectors rather
+than uniform noise. Index: exact (Flat) up to `--flat-max` items, else `--ann` (IVF, nprobe from
+`--nprobe`); its recall@10/@100 against exact search is measured and reported beside the latency.
+Requests: sessions of 3-12 events drawn from the catalogue, with context, k=20, purchased excluded.
+
+Results: JSON lines (one per level, with command, commit, machine, versions) in
+benchmarks/results/serving.jsonl and a printed table; server peak RSS (server + python stubs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from scripts.bench_common import append_results, environment  # noqa: E402
+
+
+def scaled_bundle(
+    source: Path, out: Path, num_items: int, noise: float, ann: str, nprobe: int, flat_max: int, seed: int
+):
+    """A copy of `source` with `num_items` items (real ones first, then noisy copies) and a fresh index."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from serving.bundle import load_bundle, write_manifest
+    from serving.index import build_index, recall_against_exact, resolve_factory, set_search_params, write_index
+
+    bundle = load_bundle(source)
+    rng = np.random.default_rng(seed)
+    real = bundle.embeddings[1:]
+    N0 = len(real)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(source, out)
+    base = np.concatenate([np.arange(N0), rng.integers(0, N0, max(0, num_items - N0))])[:num_items]
+    vectors = real[base].copy()
+    extra = slice(N0, None)
+    vectors[extra] += rng.normal(0, 1, vectors[extra].shape).astype(np.float32) * real.std(axis=0) * noise
+    np.save(out / "item_embeddings.npy", np.concatenate([np.zeros((1, real.shape[1]), np.float32), vectors]))
+    items = {
+        name: np.asarray(values)[base] for name, values in bundle.items.items() if name not in ("item_idx", "item_id")
+    }
+    items["item_idx"] = np.arange(1, num_items + 1)
+    items["item_id"] = np.asarray(
+        [*bundle.items["item_id"][: min(N0, num_items)], *[f"b{i}" for i in range(N0, num_items)]]
+    )
+    items["train_count"] = np.where(np.arange(num_items) < N0, items["train_count"], 0)
+    pq.write_table(
+        pa.table(
+            {
+                k: items[k]
+                for k in ["item_idx", "item_id", *[c for c in bundle.items if c not in ("item_idx", "item_id")]]
+            }
+        ),
+        out / "items.parquet",
+    )
+    factory = "Flat" if num_items <= flat_max else resolve_factory(ann, num_items)
+    started = time.perf_counter()
+    index = build_index(vectors, factory, seed=seed)
+    build_s = time.perf_counter() - started
+    params = {} if factory == "Flat" else {"nprobe": nprobe}
+    set_search_params(index, params)
+    write_index(index, out / "index.faiss")
+    queries = vectors[rng.choice(num_items, 500, replace=False)] + rng.normal(0, 0.1, (500, vectors.shape[1])).astype(
+        np.float32
+    ) * real.std(axis=0)
+    recall = {f"recall@{k}": recall_against_exact(index, vectors, queries, k) for k in (10, 100)}
+    manifest = dict(bundle.manifest)
+    manifest.update(
+        num_items=num_items, index={"factory": factory, "search_params": params, **recall, "build_seconds": build_s}
+    )
+    write_manifest(out, manifest)
+    return {"factory": factory, "search_params": params, "index_build_seconds": round(build_s, 2), **recall}
+
+
+def requests_pool(bundle_dir: Path, count: int, seed: int):
+    from serving.bundle import load_bundle
+    from serving.client import RecommendRequest
+
+    bundle = load_bundle(bundle_dir, verify=False)
+    rng = np.random.default_rng(seed)
+    ids = bundle.items["item_id"].astype(str)
+    vocab = bundle.manifest["vocab"]
+    devices = [d for d in vocab.get("device_types", [])[1:]] or [None]
+    pool = []
+    for _ in range(count):
+        n = int(rng.integers(3, 13))
+        items = ids[rng.integers(0, len(ids), n)].tolist()
+        t0 = 1_772_000_000_000 + int(rng.integers(0, 86_400_000))
+        pool.append(
+            RecommendRequest(
+                item_ids=items,
+                event_types=["view"] * (n - 1) + [str(rng.choice(["view", "add_to_cart", "purchase"]))],
+                timestamps=[t0 + 30_000 * i for i in range(n)],
+                now=t0 + 30_000 * n,
+                device_type=str(rng.choice(devices)) if devices[0] else None,
+                k=20,
+            )
+        )
+    return pool, ids
+
+
+async def run_level(url, protocol, model, pool, ids, concurrency, max_requests, max_seconds, warmup):
+    from serving.client import AsyncClient
+
+    latencies, errors = [], []
+    sent = [0]
+    async with AsyncClient(url, protocol, timeout_s=30) as client:
+
+        async def call(i):
+            if model == "recommend":
+                await client.recommend(pool[i % len(pool)])
+            else:
+                await client.similar_items([ids[(i * 7919) % len(ids)]], 20)
+
+        for i in range(warmup):
+            await call(i)
+        deadline = time.perf_counter() + max_seconds
+
+        async def worker():
+            while sent[0] < max_requests and time.perf_counter() < deadline:
+                i = sent[0]
+                sent[0] += 1
+                start = time.perf_counter()
+                try:
+                    await call(i)
+                    latencies.append((time.perf_counter() - start) * 1000)
+                except Exception as error:  # noqa: BLE001 - every failure is counted
+                    errors.append(repr(error)[:200])
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    lat = sorted(latencies)
+
+    def pct(p):
+        return lat[min(len(lat) - 1, int(np.ceil(p / 100 * len(lat))) - 1)] if lat else float("nan")
+
+    return {
+        "requests": len(lat),
+        "errors": len(errors),
+        "error_examples": errors[:3],
+        "seconds": round(wall, 3),
+        "throughput_rps": len(lat) / wall if wall else 0.0,
+        "p50_ms": statistics.median(lat) if lat else float("nan"),
+        "p95_ms": pct(95),
+        "p99_ms": pct(99),
+        "mean_ms": statistics.fmean(lat) if lat else float("nan"),
+    }
+
+
+class PeakMemory:
+    """Samples RSS of the server process tree every 0.2 s."""
+
+    def __init__(self, pid):
+        import psutil
+
+        self.process, self.peak, self.stop = psutil.Process(pid), 0, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        import psutil
+
+        while not self.stop.is_set():
+            try:
+                total = self.process.memory_info().rss + sum(
+                    c.memory_info().rss for c in self.process.children(recursive=True)
+                )
+                self.peak = max(self.peak, total)
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+
+    def close(self) -> int:
+        self.stop.set()
+        self.thread.join()
+        return self.peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, default=REPO / "artifacts" / "runs" / "demo" / "bundle")
+    parser.add_argument("--items", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--protocols", nargs="+", default=["grpc", "http"], choices=["grpc", "http"])
+    parser.add_argument("--models", nargs="+", default=["recommend", "similar_items"])
+    parser.add_argument("--requests", type=int, default=2000, help="per level, at most")
+    parser.add_argument("--seconds", type=float, default=8.0, help="per level, at most")
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--instances", type=int, default=2, help="Triton instances per model (2 cores here)")
+    parser.add_argument("--noise", type=float, default=0.3)
+    parser.add_argument("--flat-max", type=int, default=100_000)
+    parser.add_argument("--ann", default="IVF{nlist},Flat")
+    parser.add_argument("--nprobe", type=int, default=32)
+    parser.add_argument("--work", type=Path, default=REPO / "artifacts" / "bench_serving")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serving.jsonl")
+    args = parser.parse_args()
+    if not (args.bundle / "manifest.json").is_file():
+        raise SystemExit(
+            f"error: no bundle at {args.bundle}; run ./scripts/demo.sh (or python -m serving.export) first."
+        )
+
+    from serving.repository import ServingOptions, build
+    from serving.server import TritonServer
+
+    rows = []
+    for num_items in args.items:
+        bundle_dir = args.work / f"bundle_{num_items}"
+        print(f"[bench] catalogue {num_items:,}: building the bundle and index ...", flush=True)
+        index_info = scaled_bundle(
+            args.bundle, bundle_dir, num_items, args.noise, args.ann, args.nprobe, args.flat_max, 0
+        )
+        print(f"[bench]   index {index_info}", flush=True)
+        pool, ids = requests_pool(bundle_dir, 500, 1)
+        repository = build(bundle_dir, args.work / f"repository_{num_items}", ServingOptions(instances=args.instances))
+        started = time.perf_counter()
+        with TritonServer(repository, None, None, None, log_file=args.work / f"server_{num_items}.log") as server:
+            load_s = time.perf_counter() - started
+            memory = PeakMemory(server.process.pid)
+            for protocol in args.protocols:
+                url = server.grpc_url if protocol == "grpc" else server.http_url
+                for model in args.models:
+                    for concurrency in args.concurrency:
+                        result = asyncio.run(
+                            run_level(
+                                url, protocol, model, pool, ids, concurrency, args.requests, args.seconds, args.warmup
+                            )
+                        )
+                        row = {
+                            "benchmark": "serving",
+                            "model": model,
+                            "protocol": protocol,
+                            "concurrency": concurrency,
+                            "num_items": num_items,
+                            "k": 20,
+                            "instances": args.instances,
+                            "index": index_info,
+                            "server_ready_seconds": round(load_s, 2),
+                            **result,
+                        }
+                        rows.append(row)
+                        print(
+                            f"{num_items:>9,} {protocol:4} {model:13} c={concurrency:<3} {row['throughput_rps']:>7.0f} req/s  "
+                            f"p50 {row['p50_ms']:6.2f}  p95 {row['p95_ms']:6.2f}  p99 {row['p99_ms']:6.2f} ms  "
+                            f"errors {row['errors']}",
+                            flush=True,
+                        )
+            peak = memory.close()
+        for row in rows:
+            if row["num_items"] == num_items:
+                row["server_peak_rss_mib"] = round(peak / 2**20, 1)
+        print(f"[bench]   server peak RSS {peak / 2**20:.0f} MiB (server + python stubs)", flush=True)
+    common = {"command": " ".join(sys.argv), **environment("numpy", "faiss", "onnxruntime", "tritonclient")}
+    append_results(args.out, [{**row, **common} for row in rows])
+
+
+if __name__ == "__main__":
+    main()
