@@ -79,12 +79,17 @@ class Result:
 class Recommender:
     """Loads a bundle once; `recommend` and `similar` answer batches of requests."""
 
-    def __init__(self, bundle_dir: Path, threads: int = 1, use_gpu: bool | None = None, verify: bool = True):
+    def __init__(
+        self, bundle_dir: Path, threads: int = 1, use_gpu: bool | None = None, verify: bool = True, remote=None
+    ):
+        """`remote`: optional `run(model_name, feed) -> output` that runs `query_encoder` and `ranker`
+        elsewhere (Triton BLS calls in the production repository); by default ONNX Runtime runs them here."""
         import faiss
         import onnxruntime as ort
 
         from serving.index import read_index, set_search_params, to_search_device
 
+        self.remote = remote
         self.bundle = load_bundle(Path(bundle_dir), verify=verify)
         m = self.bundle.manifest
         self.embeddings = self.bundle.embeddings
@@ -304,7 +309,10 @@ class Recommender:
             "past_items": self.embeddings[past_idx],
             "past_mask": (past_idx > 0).astype(np.int64),
         }
-        return self.encoder.run(["query"], {name: feed[name] for name in self.encoder_inputs})[0]
+        feed = {name: feed[name] for name in self.encoder_inputs}
+        if self.remote is not None:
+            return self.remote("query_encoder", feed)
+        return self.encoder.run(["query"], feed)[0]
 
     def _candidates(self, queries: np.ndarray, decoded: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per request: candidate item indexes and retrieval scores after rules, best first."""
@@ -340,16 +348,14 @@ class Recommender:
             items[row, : len(idx)], scores[row, : len(idx)], valid[row, : len(idx)] = idx, s, True
             scores[row, len(idx) :] = s[-1] if len(s) else 0.0
         context = np.asarray([[*d["context"], d["loyalty"]] for d in decoded], np.int64)
-        logits = self.ranker.run(
-            ["logits"],
-            {
-                "query": queries.astype(np.float32),
-                "candidates": self.embeddings[items],
-                "candidate_codes": self.feature_codes[items],
-                "context": context,
-                "retrieval_scores": scores,
-            },
-        )[0]
+        feed = {
+            "query": queries.astype(np.float32),
+            "candidates": self.embeddings[items],
+            "candidate_codes": self.feature_codes[items],
+            "context": context,
+            "retrieval_scores": scores,
+        }
+        logits = self.remote("ranker", feed) if self.remote is not None else self.ranker.run(["logits"], feed)[0]
         logits = np.where(valid, logits, -np.inf)
         out = []
         for row in range(B):

@@ -117,7 +117,7 @@ def serving_options(path: Path, overrides=None) -> ServingOptions:
     return ServingOptions(**values)
 
 
-def python_model_config(name: str, options: ServingOptions) -> mc.ModelConfig:
+def python_model_config(name: str, options: ServingOptions, pipeline: str = "inprocess") -> mc.ModelConfig:
     config = mc.ModelConfig(name=name, backend="python", max_batch_size=options.max_batch_size)
     for input_name, kind, dims, optional in RECOMMEND_INPUTS if name == "recommend" else SIMILAR_INPUTS:
         config.input.add(
@@ -130,6 +130,8 @@ def python_model_config(name: str, options: ServingOptions) -> mc.ModelConfig:
     config.version_policy.latest.num_versions = 1
     config.parameters["threads"].string_value = str(options.threads)
     config.parameters["verify_bundle"].string_value = "true"
+    # inprocess: ONNX Runtime inside the python model; bls: the onnxruntime-backend models of the repository
+    config.parameters["pipeline"].string_value = pipeline
     return config
 
 
@@ -137,7 +139,9 @@ def onnx_model_config(name: str, inputs: list, outputs: list, options: ServingOp
     """An onnxruntime-backend model (production variant); dims exclude the batch dimension."""
     config = mc.ModelConfig(name=name, backend="onnxruntime", max_batch_size=options.max_batch_size)
     for input_name, kind, dims in inputs:
-        config.input.add(name=input_name, data_type=TYPES[kind], dims=dims)
+        tensor = config.input.add(name=input_name, data_type=TYPES[kind], dims=dims)
+        if dims == [1]:
+            tensor.reshape.SetInParent()  # reshape { shape: [] }: the model reads (B,), Triton sends [B, 1]
     for output_name, kind, dims in outputs:
         config.output.add(name=output_name, data_type=TYPES[kind], dims=dims)
     config.instance_group.add(count=options.instances, kind=getattr(mc.ModelInstanceGroup, options.kind))
@@ -188,7 +192,7 @@ def add_version(repository: Path, bundle_dir: Path, version: int | None = None) 
     return version
 
 
-def build(bundle_dir: Path, out: Path, options: ServingOptions | None = None) -> Path:
+def build(bundle_dir: Path, out: Path, options: ServingOptions | None = None, pipeline: str = "inprocess") -> Path:
     """A fresh repository at `out` serving `bundle_dir` as version 1."""
     options = options or ServingOptions()
     out = Path(out)
@@ -197,61 +201,44 @@ def build(bundle_dir: Path, out: Path, options: ServingOptions | None = None) ->
     out.mkdir(parents=True)
     for model in MODELS:
         (out / model).mkdir()
-        (out / model / "config.pbtxt").write_text(config_text(python_model_config(model, options)))
+        (out / model / "config.pbtxt").write_text(config_text(python_model_config(model, options, pipeline)))
         validate_config(out / model / "config.pbtxt")
     add_version(out, bundle_dir, 1)
     return out
 
 
+def onnx_io(path: Path) -> tuple[list, list]:
+    """(inputs, outputs) of an ONNX graph as (name, type, dims without the batch axis); rank-1 tensors -> [1]."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    types = {onnx.TensorProto.FLOAT: "FP32", onnx.TensorProto.INT64: "INT64"}
+
+    def describe(values):
+        out = []
+        for value in values:
+            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim][1:]
+            out.append((value.name, types[value.type.tensor_type.elem_type], dims or [1]))
+        return out
+
+    initializers = {i.name for i in graph.initializer}
+    return describe([i for i in graph.input if i.name not in initializers]), describe(graph.output)
+
+
 def production(bundle_dir: Path, out: Path, options: ServingOptions | None = None) -> Path:
-    """The GPU variant: ONNX query encoder and ranker on the onnxruntime backend (KIND_GPU) + python models."""
+    """The GPU variant: ONNX query encoder and ranker on the onnxruntime backend (KIND_GPU); the python
+    models keep decoding, FAISS and the business rules and call them through BLS (`pipeline: bls`)."""
     options = options or ServingOptions(kind="KIND_GPU")
     bundle = load_bundle(bundle_dir)
-    build(
-        bundle_dir,
-        out,
-        ServingOptions(
-            options.instances, options.kind, options.max_batch_size, options.max_queue_delay_us, options.threads
-        ),
-    )
-    D = bundle.dim
-    step = [
-        ("step_mask", "INT64", [-1]),
-        ("event_types", "INT64", [-1]),
-        ("gap_buckets", "INT64", [-1]),
-        ("channels", "INT64", [-1]),
-        ("new_session", "INT64", [-1]),
-    ]
-    context = [
-        (name, "INT64", [1])
-        for name in ("device_type", "hour", "day_of_week", "referrer", "region", "gap_bucket", "loyalty")
-    ]
-    encoder_inputs = [
-        ("step_items", "FP32", [-1, D]),
-        *step,
-        *context,
-        ("past_items", "FP32", [-1, D]),
-        ("past_mask", "INT64", [-1]),
-    ]
-    models = {"query_encoder": (encoder_inputs, [("query", "FP32", [D])], "query_encoder.onnx")}
+    build(bundle_dir, out, options, pipeline="bls")
+    files = {"query_encoder": "query_encoder.onnx"}
     if bundle.manifest.get("ranker"):
-        F = len(bundle.manifest["feature_columns"])
-        K = len(bundle.manifest["ranker"]["context_fields"])
-        models["ranker"] = (
-            [
-                ("query", "FP32", [D]),
-                ("candidates", "FP32", [-1, D]),
-                ("candidate_codes", "INT64", [-1, F]),
-                ("context", "INT64", [K]),
-                ("retrieval_scores", "FP32", [-1]),
-            ],
-            [("logits", "FP32", [-1])],
-            "ranker.onnx",
-        )
-    for name, (inputs, outputs, file) in models.items():
+        files["ranker"] = "ranker.onnx"
+    for name, file in files.items():
         folder = Path(out) / name
         (folder / "1").mkdir(parents=True)
         shutil.copy2(Path(bundle_dir) / file, folder / "1" / "model.onnx")
+        inputs, outputs = onnx_io(folder / "1" / "model.onnx")
         (folder / "config.pbtxt").write_text(config_text(onnx_model_config(name, inputs, outputs, options)))
         validate_config(folder / "config.pbtxt")
     return Path(out)

@@ -48,6 +48,26 @@ def _text(value) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+OUTPUT_OF = {"query_encoder": "query", "ranker": "logits"}
+
+
+def _bls(model: str, feed: dict) -> np.ndarray:
+    """Run `model` (an onnxruntime-backend model of the same repository) through Triton BLS.
+
+    Used by the production repository (`pipeline: bls`); generated and validated here, but not
+    executed on this machine: the pytriton wheel has no onnxruntime backend and there is no GPU.
+    """
+    inputs = [
+        pb_utils.Tensor(name, value.reshape(-1, 1) if value.ndim == 1 else np.ascontiguousarray(value))
+        for name, value in feed.items()
+    ]
+    request = pb_utils.InferenceRequest(model_name=model, requested_output_names=[OUTPUT_OF[model]], inputs=inputs)
+    response = request.exec()
+    if response.has_error():
+        raise RuntimeError(f"{model}: {response.error().message()}")
+    return pb_utils.get_output_tensor_by_name(response, OUTPUT_OF[model]).as_numpy()
+
+
 class _Base:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -59,6 +79,7 @@ class _Base:
             threads=int(params.get("threads", "1")),
             use_gpu=kind == "GPU",
             verify=params.get("verify_bundle", "true") == "true",
+            remote=_bls if params.get("pipeline", "inprocess") == "bls" else None,
         )
         self.version = args["model_version"]
 

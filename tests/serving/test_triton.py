@@ -61,6 +61,9 @@ def test_every_generated_config_is_valid_against_tritons_schema(bundle, tmp_path
     gpu = {p.parent.name: validate_config(p) for p in (tmp_path / "gpu").glob("*/config.pbtxt")}
     assert gpu["query_encoder"].backend == "onnxruntime" and gpu["ranker"].backend == "onnxruntime"
     assert gpu["query_encoder"].instance_group[0].kind == gpu["query_encoder"].instance_group[0].KIND_GPU
+    inputs = {i.name: i for i in gpu["query_encoder"].input}
+    assert list(inputs["step_items"].dims) == [-1, 32] and inputs["device_type"].HasField("reshape")
+    assert gpu["recommend"].parameters["pipeline"].string_value == "bls"
     (tmp_path / "bad.pbtxt").write_text('name: "x"\nmax_batch_size: "many"\n')
     with pytest.raises(Exception, match=r"bad\.pbtxt: not a valid Triton model configuration"):
         validate_config(tmp_path / "bad.pbtxt")
