@@ -160,7 +160,7 @@ def test_a_checkpoint_refuses_data_it_was_not_trained_on(artifacts, tmp_path):
     ckpt = tmp_path / "train" / "checkpoints" / "best.ckpt"
     with pytest.raises(
         ConfigError,
-        match=r"was trained on synthetic with num_items=\d+ .* evaluate with the data config it was trained on",
+        match=r"was trained on synthetic with num_items=\d+ .* use the data config it was trained on",
     ):
         run(
             artifacts / "other",
