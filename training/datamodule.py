@@ -343,7 +343,9 @@ class SequenceDataModule(pl.LightningDataModule):
         batch_size: training batch size (evaluation uses `eval_batch_size`).
         past_purchases: P, purchases before the window given to the context.
         rare_max_count: targets with 1..rare_max_count training events form the `rare` slice.
-        bucket_by_length: batch examples of similar length and trim padding (same results, less work).
+        bucket_by_length: batch training windows of similar length and trim padding (less work; the
+            batches are less varied, which cost about 2% NDCG@10 on YOOCHOOSE). Evaluation results
+            are identical either way.
     """
 
     def __init__(
@@ -356,7 +358,7 @@ class SequenceDataModule(pl.LightningDataModule):
         rare_max_count: int = 5,
         seed: int = 0,
         num_workers: int = 0,
-        bucket_by_length: bool = True,
+        bucket_by_length: bool = False,
     ):
         super().__init__()
         self.bucket_by_length = bucket_by_length

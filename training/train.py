@@ -76,7 +76,7 @@ def build_datamodule(cfg, data: PreparedData) -> SequenceDataModule:
         rare_max_count=int(cfg.evaluate.rare_max_count),
         seed=int(cfg.seed),
         num_workers=int(d.num_workers),
-        bucket_by_length=bool(d.get("bucket_by_length", True)),
+        bucket_by_length=bool(d.get("bucket_by_length", False)),
     )
 
 
