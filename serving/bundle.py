@@ -15,7 +15,6 @@ which file and what to do. `add_items` embeds new catalogue items from their con
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -28,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data.errors import ConfigError, DataError
+from data.prepare import sha256_file as sha256
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +40,6 @@ FILES = (
     "content_tables.npz",
     "index.faiss",
 )
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def library_versions() -> dict:
