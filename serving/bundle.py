@@ -137,7 +137,7 @@ def check_index(bundle: Bundle, index) -> None:
         )
 
 
-def encode_item_features(manifest: dict, table: pa.Table, source: str) -> np.ndarray:
+def encode_item_features(manifest: dict, table: pa.Table) -> np.ndarray:
     """(M, F) content codes of new catalogue rows (canonical item columns), with the training vocabulary.
 
     Values never seen in training get code 0 (unknown), as in preparation.
@@ -205,7 +205,7 @@ def add_items(bundle_dir: Path, items_file: Path, out_dir: Path) -> dict:
             )
     if len(set(new_ids)) != len(new_ids):
         raise DataError(f"{items_file}: item ids repeat; each new item once.")
-    codes = encode_item_features(bundle.manifest, table, str(items_file))
+    codes = encode_item_features(bundle.manifest, table)
     tables = np.load(tables_path)
     vectors = np.zeros((len(new_ids), bundle.dim), np.float32)
     for j, column in enumerate(bundle.manifest["feature_columns"]):

@@ -100,13 +100,18 @@ def export_query_encoder(model, path: Path, sizes: dict[str, int], max_seq_len: 
     axes.update({name: {0: "B", 1: "T"} for name in ("step_mask", *STEP_INPUTS)})
     axes.update({name: {0: "B"} for name in (*CONTEXT_INPUTS, "loyalty")})
     axes["query"] = {0: "B"}
+    _export(encoder, inputs, path, QUERY_INPUTS, "query", axes)
+
+
+def _export(module, inputs: tuple, path: Path, input_names, output: str, axes: dict) -> None:
+    """TorchScript-based ONNX export (opset OPSET) with the given dynamic axes."""
     with torch.no_grad():
         torch.onnx.export(
-            encoder,
+            module,
             inputs,
             str(path),
-            input_names=list(QUERY_INPUTS),
-            output_names=["query"],
+            input_names=list(input_names),
+            output_names=[output],
             dynamic_axes=axes,
             opset_version=OPSET,
             dynamo=False,
@@ -133,14 +138,4 @@ def export_ranker(ranker, path: Path, embedding_dim: int, feature_sizes: list[in
         "retrieval_scores": {0: "B", 1: "C"},
         "logits": {0: "B", 1: "C"},
     }
-    with torch.no_grad():
-        torch.onnx.export(
-            scorer,
-            inputs,
-            str(path),
-            input_names=list(RANKER_INPUTS),
-            output_names=["logits"],
-            dynamic_axes=axes,
-            opset_version=OPSET,
-            dynamo=False,
-        )
+    _export(scorer, inputs, path, RANKER_INPUTS, "logits", axes)

@@ -104,6 +104,7 @@ class Recommender:
             name: {value: code for code, value in enumerate(vocab.get(name, [])) if code > 0}
             for name in ("event_types", "device_types", "referrers", "regions", "channels", "loyalty")
         }
+        self.event_names = {code: name for name, code in self.codes["event_types"].items()}
         self.item_index = {item_id: i + 1 for i, item_id in enumerate(self.bundle.items["item_id"].tolist())}
         self.item_ids = np.concatenate([[""], self.bundle.items["item_id"].astype(str)]).astype(object)
         self.categories = self.bundle.padded("category", "").astype(str)
@@ -228,7 +229,7 @@ class Recommender:
         bought = set(idx[np.isin(event_codes, purchase_codes)].tolist()) | set(past.tolist())
         cart: dict[int, bool] = {}
         for item, code in zip(idx.tolist(), event_codes.tolist()):
-            name = self._event_name(code)
+            name = self.event_names.get(code, "")
             if name == "add_to_cart":
                 cart[item] = True
             elif name in ("remove_from_cart", *PURCHASE_TYPES):
@@ -269,11 +270,6 @@ class Recommender:
             "in_cart": sorted(cart),
             "info": info,
         }
-
-    def _event_name(self, code: int) -> str:
-        if not hasattr(self, "_event_names"):
-            self._event_names = {c: n for n, c in self.codes["event_types"].items()}
-        return self._event_names.get(code, "")
 
     # --- the pipeline ----------------------------------------------------------------------
 

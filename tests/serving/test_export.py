@@ -4,6 +4,7 @@ its recall, the manifest refuses mismatches, and items added later are embedded 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -56,7 +57,7 @@ def test_onnx_query_encoder_equals_torch_on_random_padded_inputs(tmp_path, encod
     export_query_encoder(model.eval(), tmp_path / "q.onnx", SIZES, 30, 20)
     session = _session(tmp_path / "q.onnx")
     worst = 0.0
-    for B, T, P in [(4, 30, 20), (7, 9, 3), (1, 1, 1), (3, 17, 0 + 1)]:
+    for B, T, P in [(4, 30, 20), (7, 9, 3), (1, 1, 1), (3, 17, 1)]:
         inputs = example_query_inputs(B, T, P, 32, SIZES, torch.Generator().manual_seed(B * T))
         with torch.no_grad():
             expected = QueryEncoder(model)(*inputs).numpy()
@@ -266,3 +267,23 @@ def test_add_items_command_line_refuses_known_ids_with_exit_status_2(bundle, tmp
         timeout=120,
     )
     assert out.returncode == 2 and f"item_id={str(known)!r} is already in the catalogue" in out.stderr
+
+
+def test_request_errors_name_the_input_and_what_is_expected(bundle, tmp_path):
+    from serving.recommender import RequestError
+    from serving.repository import add_version, build
+
+    recommender = Recommender(bundle)
+    item = str(recommender.bundle.items["item_id"][0])
+    checks = [
+        (Query(item_ids=[item, item], event_types=["view"]), r"event_types has 1 values but item_ids has 2"),
+        (Query(item_ids=[item], timestamps=[1, 2]), r"timestamps has 2 values but item_ids has 1"),
+        (Query(item_ids=[item], day_of_week=0), r"day_of_week=0; expected 1 \(Monday\) to 7 \(Sunday\)"),
+    ]
+    results = recommender.recommend([q for q, _ in checks])
+    for (_, pattern), result in zip(checks, results):
+        assert isinstance(result, RequestError)
+        assert re.search(pattern, str(result)), str(result)
+    repository = build(bundle, tmp_path / "repository")
+    with pytest.raises(ConfigError, match=r"recommend/1 exists; versions are never overwritten"):
+        add_version(repository, bundle, 1)
