@@ -46,6 +46,8 @@ def scaled_bundle(
     from serving.bundle import load_bundle, write_manifest
     from serving.index import build_index, recall_against_exact, resolve_factory, set_search_params, write_index
 
+    if out.resolve() == source.resolve():
+        raise SystemExit(f"error: --bundle {source} is inside --work; pass the trained bundle, not a scaled copy.")
     bundle = load_bundle(source)
     rng = np.random.default_rng(seed)
     real = bundle.embeddings[1:]
@@ -121,19 +123,54 @@ def requests_pool(bundle_dir: Path, count: int, seed: int):
     return pool, ids
 
 
-async def run_level(url, protocol, model, pool, ids, concurrency, max_requests, max_seconds, warmup):
-    from serving.client import AsyncClient
+def check_raw_reply(payload: bytes, model: str) -> None:
+    """Parse one raw reply and check it carries the model's outputs (a sample of replies is checked)."""
+    from tritonclient.grpc import service_pb2
+
+    reply = service_pb2.ModelInferResponse.FromString(payload)
+    names = {o.name for o in reply.outputs}
+    if reply.model_name != model or not {"item_ids", "scores"} <= names:
+        raise RuntimeError(f"unexpected reply from {model}: outputs {sorted(names)}")
+
+
+async def run_level(url, protocol, model, pool, ids, concurrency, max_requests, max_seconds, warmup, client="sdk"):
+    """One level. client=sdk: serving.client.AsyncClient (builds tensors and parses replies per call);
+    client=raw (gRPC only): requests serialized in advance, replies parsed 1 in 50 (perf_analyzer's way)."""
+    from serving.client import AsyncClient, infer_request_bytes, recommend_arrays, similar_arrays
 
     latencies, errors = [], []
     sent = [0]
-    async with AsyncClient(url, protocol, timeout_s=30) as client:
+    if client == "raw":
+        import grpc
 
-        async def call(i):
+        if model == "recommend":
+            payloads = [infer_request_bytes(model, recommend_arrays([q])) for q in pool]
+        else:
+            payloads = [
+                infer_request_bytes(model, similar_arrays([[ids[(i * 7919) % len(ids)]]], [20])) for i in range(500)
+            ]
+        channel = grpc.aio.insecure_channel(url)
+        infer = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer", request_serializer=None, response_deserializer=None
+        )
+
+        async def call_raw(i):
+            reply = await infer(payloads[i % len(payloads)], timeout=30)
+            if i % 50 == 0:
+                check_raw_reply(reply, model)
+
+        context = channel
+    else:
+        context = AsyncClient(url, protocol, timeout_s=30)
+    async with context as sdk:
+
+        async def call_sdk(i):
             if model == "recommend":
-                await client.recommend(pool[i % len(pool)])
+                await sdk.recommend(pool[i % len(pool)])
             else:
-                await client.similar_items([ids[(i * 7919) % len(ids)]], 20)
+                await sdk.similar_items([ids[(i * 7919) % len(ids)]], 20)
 
+        call = call_raw if client == "raw" else call_sdk
         for i in range(warmup):
             await call(i)
         deadline = time.perf_counter() + max_seconds
@@ -158,6 +195,7 @@ async def run_level(url, protocol, model, pool, ids, concurrency, max_requests, 
         return lat[min(len(lat) - 1, int(np.ceil(p / 100 * len(lat))) - 1)] if lat else float("nan")
 
     return {
+        "client": client,
         "requests": len(lat),
         "errors": len(errors),
         "error_examples": errors[:3],
@@ -206,6 +244,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--protocols", nargs="+", default=["grpc", "http"], choices=["grpc", "http"])
     parser.add_argument("--models", nargs="+", default=["recommend", "similar_items"])
+    parser.add_argument(
+        "--clients",
+        nargs="+",
+        default=["sdk", "raw"],
+        choices=["sdk", "raw"],
+        help="sdk: serving.client.AsyncClient; raw: pre-serialized gRPC requests (gRPC only)",
+    )
     parser.add_argument("--requests", type=int, default=2000, help="per level, at most")
     parser.add_argument("--seconds", type=float, default=8.0, help="per level, at most")
     parser.add_argument("--warmup", type=int, default=50)
@@ -241,32 +286,47 @@ def main() -> None:
             memory = PeakMemory(server.process.pid)
             for protocol in args.protocols:
                 url = server.grpc_url if protocol == "grpc" else server.http_url
-                for model in args.models:
-                    for concurrency in args.concurrency:
-                        result = asyncio.run(
-                            run_level(
-                                url, protocol, model, pool, ids, concurrency, args.requests, args.seconds, args.warmup
-                            )
+                levels = [
+                    (m, c, k)
+                    for m in args.models
+                    for k in args.clients
+                    if protocol == "grpc" or k == "sdk"
+                    for c in args.concurrency
+                ]
+                for model, concurrency, client in levels:
+                    result = asyncio.run(
+                        run_level(
+                            url,
+                            protocol,
+                            model,
+                            pool,
+                            ids,
+                            concurrency,
+                            args.requests,
+                            args.seconds,
+                            args.warmup,
+                            client,
                         )
-                        row = {
-                            "benchmark": "serving",
-                            "model": model,
-                            "protocol": protocol,
-                            "concurrency": concurrency,
-                            "num_items": num_items,
-                            "k": 20,
-                            "instances": args.instances,
-                            "index": index_info,
-                            "server_ready_seconds": round(load_s, 2),
-                            **result,
-                        }
-                        rows.append(row)
-                        print(
-                            f"{num_items:>9,} {protocol:4} {model:13} c={concurrency:<3} {row['throughput_rps']:>7.0f} req/s  "
-                            f"p50 {row['p50_ms']:6.2f}  p95 {row['p95_ms']:6.2f}  p99 {row['p99_ms']:6.2f} ms  "
-                            f"errors {row['errors']}",
-                            flush=True,
-                        )
+                    )
+                    row = {
+                        "benchmark": "serving",
+                        "model": model,
+                        "protocol": protocol,
+                        "concurrency": concurrency,
+                        "num_items": num_items,
+                        "k": 20,
+                        "instances": args.instances,
+                        "index": index_info,
+                        "server_ready_seconds": round(load_s, 2),
+                        **result,
+                    }
+                    rows.append(row)
+                    print(
+                        f"{num_items:>9,} {protocol:4} {client:3} {model:13} c={concurrency:<3} {row['throughput_rps']:>7.0f} req/s  "
+                        f"p50 {row['p50_ms']:6.2f}  p95 {row['p95_ms']:6.2f}  p99 {row['p99_ms']:6.2f} ms  "
+                        f"errors {row['errors']}",
+                        flush=True,
+                    )
             peak = memory.close()
         for row in rows:
             if row["num_items"] == num_items:

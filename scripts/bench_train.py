@@ -4,8 +4,9 @@
     python scripts/bench_train.py --data yoochoose --encoders transformer --steps 30
 
 Same data, same batches, same machine, one run: for each variant and batching (`padded`: random
-batches padded to max_seq_len; `bucketed`: batches of similar length with the padding cut, the
-training default `data.bucket_by_length=true`), `--warmup` steps, then `--repeats` timed blocks of
+batches padded to max_seq_len, the training default; `bucketed`: batches of similar length with the
+padding cut, `data.bucket_by_length=true`) and heap mode (`keep`: freed memory stays in the heap, as
+training sets it; `glibc`: the allocator's defaults), `--warmup` steps, then `--repeats` timed blocks of
 `--steps` training steps (forward, full-softmax loss over the catalogue, backward,
 AdamW step); the median block gives targets/s (positions with a target) and sequences/s (windows).
 Results: JSON lines in benchmarks/results/train.jsonl and a printed table.
@@ -31,6 +32,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--max-seq-len", type=int, default=50)
     parser.add_argument("--batching", nargs="+", default=["padded", "bucketed"], choices=["padded", "bucketed"])
+    parser.add_argument(
+        "--heap",
+        nargs="+",
+        default=["keep"],
+        choices=["keep", "glibc"],
+        help="keep: freed memory stays in the heap (what training does); glibc: the allocator's defaults",
+    )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=5)
@@ -41,6 +49,7 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
 
     from training.datamodule import ArrayDataset, BatchIndexSampler
+    from training.runtime import set_heap_mode
     from training.train import build_datamodule, build_task, prepared_data
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -59,7 +68,10 @@ def main() -> None:
         sampler = BatchIndexSampler(len(dataset), args.batch_size, True, 0, lengths=lengths if bucketed else None)
         batch_lists[batching] = [dataset[index] for index in sampler if len(index) == args.batch_size]
     rows = []
-    for encoder, batching in [(e, b) for e in args.encoders for b in args.batching]:
+    variants = [(e, b, h) for e in args.encoders for b in args.batching for h in args.heap]
+    for encoder, batching, heap in variants:
+        if not set_heap_mode(heap == "keep"):
+            print(f"heap mode {heap} could not be set (not glibc); measuring the allocator as it is")
         batches = batch_lists[batching]
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
             cfg = compose(
@@ -110,6 +122,7 @@ def main() -> None:
             "data": args.data,
             "encoder": encoder,
             "batching": batching,
+            "heap": heap,
             "num_items": data.num_items,
             "batch_size": args.batch_size,
             "max_seq_len": args.max_seq_len,
@@ -128,7 +141,7 @@ def main() -> None:
         }
         rows.append(row)
         print(
-            f"{args.data:12} {encoder:12} {batching:9} {row['targets_per_second_median']:>10,.0f} targets/s "
+            f"{args.data:12} {encoder:12} {batching:9} {heap:6} {row['targets_per_second_median']:>10,.0f} targets/s "
             f"({row['targets_per_second_min']:,.0f}-{row['targets_per_second_max']:,.0f})  "
             f"{row['sequences_per_second_median']:>8,.0f} sequences/s",
             flush=True,
@@ -136,7 +149,10 @@ def main() -> None:
     base = rows[0]
     for row in rows:
         ratio = row["targets_per_second_median"] / base["targets_per_second_median"]
-        print(f"  {row['encoder']:12} {row['batching']:9} {ratio:.2f}x the {base['encoder']} ({base['batching']})")
+        print(
+            f"  {row['encoder']:12} {row['batching']:9} {row['heap']:6} {ratio:.2f}x the "
+            f"{base['encoder']} ({base['batching']}, heap {base['heap']})"
+        )
     append_results(args.out, rows)
 
 

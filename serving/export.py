@@ -1,11 +1,12 @@
 """Export a trained checkpoint into a serving bundle: ONNX query encoder and ranker, item table, FAISS index.
 
-    python -m serving.export ckpt_path=<run>/checkpoints/best.ckpt data=<name>
+    python -m serving.export ckpt_path=<run>/checkpoints/best.ckpt data=<name> hydra.run.dir=<out>
     python -m serving.export ckpt_path=... data=<name> index=ivf index.search_params.nprobe=64 \
         export.out_dir=artifacts/exports/my_bundle       # index: flat | ivf | hnsw | ivf_pq (conf/index/)
     python -m serving.export ckpt_path=... data=<name> 'index.factory="IVF1024,PQ32"'   # any index_factory string
 
-The bundle layout is in `serving.bundle`. The index's recall@10 and recall@100 against exact search,
+The bundle layout is in `serving.bundle`; `<out>/model_repository/` is a Triton model repository
+serving it (`export.model_repository=false` skips it). The index's recall@10 and recall@100 against exact search,
 over validation queries of the model itself, go into the manifest and the printed summary.
 """
 
@@ -230,6 +231,11 @@ def export(cfg) -> dict:
     }
     manifest = write_manifest(out, manifest)
     log.info("bundle written to %s", out)
+    if options.get("model_repository", True):
+        from serving.repository import build, serving_options
+
+        build(out, out / "model_repository", serving_options(REPO_ROOT / "conf" / "serving.yaml"))
+        log.info("Triton model repository written to %s", out / "model_repository")
     return manifest
 
 
@@ -240,6 +246,8 @@ def _cli(cfg) -> None:
     out = Path(cfg.export.out_dir) if cfg.export.get("out_dir") else _hydra_run_dir()
     index = manifest["index"]
     print(f"bundle: {out}")
+    if (out / "model_repository").is_dir():
+        print(f"  Triton model repository: {out / 'model_repository'} (python -m serving.server model_repository=...)")
     print(
         f"  {manifest['num_items']:,} items, dim {manifest['dim']}, {manifest['model']['similarity']} similarity, "
         f"ranker {'yes' if manifest['ranker'] else 'no'}"

@@ -320,7 +320,9 @@ class Recommender:
             scores, rows = self.index.search(np.ascontiguousarray(queries[plain], dtype=np.float32), n)
             for j, i in enumerate(plain):
                 items, s = rows[j] + 1, scores[j]
-                keep = (rows[j] >= 0) & ~np.isin(items, decoded[i]["excluded"])
+                keep = rows[j] >= 0
+                if len(decoded[i]["excluded"]):
+                    keep &= ~np.isin(items, decoded[i]["excluded"])
                 out[i] = (items[keep][: wanted[i]], s[keep][: wanted[i]] * self.scale)
         for i, d in enumerate(decoded):
             if d["allowed"] is not None:

@@ -1,6 +1,7 @@
 """Run the real Triton Inference Server (the `tritonserver` binary shipped in nvidia-pytriton) on a model repository.
 
     python -m serving.server --repository artifacts/triton/repository            # 127.0.0.1:8000 / :8001
+    python -m serving.server model_repository=<export>/model_repository http_port=8000 grpc_port=8001 metrics_port=8002
     python -m serving.server --repository ... --http-port 8100 --grpc-port 8101 --address 0.0.0.0
 
 Binds 127.0.0.1 unless told otherwise, waits until the server and every model are ready, and shuts
@@ -201,6 +202,31 @@ class TritonServer:
         self.stop()
 
 
+KEY_FLAGS = {
+    "model_repository": "--repository",
+    "repository": "--repository",
+    "address": "--address",
+    "http_port": "--http-port",
+    "grpc_port": "--grpc-port",
+    "metrics_port": "--metrics-port",
+    "log_file": "--log-file",
+}
+
+
+def _flags(argv: list[str]) -> list[str]:
+    """Accept Hydra-style `key=value` arguments (model_repository=<dir> http_port=<p> ...) beside flags."""
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and not arg.startswith("-"):
+            if key not in KEY_FLAGS:
+                raise SystemExit(f"error: unknown argument {arg!r}; expected one of {sorted(KEY_FLAGS)} as key=value.")
+            out += [KEY_FLAGS[key], value]
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repository", type=Path, default=REPO_ROOT / "artifacts" / "triton" / "repository")
@@ -209,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--log-file", type=Path, default=None)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_flags(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         server = TritonServer(

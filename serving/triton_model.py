@@ -151,6 +151,11 @@ class RecommendModel(_Base):
         for name, value in sequences.items():
             if value is not None and value.shape != ids.shape:
                 raise RequestError(f"{name} has shape {list(value.shape)}; expected {list(ids.shape)} like item_ids.")
+        scalars = {name: self._input(request, name) for name in SCALAR_INPUTS}
+        lists = {name: self._input(request, name) for name in LIST_INPUTS}
+        for name, value in scalars.items():
+            if value is not None and value.shape[0] != rows:
+                raise RequestError(f"{name} has {value.shape[0]} rows; item_ids has {rows}.")
         queries = []
         for row in range(rows):
             present = [j for j in range(ids.shape[1]) if _text(ids[row, j]) != ""]
@@ -165,11 +170,9 @@ class RecommendModel(_Base):
             if sequences["session_ids"] is not None:
                 q.session_ids = [_text(sequences["session_ids"][row, j]) for j in present]
             for name, kind in SCALAR_INPUTS.items():
-                value = self._input(request, name)
+                value = scalars[name]
                 if value is None:
                     continue
-                if value.shape[0] != rows:
-                    raise RequestError(f"{name} has {value.shape[0]} rows; item_ids has {rows}.")
                 item = value[row].reshape(-1)[0]
                 if kind is str:
                     setattr(q, name, _text(item) or None)
@@ -178,7 +181,7 @@ class RecommendModel(_Base):
                 else:
                     setattr(q, name, kind(item))
             for name in LIST_INPUTS:
-                value = self._input(request, name)
+                value = lists[name]
                 if value is not None:
                     setattr(q, name, [_text(x) for x in value[row].reshape(-1) if _text(x) != ""])
             queries.append(q)

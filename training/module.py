@@ -103,12 +103,18 @@ class RetrievalTask(pl.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.hparams.optim
-        decay, no_decay = [], []
+        decay, embeddings, no_decay = [], [], []
         for name, parameter in self.named_parameters():
-            (no_decay if parameter.ndim < 2 or "embedding" in name or "norm" in name else decay).append(parameter)
+            if parameter.ndim < 2 or "norm" in name:
+                no_decay.append(parameter)
+            elif "embedding" in name:
+                embeddings.append(parameter)
+            else:
+                decay.append(parameter)
         optimizer = torch.optim.AdamW(
             [
                 {"params": decay, "weight_decay": cfg["weight_decay"]},
+                {"params": embeddings, "weight_decay": cfg.get("embedding_weight_decay", 0.0)},
                 {"params": no_decay, "weight_decay": 0.0},
             ],
             lr=cfg["lr"],

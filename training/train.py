@@ -28,6 +28,7 @@ from data.cli import config_dict
 from data.errors import ConfigError
 from training.datamodule import PreparedData, SequenceDataModule
 from training.evaluate import evaluate_scorer, write_metrics
+from training.runtime import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ def train(cfg) -> dict:
     run_dir = Path(cfg.run_dir) if cfg.get("run_dir") else _hydra_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    keep_freed_memory()
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     data = prepared_data(cfg)
     datamodule = build_datamodule(cfg, data)
@@ -180,7 +182,7 @@ def _run_model(cfg, data: PreparedData, datamodule: SequenceDataModule, run_dir:
     stopping = pl.callbacks.EarlyStopping(
         monitor=monitor, mode="max", patience=int(cfg.evaluate.early_stopping_patience)
     )
-    throughput = TargetsPerSecond()
+    throughput = TargetsPerSecond(monitor)
     trainer = build_trainer(cfg, run_dir, [checkpoint, stopping, throughput])
     trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     best = checkpoint.best_model_path or None
@@ -193,6 +195,8 @@ def _run_model(cfg, data: PreparedData, datamodule: SequenceDataModule, run_dir:
         global_step=int(trainer.global_step),
         loss=task.loss_name,
         train_targets_per_second=throughput.rate(),
+        train_seconds=round(throughput.seconds, 2),
+        learning_curve=throughput.curve,
         parameters=int(sum(p.numel() for p in task.parameters())),
     )
     if trainer.is_global_zero and cfg.ranker.enabled:
@@ -211,22 +215,36 @@ def _run_model(cfg, data: PreparedData, datamodule: SequenceDataModule, run_dir:
 
 
 class TargetsPerSecond(pl.Callback):
-    """Training targets per second of wall time inside training epochs (throughput, for the record)."""
+    """Training targets per second of training wall time (validation excluded), and the learning curve:
+    after each validation, the monitored metric against the training seconds spent so far."""
 
-    def __init__(self):
+    def __init__(self, monitor: str = "val/ndcg@10"):
+        self.monitor = monitor
         self.targets = 0
         self.seconds = 0.0
-        self._start = None
+        self.curve: list[dict] = []
+        self._last = None
 
     def on_train_epoch_start(self, trainer, pl_module):
-        self._start = time.perf_counter()
+        self._last = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        now = time.perf_counter()
         self.targets += int((batch["targets"] > 0).sum())
+        if self._last is not None:
+            self.seconds += now - self._last
+        self._last = now
 
-    def on_train_epoch_end(self, trainer, pl_module):
-        if self._start is not None:
-            self.seconds += time.perf_counter() - self._start
+    def on_validation_end(self, trainer, pl_module):  # after the module has logged the epoch's metrics
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or value is None or trainer.state.fn != "fit":
+            return
+        self.curve.append(
+            {"epoch": int(trainer.current_epoch), "train_seconds": round(self.seconds, 2), self.monitor: float(value)}
+        )
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self._last = None  # validation time is not training time
 
     def rate(self) -> float:
         return round(self.targets / self.seconds, 1) if self.seconds else 0.0

@@ -320,21 +320,19 @@ def test_a_new_version_loads_under_load_without_a_failed_request(bundle, catalog
 
 
 def test_the_server_command_stops_cleanly_on_sigterm(bundle, tmp_path):
-    repository = build(bundle, tmp_path / "repository")
+    """The documented interface: export leaves <out>/model_repository; the server takes key=value arguments."""
+    repository = bundle / "model_repository"
+    assert sorted(p.name for p in repository.iterdir()) == ["recommend", "similar_items"]
     ports = [str(free_port()) for _ in range(3)]
     process = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "serving.server",
-            "--repository",
-            str(repository),
-            "--http-port",
-            ports[0],
-            "--grpc-port",
-            ports[1],
-            "--metrics-port",
-            ports[2],
+            f"model_repository={repository}",
+            f"http_port={ports[0]}",
+            f"grpc_port={ports[1]}",
+            f"metrics_port={ports[2]}",
         ],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
@@ -354,3 +352,11 @@ def test_the_server_command_stops_cleanly_on_sigterm(bundle, tmp_path):
     assert "stopped" in process.stdout.read()
     with Client(f"127.0.0.1:{ports[1]}", timeout_s=2) as c:
         assert not c.ready()
+
+
+def test_the_server_command_names_an_unknown_key():
+    result = subprocess.run(
+        [sys.executable, "-m", "serving.server", "model_repo=/tmp/x"], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "model_repo=/tmp/x" in result.stderr and "model_repository" in result.stderr

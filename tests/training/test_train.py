@@ -69,6 +69,18 @@ def test_every_variant_trains_and_evaluates_by_full_ranking(artifacts, tmp_path,
         # Re-ranking the top 50 cannot change whether the target is in the top 50.
         assert on_disk["rerank_test/hr@50"] == pytest.approx(on_disk["test/hr@50"], abs=1e-9)
     assert (tmp_path / "metrics.md").read_text().startswith(f"# {variant} on synthetic")
+    if variant not in ("popularity", "cooccurrence"):
+        # The learning curve: one point per validation, training seconds growing, the logged metric.
+        info = on_disk["info"]
+        curve = info["learning_curve"]
+        assert [p["epoch"] for p in curve] == list(range(len(curve))) and len(curve) >= 1
+        seconds = [p["train_seconds"] for p in curve]
+        assert (
+            seconds == sorted(seconds)
+            and seconds[0] > 0
+            and seconds[-1] == pytest.approx(info["train_seconds"], abs=0.05)
+        )
+        assert max(p["val/ndcg@10"] for p in curve) == pytest.approx(on_disk["val/ndcg@10"], abs=1e-6)
 
 
 @pytest.mark.parametrize("loss", ["full", "sampled", "gbce"])
@@ -275,3 +287,27 @@ def test_bad_training_config_names_the_key(artifacts, tmp_path, overrides, messa
 def test_evaluate_needs_an_existing_checkpoint(artifacts, tmp_path):
     with pytest.raises(ConfigError, match=r"ckpt_path='.*missing\.ckpt' does not exist; point it at a \.ckpt"):
         run(artifacts, tmp_path, f"ckpt_path={tmp_path / 'missing.ckpt'}", config="evaluate")
+
+
+def test_embedding_weight_decay_is_its_own_optimizer_group(artifacts, tmp_path):
+    from training.train import build_datamodule, build_task, prepared_data
+
+    cfg = compose_config("train", [*FAST, f"artifacts_dir={artifacts}", "optim.embedding_weight_decay=0.05"])
+    data = prepared_data(cfg)
+    datamodule = build_datamodule(cfg, data)
+    datamodule.setup()
+    task = build_task(cfg, data, datamodule)
+    task.trainer = type("T", (), {"estimated_stepping_batches": 10})()
+    optimizer = task.configure_optimizers()["optimizer"]
+    decays = [group["weight_decay"] for group in optimizer.param_groups]
+    assert decays == [cfg.optim.weight_decay, 0.05, 0.0]
+    names = {id(p): n for n, p in task.named_parameters()}
+    assert all("embedding" in names[id(p)] for p in optimizer.param_groups[1]["params"])
+    assert not any("embedding" in names[id(p)] for p in optimizer.param_groups[0]["params"])
+
+
+def test_heap_mode_switches_and_keep_freed_memory_is_idempotent():
+    from training.runtime import keep_freed_memory, set_heap_mode
+
+    assert set_heap_mode(False) is True  # glibc on Linux, as on this machine and CI
+    assert keep_freed_memory() is True and keep_freed_memory() is True
