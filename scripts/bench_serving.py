@@ -125,12 +125,11 @@ def requests_pool(bundle_dir: Path, count: int, seed: int):
 
 def check_raw_reply(payload: bytes, model: str) -> None:
     """Parse one raw reply and check it carries the model's outputs (a sample of replies is checked)."""
-    from tritonclient.grpc import service_pb2
+    from serving.client import GrpcReply
 
-    reply = service_pb2.ModelInferResponse.FromString(payload)
-    names = {o.name for o in reply.outputs}
-    if reply.model_name != model or not {"item_ids", "scores"} <= names:
-        raise RuntimeError(f"unexpected reply from {model}: outputs {sorted(names)}")
+    reply = GrpcReply(payload)
+    if reply.model_name != model or reply.as_numpy("item_ids") is None or reply.as_numpy("scores") is None:
+        raise RuntimeError(f"unexpected reply from {model}: outputs {sorted(reply.arrays)}")
 
 
 async def run_level(url, protocol, model, pool, ids, concurrency, max_requests, max_seconds, warmup, client="sdk"):

@@ -33,7 +33,9 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2, help="SASRec blocks")
-    parser.add_argument("--gru-layers", type=int, default=1, help="GRU4Rec layers (RecBole's default, and intentrec's gru)")
+    parser.add_argument(
+        "--gru-layers", type=int, default=1, help="GRU4Rec layers (RecBole's default, and intentrec's gru)"
+    )
     parser.add_argument("--heads", type=int, default=2)
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--max-len", type=int, default=50)
