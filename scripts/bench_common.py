@@ -45,3 +45,22 @@ def append_results(path: Path, rows: list[dict]) -> None:
         for row in rows:
             handle.write(json.dumps(row) + "\n")
     print(f"results appended to {path}")
+
+
+def noisy_copies(real, count: int, noise: float, rng):
+    """`count` copies of random rows of `real` (N, D) plus Gaussian noise of `noise` x the per-dimension
+    std: model-shaped clusters for scale points. Returns (vectors float32, source row of each)."""
+    import numpy as np
+
+    base = rng.integers(0, len(real), count)
+    vectors = real[base] + rng.normal(0, 1, (count, real.shape[1])).astype(np.float32) * real.std(axis=0) * noise
+    return vectors.astype(np.float32), base
+
+
+def scaled_vectors(real, num_items: int, noise: float, rng):
+    """The real rows first, then noisy copies up to `num_items`. Returns (vectors, source row of each)."""
+    import numpy as np
+
+    copies, base = noisy_copies(real, max(0, num_items - len(real)), noise, rng)
+    vectors = np.concatenate([real.astype(np.float32), copies])[:num_items]
+    return np.ascontiguousarray(vectors), np.concatenate([np.arange(len(real)), base])[:num_items]

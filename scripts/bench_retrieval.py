@@ -25,7 +25,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from scripts.bench_common import append_results, environment  # noqa: E402
+from scripts.bench_common import append_results, environment, noisy_copies, scaled_vectors  # noqa: E402
 
 
 def catalogue(bundle_dir: Path, num_items: int, num_queries: int, noise: float, seed: int):
@@ -33,14 +33,9 @@ def catalogue(bundle_dir: Path, num_items: int, num_queries: int, noise: float, 
 
     real = load_bundle(bundle_dir, verify=False).embeddings[1:].astype(np.float32)
     rng = np.random.default_rng(seed)
-    std = real.std(axis=0)
-
-    def copies(n):
-        base = real[rng.integers(0, len(real), n)]
-        return (base + rng.normal(0, 1, base.shape).astype(np.float32) * std * noise).astype(np.float32)
-
-    vectors = np.concatenate([real, copies(max(0, num_items - len(real)))])[:num_items]
-    return np.ascontiguousarray(vectors), np.ascontiguousarray(copies(num_queries))
+    vectors, _ = scaled_vectors(real, num_items, noise, rng)
+    queries, _ = noisy_copies(real, num_queries, noise, rng)
+    return vectors, np.ascontiguousarray(queries)
 
 
 def timed_search(index, queries: np.ndarray, k: int, batch: int, repeats: int) -> tuple[float, np.ndarray]:

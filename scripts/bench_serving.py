@@ -33,7 +33,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from scripts.bench_common import append_results, environment  # noqa: E402
+from scripts.bench_common import append_results, environment, scaled_vectors  # noqa: E402
 
 
 def scaled_bundle(
@@ -55,10 +55,7 @@ def scaled_bundle(
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(source, out)
-    base = np.concatenate([np.arange(N0), rng.integers(0, N0, max(0, num_items - N0))])[:num_items]
-    vectors = real[base].copy()
-    extra = slice(N0, None)
-    vectors[extra] += rng.normal(0, 1, vectors[extra].shape).astype(np.float32) * real.std(axis=0) * noise
+    vectors, base = scaled_vectors(real, num_items, noise, rng)
     np.save(out / "item_embeddings.npy", np.concatenate([np.zeros((1, real.shape[1]), np.float32), vectors]))
     items = {
         name: np.asarray(values)[base] for name, values in bundle.items.items() if name not in ("item_idx", "item_id")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import sys
 
@@ -14,7 +15,9 @@ _M_MMAP_MAX = -4
 _GLIBC_DEFAULTS = {_M_MMAP_MAX: 65536, _M_TRIM_THRESHOLD: 128 * 1024}
 
 
+@functools.cache
 def _mallopt():
+    """glibc's mallopt, or None (looked up once: find_library runs ldconfig)."""
     if not sys.platform.startswith("linux"):
         return None
     name = ctypes.util.find_library("c")
@@ -46,9 +49,7 @@ def keep_freed_memory() -> bool:
     scripts/bench_train.py --heap glibc keep). The price: the process keeps its
     peak memory until it exits. Returns whether the setting was applied (glibc on Linux only).
     """
-    if _mallopt() is None:
-        return False
     ok = set_heap_mode(True)
-    if not ok:
+    if not ok and _mallopt() is not None:
         log.warning("mallopt refused the heap settings; training runs with the default allocator behaviour")
     return ok
