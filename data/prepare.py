@@ -69,7 +69,16 @@ def sha256_file(path: Path) -> str:
 
 # Keys of the `data` config group read by training only: they do not change prepared data.
 TRAINING_KEYS = frozenset(
-    {"num_items", "max_seq_len", "batch_size", "eval_batch_size", "past_purchases", "num_workers", "bucket_by_length"}
+    {
+        "num_items",
+        "max_seq_len",
+        "batch_size",
+        "eval_batch_size",
+        "past_purchases",
+        "num_workers",
+        "bucket_by_length",
+        "batch_targets",
+    }
 )
 
 

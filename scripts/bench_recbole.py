@@ -2,6 +2,7 @@
 
     python scripts/bench_recbole.py                                    # diginetica and yoochoose, both libraries
     python scripts/bench_recbole.py --datasets amazon_video_games --epochs 10 --recbole-models SASRec
+    python scripts/bench_recbole.py --intentrec-models transformer transformer@data.bucket_by_length=true
 
 RecBole 1.2.1 is a benchmark-only dependency: it is installed in its own venv (`--venv`, default
 artifacts/recbole/venv) by this script, never in the project's (it needs numpy<2, pandas<2 (pandas 3
@@ -126,12 +127,14 @@ def run_recbole(python: Path, export_dir: Path, name: str, model: str, args, out
 
 
 def run_intentrec(name: str, variant: str, args, run_dir: Path) -> dict:
+    """`variant` is a model config, optionally with its own overrides: `transformer@data.bucket_by_length=true,...`."""
+    model, _, extra = variant.partition("@")
     command = [
         sys.executable,
         "-m",
         "training.train",
         f"data={name}",
-        f"model={variant}",
+        f"model={model}",
         f"seed={args.seed}",
         f"trainer.max_epochs={args.epochs}",
         f"evaluate.early_stopping_patience={args.patience}",
@@ -140,6 +143,7 @@ def run_intentrec(name: str, variant: str, args, run_dir: Path) -> dict:
         "trainer.enable_progress_bar=false",
         f"run_dir={run_dir}",
         *args.intentrec_overrides,
+        *[o for o in extra.split(",") if o],
     ]
     print(f"[intentrec] {name} {variant}", flush=True)
     subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
@@ -240,7 +244,8 @@ def main() -> None:
         for model in args.recbole_models:
             rows.append(run_recbole(python, export_dir, name, model, args, work / f"recbole_{model}.json"))
         for variant in args.intentrec_models:
-            rows.append(run_intentrec(name, variant, args, work / f"intentrec_{variant}"))
+            label = variant.replace("@", "_").replace("=", "-").replace(",", "_")
+            rows.append(run_intentrec(name, variant, args, work / f"intentrec_{label}"))
         reference = next((r for r in rows if r["library"] == "recbole" and r["variant"] == "SASRec"), None)
         for r in rows:
             if reference is not None:

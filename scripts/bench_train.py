@@ -4,8 +4,9 @@
     python scripts/bench_train.py --data yoochoose --encoders transformer --steps 30
 
 Same data, same batches, same machine, one run: for each variant and batching (`padded`: random
-batches padded to max_seq_len, the training default; `bucketed`: batches of similar length with the
-padding cut, `data.bucket_by_length=true`) and heap mode (`keep`: freed memory stays in the heap, as
+batches cut after their longest window, the training default; `untrimmed`: the same random batches
+padded to max_seq_len; `bucketed`: batches of windows of similar length holding about as many targets
+as a random batch, `data.bucket_by_length=true`) and heap mode (`keep`: freed memory stays in the heap, as
 training sets it; `glibc`: the allocator's defaults), `--warmup` steps, then `--repeats` timed blocks of
 `--steps` training steps (forward, full-softmax loss over the catalogue, backward,
 AdamW step); the median block gives targets/s (positions with a target) and sequences/s (windows).
@@ -31,13 +32,22 @@ def main() -> None:
     parser.add_argument("--encoders", nargs="+", default=["transformer", "gru", "mean"])
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--max-seq-len", type=int, default=50)
-    parser.add_argument("--batching", nargs="+", default=["padded", "bucketed"], choices=["padded", "bucketed"])
+    parser.add_argument(
+        "--batching", nargs="+", default=["padded", "bucketed"], choices=["untrimmed", "padded", "bucketed"]
+    )
     parser.add_argument(
         "--heap",
         nargs="+",
         default=["keep"],
         choices=["keep", "glibc"],
         help="keep: freed memory stays in the heap (what training does); glibc: the allocator's defaults",
+    )
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        default=["32-true"],
+        choices=["32-true", "bf16-mixed"],
+        help="bf16-mixed: CPU autocast to bfloat16 (trainer.precision=bf16-mixed)",
     )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
@@ -59,17 +69,19 @@ def main() -> None:
     data = prepared_data(cfg)
     datamodule = build_datamodule(cfg, data)
     datamodule.setup()
-    arrays = datamodule.train_arrays
-    lengths = (arrays["item_ids"] > 0).sum(axis=1)
     batch_lists = {}
     for batching in args.batching:
-        bucketed = batching == "bucketed"
-        dataset = ArrayDataset(arrays, trim=bucketed)
-        sampler = BatchIndexSampler(len(dataset), args.batch_size, True, 0, lengths=lengths if bucketed else None)
-        batch_lists[batching] = [dataset[index] for index in sampler if len(index) == args.batch_size]
+        if batching == "untrimmed":
+            arrays = datamodule.train_arrays
+            dataset = ArrayDataset(arrays, trim=False)
+            sampler = BatchIndexSampler(len(dataset), args.batch_size, True, 0)
+            batch_lists[batching] = [dataset[index] for index in sampler]
+        else:
+            datamodule.bucket_by_length = batching == "bucketed"
+            batch_lists[batching] = list(datamodule.train_dataloader())
     rows = []
-    variants = [(e, b, h) for e in args.encoders for b in args.batching for h in args.heap]
-    for encoder, batching, heap in variants:
+    variants = [(e, b, h, p) for e in args.encoders for b in args.batching for h in args.heap for p in args.precision]
+    for encoder, batching, heap, precision in variants:
         if not set_heap_mode(heap == "keep"):
             print(f"heap mode {heap} could not be set (not glibc); measuring the allocator as it is")
         batches = batch_lists[batching]
@@ -88,9 +100,12 @@ def main() -> None:
         task = build_task(cfg, data, datamodule).train()
         optimizer = torch.optim.AdamW(task.parameters(), lr=1e-3)
 
-        def step(batch, task=task, optimizer=optimizer):
+        autocast = precision == "bf16-mixed"
+
+        def step(batch, task=task, optimizer=optimizer, autocast=autocast):
             optimizer.zero_grad(set_to_none=True)
-            loss = task.training_step(batch, 0)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                loss = task.training_step(batch, 0)
             loss.backward()
             optimizer.step()
             return int((batch["targets"] > 0).sum())
@@ -123,6 +138,7 @@ def main() -> None:
             "encoder": encoder,
             "batching": batching,
             "heap": heap,
+            "precision": precision,
             "num_items": data.num_items,
             "batch_size": args.batch_size,
             "max_seq_len": args.max_seq_len,
@@ -141,7 +157,7 @@ def main() -> None:
         }
         rows.append(row)
         print(
-            f"{args.data:12} {encoder:12} {batching:9} {heap:6} {row['targets_per_second_median']:>10,.0f} targets/s "
+            f"{args.data:12} {encoder:12} {batching:9} {heap:6} {precision:10} {row['targets_per_second_median']:>10,.0f} targets/s "
             f"({row['targets_per_second_min']:,.0f}-{row['targets_per_second_max']:,.0f})  "
             f"{row['sequences_per_second_median']:>8,.0f} sequences/s",
             flush=True,
@@ -150,8 +166,8 @@ def main() -> None:
     for row in rows:
         ratio = row["targets_per_second_median"] / base["targets_per_second_median"]
         print(
-            f"  {row['encoder']:12} {row['batching']:9} {row['heap']:6} {ratio:.2f}x the "
-            f"{base['encoder']} ({base['batching']}, heap {base['heap']})"
+            f"  {row['encoder']:12} {row['batching']:9} {row['heap']:6} {row['precision']:10} {ratio:.2f}x the "
+            f"{base['encoder']} ({base['batching']}, heap {base['heap']}, {base['precision']})"
         )
     append_results(args.out, rows)
 

@@ -3,35 +3,40 @@
 # default model (transformer query tower with context), evaluate it by full-catalogue ranking, run the
 # popularity baseline through the same pipeline, export the model (ONNX + FAISS), serve it on the
 # real Triton server (127.0.0.1) and send example requests: an intent shift, a context effect,
-# business rules and similar items.
+# business rules and similar items; then the personalization platform (event collector, identity
+# across devices, recommend by identity, an in-store purchase, abandoned-cart message, campaign batch).
 #   ./scripts/demo.sh                                  # 200k events, 8 epochs (a few minutes on 2 cores)
 #   NUM_EVENTS=1000000 EPOCHS=10 ./scripts/demo.sh     # a bigger shop
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/_services.sh"
 NUM_EVENTS="${NUM_EVENTS:-200000}"
 SEED="${SEED:-0}"
 EPOCHS="${EPOCHS:-8}"
 RUN=artifacts/runs/demo
 DATA=(data=synthetic data.num_events="$NUM_EVENTS" data.seed="$SEED")
 
-echo "[demo] 1/6 synthetic shop -> prepared sequences (${DATA[*]})"
+echo "[demo] 1/7 synthetic shop -> prepared sequences (${DATA[*]})"
 python -m data.prepare "${DATA[@]}"
 
-echo "[demo] 2/6 train the default model (${EPOCHS} epochs at most, early stopping on val NDCG@10)"
+echo "[demo] 2/7 train the default model (${EPOCHS} epochs at most, early stopping on val NDCG@10)"
 rm -rf "$RUN"
 python -m training.train "${DATA[@]}" trainer.max_epochs="$EPOCHS" trainer.enable_progress_bar=false \
   seed="$SEED" hydra.run.dir="$RUN/train"
 
-echo "[demo] 3/6 evaluate the best checkpoint again from disk (full-catalogue ranking)"
+echo "[demo] 3/7 evaluate the best checkpoint again from disk (full-catalogue ranking)"
 python -m training.evaluate "${DATA[@]}" ckpt_path="$RUN/train/checkpoints/best.ckpt" hydra.run.dir="$RUN/evaluate"
 
-echo "[demo] 4/6 the popularity baseline through the same pipeline"
+echo "[demo] 4/7 the popularity baseline through the same pipeline"
 python -m training.train "${DATA[@]}" model=popularity hydra.run.dir="$RUN/popularity"
 
-echo "[demo] 5/6 export: ONNX query encoder and ranker, item table, FAISS index (recall checked against exact search)"
+echo "[demo] 5/7 export: ONNX query encoder and ranker, item table, FAISS index (recall checked against exact search)"
 python -m serving.export "${DATA[@]}" ckpt_path="$RUN/train/checkpoints/best.ckpt" export.out_dir="$RUN/bundle"
 
-echo "[demo] 6/6 serve on Triton and send example requests"
+echo "[demo] 6/7 serve on Triton and send example requests"
 python scripts/serving_demo.py --bundle "$RUN/bundle" --data-dir artifacts/data/synthetic
+
+echo "[demo] 7/7 personalization platform: collector + event store -> recommend by identity, store purchase, abandoned cart, campaign"
+python scripts/platform_demo.py --bundle "$RUN/bundle"
 
 echo "[demo] done: $RUN/train/metrics.md (every slice and K), $RUN/popularity/metrics.md, bundle $RUN/bundle"

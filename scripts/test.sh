@@ -4,4 +4,5 @@
 #   ./scripts/test.sh -k prepare -x   # extra arguments go to pytest
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/_services.sh"
 python -m pytest "$@"

@@ -11,6 +11,7 @@
 
     python -m serving.client recommend --items i35,i7 --event-types view,add_to_cart --device-type mobile --k 5
     python -m serving.client similar --items i35 --k 5 --protocol http --url 127.0.0.1:8000
+    python -m serving.client recommend --identity customer:c1 --device-type mobile   # profile store
 
 Several requests in one call (`recommend([r1, r2])`) travel as rows of one inference request.
 A request the server refuses raises `ServingError` with the server's message (which input, which
@@ -48,6 +49,7 @@ TRITON_TYPES = {
     np.dtype(np.int64): "INT64",
     np.dtype(np.int32): "INT32",
     np.dtype(bool): "BOOL",
+    np.dtype(np.float32): "FP32",
 }
 NUMPY_TYPES = {"FP32": np.float32, "INT64": np.int64, "INT32": np.int32, "BOOL": bool}
 GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -101,13 +103,17 @@ def recommend_arrays(requests: list[RecommendRequest]) -> dict[str, np.ndarray]:
             list(map(str, r.session_ids)) if r.session_ids is not None else [""] * len(r.item_ids) for r in requests
         ]
         arrays["session_ids"] = _rows(sessions, b"", object)
-    for name in ("device_type", "referrer", "region", "loyalty"):
+    for name in ("device_type", "referrer", "region", "loyalty", "identity"):
         if any(getattr(r, name) for r in requests):
             arrays[name] = np.asarray([[(getattr(r, name) or "").encode()] for r in requests], dtype=object)
     for name, dtype in (("now", np.int64), ("hour", np.int32), ("day_of_week", np.int32)):
         if any(getattr(r, name) is not None for r in requests):
             values = [[-1 if getattr(r, name) is None else int(getattr(r, name))] for r in requests]
             arrays[name] = np.asarray(values, dtype=dtype)
+    for name in ("min_price", "max_price"):  # NaN = no bound for that row
+        if any(getattr(r, name) is not None for r in requests):
+            values = [[np.nan if getattr(r, name) is None else float(getattr(r, name))] for r in requests]
+            arrays[name] = np.asarray(values, dtype=np.float32)
     arrays["k"] = np.asarray([[int(r.k)] for r in requests], np.int32)
     arrays["exclude_purchased"] = np.asarray([[bool(r.exclude_purchased)] for r in requests])
     arrays["exclude_in_cart"] = np.asarray([[bool(r.exclude_in_cart)] for r in requests])
@@ -308,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--day-of-week", type=int, default=None, help="1 = Monday ... 7 = Sunday")
     parser.add_argument("--past-purchases", default=None, help="comma-separated raw item ids")
     parser.add_argument("--categories", default=None, help="comma-separated: only these categories")
+    parser.add_argument("--min-price", type=float, default=None)
+    parser.add_argument("--max-price", type=float, default=None)
+    parser.add_argument("--identity", default=None, help="customer:<id> | device:<id> | session:<id> (profile store)")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--keep-purchased", action="store_true", help="do not exclude purchased items")
     parser.add_argument("--exclude-in-cart", action="store_true", help="exclude items in the cart")
@@ -336,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
                         k=args.k,
                         exclude_purchased=not args.keep_purchased,
                         exclude_in_cart=args.exclude_in_cart,
+                        identity=args.identity,
+                        min_price=args.min_price,
+                        max_price=args.max_price,
                     )
                 )
     except IntentrecError as error:

@@ -20,6 +20,12 @@ it also runs in-process (tests, batch jobs). Per request:
 
 No known event at all (empty history, or only unknown ids): the most popular items that pass the
 rules and filters (`info.fallback = "popularity"`).
+
+With a profile store (`profile_store`, the event collector's store) a request may name the shopper
+instead of carrying events: `identity = "customer:c1"` (or `device:`/`session:`; a bare id is a
+customer). Before decoding, the shopper's stored events across linked devices (the most recent
+2 x max_seq_len), purchases (web and store) and loyalty are read and put in front of the request's
+own events (which are kept; an event present in both counts once). `info.profile` tells what was read.
 """
 
 from __future__ import annotations
@@ -67,6 +73,9 @@ class Query:
     categories: list[str] = field(default_factory=list)  # only these categories (empty = all)
     channels: list[str] | None = None  # per event; default "web"
     session_ids: list[str] | None = None  # per event; a change starts a new session (as does a 30-minute gap)
+    identity: str | None = None  # "customer:<id>" | "device:<id>" | "session:<id>": read the profile store
+    min_price: float | None = None  # only items priced within [min_price, max_price] (either may be None)
+    max_price: float | None = None
 
 
 @dataclass
@@ -80,16 +89,24 @@ class Recommender:
     """Loads a bundle once; `recommend` and `similar` answer batches of requests."""
 
     def __init__(
-        self, bundle_dir: Path, threads: int = 1, use_gpu: bool | None = None, verify: bool = True, remote=None
+        self,
+        bundle_dir: Path,
+        threads: int = 1,
+        use_gpu: bool | None = None,
+        verify: bool = True,
+        remote=None,
+        profile_store=None,
     ):
         """`remote`: optional `run(model_name, feed) -> output` that runs `query_encoder` and `ranker`
-        elsewhere (Triton BLS calls in the production repository); by default ONNX Runtime runs them here."""
+        elsewhere (Triton BLS calls in the production repository); by default ONNX Runtime runs them here.
+        `profile_store`: an `EventStore` or its URL (opened read-only on first use) for `Query.identity`."""
         import faiss
         import onnxruntime as ort
 
         from serving.index import read_index, set_search_params, to_search_device
 
         self.remote = remote
+        self.profile_store = profile_store
         self.bundle = load_bundle(Path(bundle_dir), verify=verify)
         m = self.bundle.manifest
         self.embeddings = self.bundle.embeddings
@@ -108,6 +125,7 @@ class Recommender:
         self.item_index = {item_id: i + 1 for i, item_id in enumerate(self.bundle.items["item_id"].tolist())}
         self.item_ids = np.concatenate([[""], self.bundle.items["item_id"].astype(str)]).astype(object)
         self.categories = self.bundle.padded("category", "").astype(str)
+        self.prices = self.bundle.padded("price", np.nan).astype(np.float64)
         self.category_items = {}
         for idx, category in enumerate(self.categories[1:], start=1):
             self.category_items.setdefault(category, []).append(idx)
@@ -243,6 +261,16 @@ class Recommender:
                     f"categories={unknown!r} not in the catalogue ({len(self.category_items)} categories, e.g. {examples})."
                 )
             allowed = np.concatenate([self.category_items[c] for c in q.categories])
+        if q.min_price is not None or q.max_price is not None:
+            low = -np.inf if q.min_price is None else float(q.min_price)
+            high = np.inf if q.max_price is None else float(q.max_price)
+            if not low <= high:
+                raise RequestError(
+                    f"min_price={q.min_price!r} > max_price={q.max_price!r}; expected min_price <= max_price."
+                )
+            pool = allowed if allowed is not None else np.arange(1, self.num_items + 1)
+            # Items without a known price (NaN) never fall in a band.
+            allowed = pool[(self.prices[pool] >= low) & (self.prices[pool] <= high)]
         excluded = set()
         if q.exclude_purchased:
             excluded |= bought
@@ -370,12 +398,87 @@ class Recommender:
         pool = pool[~np.isin(pool, d["excluded"])][: d["k"]]
         return pool, self.popularity[pool]
 
+    # --- profiles ------------------------------------------------------------------------------
+
+    def _store(self):
+        if isinstance(self.profile_store, str):
+            from serving.events.store import open_store
+
+            try:
+                self.profile_store = open_store(self.profile_store, readonly=True)
+            except Exception as error:  # retried on the next request
+                raise RequestError(
+                    f"identity given but the profile store {self.profile_store!r} cannot be opened "
+                    f"({type(error).__name__}: {error}); start the collector on that store or send the events"
+                ) from None
+        if self.profile_store is None:
+            raise RequestError(
+                "identity given but this model has no profile store; send the shopper's events instead, or "
+                "build the repository with profile_store=<store URL> (conf/serving.yaml)"
+            )
+        return self.profile_store
+
+    def with_profile(self, q: Query) -> tuple[Query, dict]:
+        """`q` with the stored events, purchases and loyalty of `q.identity` added; and what was read."""
+        from dataclasses import replace
+
+        from serving.events.store import KINDS
+
+        kind, sep, value = q.identity.partition(":")
+        if not sep:
+            kind, value = "customer", q.identity
+        if kind not in KINDS or not value:
+            raise RequestError(
+                f"identity={q.identity!r}; expected customer:<id>, device:<id>, session:<id> or a bare customer id."
+            )
+        store = self._store()
+        keys = store.identity_keys(kind, value)
+        stored = store.events_of(keys, limit=2 * self.max_seq_len)[::-1]  # oldest first
+        bought = store.events_of(keys, limit=4 * self.past, purchases_only=True)
+        traits = store.traits(keys.customer) if keys.customer else {}
+        n = len(q.item_ids)
+        now = q.now if q.now is not None else int(time.time() * 1000)
+        own_times = list(q.timestamps) if q.timestamps is not None else [now] * n
+        own_types = list(q.event_types) if q.event_types is not None else ["view"] * n
+        seen = {(e["item_id"], e["event_type"], e["event_time"]) for e in stored}
+        keep = [i for i in range(n) if (str(q.item_ids[i]), own_types[i], own_times[i]) not in seen]
+        pick = lambda values, default: [default if v is None else v for v in values]  # noqa: E731
+        merged = replace(
+            q,
+            identity=None,
+            item_ids=[e["item_id"] for e in stored] + [q.item_ids[i] for i in keep],
+            event_types=[e["event_type"] for e in stored] + [own_types[i] for i in keep],
+            timestamps=[e["event_time"] for e in stored] + [own_times[i] for i in keep],
+            channels=pick([e["channel"] for e in stored], "web")
+            + [q.channels[i] if q.channels is not None else "web" for i in keep],
+            session_ids=pick([e["session_id"] for e in stored], "")
+            + [q.session_ids[i] if q.session_ids is not None else "" for i in keep],
+            past_purchases=list(dict.fromkeys([*q.past_purchases, *(e["item_id"] for e in bought[::-1])])),
+            loyalty=q.loyalty
+            if q.loyalty is not None or "loyalty_member" not in traits
+            else ("yes" if traits["loyalty_member"] else "no"),
+            device_type=q.device_type or next((e["device_type"] for e in stored[::-1] if e["device_type"]), None),
+        )
+        read = {
+            "identity": f"{kind}:{value}",
+            "customer_id": keys.customer,
+            "stored_events": len(stored),
+            "purchases": len(bought),
+        }
+        return merged, read
+
     def recommend(self, queries: list[Query]) -> list[Result | RequestError]:
         """Answer a batch; a request that fails validation gets its RequestError, the others their Result."""
         decoded: list = []
         for q in queries:
             try:
-                decoded.append(self.decode(q))
+                profile = None
+                if q.identity:
+                    q, profile = self.with_profile(q)
+                d = self.decode(q)
+                if profile is not None:
+                    d["info"]["profile"] = profile
+                decoded.append(d)
             except RequestError as error:
                 decoded.append(error)
         good = [i for i, d in enumerate(decoded) if not isinstance(d, RequestError) and len(d["idx"])]

@@ -61,6 +61,9 @@ RECOMMEND_INPUTS = [
     ("exclude_purchased", "BOOL", [1], True),
     ("exclude_in_cart", "BOOL", [1], True),
     ("categories", "BYTES", [-1], True),
+    ("identity", "BYTES", [1], True),
+    ("min_price", "FP32", [1], True),
+    ("max_price", "FP32", [1], True),
 ]
 SIMILAR_INPUTS = [("item_ids", "BYTES", [-1], False), ("k", "INT32", [1], True)]
 OUTPUTS = [("item_ids", "BYTES", [-1]), ("scores", "FP32", [-1]), ("info", "BYTES", [1])]
@@ -88,6 +91,7 @@ class ServingOptions:
     max_batch_size: int = 64  # rows Triton may batch into one execute call
     max_queue_delay_us: int = 0  # dynamic batching delay (0: batch only what is already waiting)
     threads: int = 1  # ONNX Runtime and FAISS threads per instance
+    profile_store: str | None = None  # event store URL that `recommend` reads for requests naming a shopper
 
     def __post_init__(self):
         if self.kind not in ("KIND_CPU", "KIND_GPU"):
@@ -132,6 +136,8 @@ def python_model_config(name: str, options: ServingOptions, pipeline: str = "inp
     config.parameters["verify_bundle"].string_value = "true"
     # inprocess: ONNX Runtime inside the python model; bls: the onnxruntime-backend models of the repository
     config.parameters["pipeline"].string_value = pipeline
+    if name == "recommend" and options.profile_store:
+        config.parameters["profile_store"].string_value = options.profile_store
     return config
 
 
@@ -267,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=int, default=None)
     parser.add_argument("--max-queue-delay-us", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--profile-store", default=None, help="event store URL read for requests naming a shopper")
     parser.add_argument(
         "--url", default=None, help="publish: gRPC address of the running server to load the new version"
     )

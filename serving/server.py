@@ -32,6 +32,7 @@ from pathlib import Path
 
 from data import REPO_ROOT
 from data.errors import ConfigError
+from serving.cli import key_value_flags
 
 log = logging.getLogger(__name__)
 
@@ -213,20 +214,6 @@ KEY_FLAGS = {
 }
 
 
-def _flags(argv: list[str]) -> list[str]:
-    """Accept Hydra-style `key=value` arguments (model_repository=<dir> http_port=<p> ...) beside flags."""
-    out = []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if sep and not arg.startswith("-"):
-            if key not in KEY_FLAGS:
-                raise SystemExit(f"error: unknown argument {arg!r}; expected one of {sorted(KEY_FLAGS)} as key=value.")
-            out += [KEY_FLAGS[key], value]
-        else:
-            out.append(arg)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repository", type=Path, default=REPO_ROOT / "artifacts" / "triton" / "repository")
@@ -235,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--log-file", type=Path, default=None)
-    args = parser.parse_args(_flags(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(key_value_flags(sys.argv[1:] if argv is None else argv, KEY_FLAGS))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         server = TritonServer(

@@ -9,7 +9,8 @@ Inputs of `recommend` (first dimension: rows of the request, each row one shoppe
   item_ids BYTES [-1], event_types BYTES [-1] (optional, default view), timestamps INT64 [-1]
   (optional, ms), channels, session_ids BYTES [-1] (optional); now INT64 [1]; device_type, referrer, region,
   loyalty BYTES [1]; hour, day_of_week INT32 [1]; past_purchases BYTES [-1]; k INT32 [1];
-  exclude_purchased, exclude_in_cart BOOL [1]; categories BYTES [-1] (all optional except item_ids).
+  exclude_purchased, exclude_in_cart BOOL [1]; categories BYTES [-1]; identity BYTES [1] (a shopper
+  whose stored profile is read when the repository has a profile store); min_price, max_price FP32 [1] (all optional except item_ids).
 Outputs: item_ids BYTES [-1], scores FP32 [-1] (rows padded with "" / NaN to the longest), info BYTES [1] (JSON).
 """
 
@@ -40,6 +41,9 @@ SCALAR_INPUTS = {
     "k": int,
     "exclude_purchased": bool,
     "exclude_in_cart": bool,
+    "identity": str,
+    "min_price": float,
+    "max_price": float,
 }
 LIST_INPUTS = ("past_purchases", "categories")
 
@@ -80,6 +84,7 @@ class _Base:
             use_gpu=kind == "GPU",
             verify=params.get("verify_bundle", "true") == "true",
             remote=_bls if params.get("pipeline", "inprocess") == "bls" else None,
+            profile_store=params.get("profile_store") or None,
         )
         self.version = args["model_version"]
 
@@ -178,6 +183,8 @@ class RecommendModel(_Base):
                     setattr(q, name, _text(item) or None)
                 elif name in ("now", "hour", "day_of_week") and int(item) < 0:
                     continue  # -1: not given for this row (the default applies)
+                elif kind is float and np.isnan(item):
+                    continue  # NaN: no bound for this row
                 else:
                     setattr(q, name, kind(item))
             for name in LIST_INPUTS:

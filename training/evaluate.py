@@ -18,7 +18,7 @@ import torch
 
 from data.cli import config_dict
 from data.errors import ConfigError
-from training.metrics import RankingAccumulator, mask_scores
+from training.metrics import make_accumulator, mask_scores
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +28,13 @@ HEADLINE = ("hr", "ndcg", "mrr")
 def evaluate_scorer(score: Callable, datamodule, split: str, evaluation: dict, num_items: int) -> dict[str, float]:
     """Rank the catalogue for every example of `split` with `score(batch) -> (B, N)` scores."""
     batch_arrays, slices, seen = datamodule.eval_sets[split]
-    accumulator = RankingAccumulator(evaluation["ks"], num_items, datamodule.train_counts)
+    accumulator = make_accumulator(evaluation, num_items, datamodule.train_counts, seen)
     loader = datamodule.eval_loader(split)
     with torch.no_grad():
         for batch in loader:
             index = batch["example_index"].numpy()
             scores = mask_scores(score(batch).double(), index, seen, bool(evaluation.get("exclude_seen", False)))
-            accumulator.add(scores, batch["target"], {name: mask[index] for name, mask in slices.items()})
+            accumulator.add(scores, batch["target"], {name: mask[index] for name, mask in slices.items()}, index)
     return accumulator.result(split)
 
 

@@ -59,8 +59,12 @@ class RankingAccumulator:
         train_counts: (N,) training events per item id (for the mean popularity of recommendations).
     """
 
-    def __init__(self, ks, num_items: int, train_counts: np.ndarray):
-        self.ks = tuple(sorted(ks))
+    def __init__(
+        self, ks, num_items: int, train_counts: np.ndarray, replay: dict | None = None, business_ks=(), codes=None
+    ):
+        self.replay, self.business_ks, self.codes = replay, tuple(sorted(business_ks)), codes
+        self.example_lists: list[tuple[np.ndarray, np.ndarray]] = []  # (example indices, top lists) for replay
+        self.ks = tuple(sorted(set(ks) | set(self.business_ks)))
         self.num_items = num_items
         self.train_counts = np.asarray(train_counts, dtype=np.float64)
         self.sums: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -69,8 +73,15 @@ class RankingAccumulator:
         self.popularity_sum = {k: 0.0 for k in self.ks}
         self.lists = 0
 
-    def add(self, scores: torch.Tensor, targets: torch.Tensor, slices: dict[str, np.ndarray]) -> None:
-        """scores (B, N) with excluded items at -inf; targets (B,); slices name -> (B,) bool."""
+    def add(
+        self,
+        scores: torch.Tensor,
+        targets: torch.Tensor,
+        slices: dict[str, np.ndarray],
+        example_index: np.ndarray | None = None,
+    ) -> None:
+        """scores (B, N) with excluded items at -inf; targets (B,); slices name -> (B,) bool;
+        example_index (B,): which examples these are (needed for the business metrics' replay)."""
         greater, ties = target_ranks(scores, targets)
         greater, ties = greater.cpu().numpy(), ties.cpu().numpy()
         per_k = {}
@@ -88,6 +99,8 @@ class RankingAccumulator:
             self.recommended[k][top[:, :k].ravel()] = True
             self.popularity_sum[k] += float(self.train_counts[top[:, :k]].mean(axis=1).sum())
         self.lists += len(top)
+        if self.replay is not None and self.business_ks and example_index is not None:
+            self.example_lists.append((np.asarray(example_index), top[:, : max(self.business_ks)]))
 
     def state(self) -> dict:
         """Plain sums, so ranks of a distributed run can be added up before `result`."""
@@ -97,6 +110,7 @@ class RankingAccumulator:
             "recommended": {k: v.copy() for k, v in self.recommended.items()},
             "popularity_sum": dict(self.popularity_sum),
             "lists": self.lists,
+            "example_lists": list(self.example_lists),
         }
 
     def merge(self, state: dict) -> None:
@@ -109,6 +123,7 @@ class RankingAccumulator:
             self.recommended[k] |= state["recommended"][k]
             self.popularity_sum[k] += state["popularity_sum"][k]
         self.lists += state["lists"]
+        self.example_lists += state.get("example_lists", [])
 
     def result(self, prefix: str) -> dict[str, float]:
         """`{prefix}/ndcg@10`, `{prefix}/<slice>/ndcg@10`, `{prefix}/count`, coverage and popularity."""
@@ -121,7 +136,82 @@ class RankingAccumulator:
         for k in self.ks:
             out[f"{prefix}/coverage@{k}"] = float(self.recommended[k][1:].sum()) / self.num_items
             out[f"{prefix}/avg_popularity@{k}"] = self.popularity_sum[k] / max(self.lists, 1)
+        if self.replay is not None and self.business_ks and self.example_lists:
+            index = np.concatenate([i for i, _ in self.example_lists])
+            lists = np.zeros((len(self.replay["example_step"]), max(self.business_ks)), np.int64)
+            lists[index] = np.concatenate([top for _, top in self.example_lists])
+            for key, value in business_metrics(self.replay, lists, self.business_ks, **self.codes).items():
+                out[f"{prefix}/{key}"] = value
         return out
+
+
+def business_codes() -> dict[str, int]:
+    """Event type codes of prepared data that the business metrics count."""
+    from data.schema import EVENT_TYPES, enum_code
+
+    return {"add_to_cart": enum_code(EVENT_TYPES, "add_to_cart"), "purchase": enum_code(EVENT_TYPES, "purchase")}
+
+
+def make_accumulator(evaluation: dict, num_items: int, train_counts, seen: dict | None) -> RankingAccumulator:
+    """The accumulator an evaluation config asks for (with the business replay when the split has one)."""
+    return RankingAccumulator(
+        evaluation["ks"],
+        num_items,
+        train_counts,
+        replay=(seen or {}).get("replay"),
+        business_ks=evaluation.get("business_ks", ()) or (),
+        codes=business_codes(),
+    )
+
+
+def business_metrics(
+    replay: dict[str, np.ndarray], lists: np.ndarray, ks, add_to_cart: int, purchase: int
+) -> dict[str, float]:
+    """Offline business metrics by replaying logged sessions against the recommended lists.
+
+    A session is shown, at each of its evaluated steps, the top-K list computed from the history before
+    that step. A later add-to-cart or online purchase in the same session (at that step or after) is
+    *attributed* to the recommendations when its item was in a list shown at or before it. Per K:
+    `biz/atc_rate@K` and `biz/conversion@K` are the shares of sessions with an attributed add-to-cart
+    or purchase, `biz/revenue_per_session@K` the attributed purchase value (price x quantity) per
+    session, `biz/aov@K` the attributed value per converting session. For scale, `biz/session_atc_rate`,
+    `biz/session_conversion` and `biz/revenue_per_session` count every cart add and purchase of the
+    sessions, recommended or not (the ceiling of attribution). `biz/sessions` is their number.
+
+    Args:
+        replay: from `training.datamodule.session_replay`: example_session (E,), example_step (E,),
+            event_session/event_step/event_item/event_type/event_value (F,) for the evaluated sessions.
+        lists: (E, max K) recommended item ids per example, best first.
+        add_to_cart, purchase: event type codes.
+    """
+    sessions = int(replay["num_sessions"])
+    if sessions == 0:
+        return {}
+    width = int(max(lists.max(initial=0), replay["event_item"].max(initial=0))) + 1
+    kind, value = replay["event_type"], replay["event_value"]
+    event_keys = replay["event_session"].astype(np.int64) * width + replay["event_item"]
+    is_cart, is_purchase = kind == add_to_cart, kind == purchase
+    out = {
+        "biz/sessions": float(sessions),
+        "biz/session_atc_rate": len(np.unique(replay["event_session"][is_cart])) / sessions,
+        "biz/session_conversion": len(np.unique(replay["event_session"][is_purchase])) / sessions,
+        "biz/revenue_per_session": float(value[is_purchase].sum()) / sessions,
+    }
+    for k in ks:
+        keys = (replay["example_session"].astype(np.int64)[:, None] * width + lists[:, :k]).ravel()
+        steps = np.repeat(replay["example_step"], k)
+        unique, inverse = np.unique(keys, return_inverse=True)
+        first_shown = np.full(len(unique), np.iinfo(np.int64).max)
+        np.minimum.at(first_shown, inverse, steps)
+        position = np.minimum(np.searchsorted(unique, event_keys), max(len(unique) - 1, 0))
+        shown = (unique[position] == event_keys) & (first_shown[position] <= replay["event_step"])
+        converted = np.unique(replay["event_session"][shown & is_purchase])
+        revenue = float(value[shown & is_purchase].sum())
+        out[f"biz/atc_rate@{k}"] = len(np.unique(replay["event_session"][shown & is_cart])) / sessions
+        out[f"biz/conversion@{k}"] = len(converted) / sessions
+        out[f"biz/revenue_per_session@{k}"] = revenue / sessions
+        out[f"biz/aov@{k}"] = revenue / len(converted) if len(converted) else 0.0
+    return out
 
 
 def mask_scores(scores: torch.Tensor, example_index: np.ndarray, seen: dict | None, exclude_seen: bool) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 
 from models.losses import GBCE, SampledSoftmax, full_softmax
 from models.two_tower import TwoTower, TwoTowerConfig, Vocabulary
-from training.metrics import RankingAccumulator, mask_scores
+from training.metrics import RankingAccumulator, make_accumulator, mask_scores
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +141,9 @@ class RetrievalTask(pl.LightningModule):
             self.slices[name] = slices
             self.seen[name] = seen
 
-    def _start(self) -> None:
-        self._accumulator = RankingAccumulator(
-            self.eval_cfg["ks"], self.vocab.num_items, self.train_counts.cpu().numpy()
+    def _start(self, split: str) -> None:
+        self._accumulator = make_accumulator(
+            self.eval_cfg, self.vocab.num_items, self.train_counts.cpu().numpy(), self.seen.get(split)
         )
         with torch.no_grad():
             self._all_items = self.model.item_embeddings()
@@ -156,7 +156,7 @@ class RetrievalTask(pl.LightningModule):
             scores.float(), index, self.seen.get(split), bool(self.eval_cfg.get("exclude_seen", False))
         )
         slices = {name: mask[index] for name, mask in self.slices[split].items()}
-        self._accumulator.add(scores, batch["target"], slices)
+        self._accumulator.add(scores, batch["target"], slices, index)
 
     def _end(self, split: str) -> dict[str, float]:
         accumulator = self._accumulator
@@ -164,7 +164,9 @@ class RetrievalTask(pl.LightningModule):
             # Each rank scored a shard of the examples: add the sums of every rank.
             states = [None] * self.trainer.world_size
             torch.distributed.all_gather_object(states, accumulator.state())
-            accumulator = RankingAccumulator(self.eval_cfg["ks"], self.vocab.num_items, self.train_counts.cpu().numpy())
+            accumulator = make_accumulator(
+                self.eval_cfg, self.vocab.num_items, self.train_counts.cpu().numpy(), self.seen.get(split)
+            )
             for state in states:
                 accumulator.merge(state)
         result = accumulator.result(split)
@@ -175,7 +177,7 @@ class RetrievalTask(pl.LightningModule):
         return result
 
     def on_validation_epoch_start(self) -> None:
-        self._start()
+        self._start("val")
 
     def validation_step(self, batch, batch_index):
         self._step(batch, "val")
@@ -184,7 +186,7 @@ class RetrievalTask(pl.LightningModule):
         self._end("val")
 
     def on_test_epoch_start(self) -> None:
-        self._start()
+        self._start("test")
 
     def test_step(self, batch, batch_index):
         self._step(batch, "test")

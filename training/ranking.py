@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from models.context import CONTEXT_FIELDS
 from models.ranker import Ranker, RankerConfig
 from training.datamodule import ArrayDataset, BatchIndexSampler, evaluation_examples, read_split
-from training.metrics import RankingAccumulator, mask_scores
+from training.metrics import make_accumulator, mask_scores
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def evaluate_reranked(
     batch_arrays, slices, seen = datamodule.eval_sets[split]
     items = model.item_embeddings()
     scale = model.logit_scale()
-    accumulator = RankingAccumulator(evaluation["ks"], model.item_tower.num_items, datamodule.train_counts)
+    accumulator = make_accumulator(evaluation, model.item_tower.num_items, datamodule.train_counts, seen)
     dataset = ArrayDataset({**batch_arrays, "example_index": np.arange(len(batch_arrays["target"]))}, trim=True)
     exclude = bool(evaluation.get("exclude_seen", False))
     for start in range(0, len(dataset), 512):
@@ -197,5 +197,5 @@ def evaluate_reranked(
         logits = torch.where(torch.isfinite(top.values), logits, torch.full_like(logits, float("-inf")))
         # Above every retrieval score, in ranker order; excluded items stay at -inf.
         scores.scatter_(1, top.indices, torch.where(torch.isfinite(logits), 1e6 + logits, logits))
-        accumulator.add(scores, batch["target"], {name: mask[index] for name, mask in slices.items()})
+        accumulator.add(scores, batch["target"], {name: mask[index] for name, mask in slices.items()}, index)
     return accumulator.result(f"rerank_{split}")

@@ -78,6 +78,7 @@ def build_datamodule(cfg, data: PreparedData) -> SequenceDataModule:
         seed=int(cfg.seed),
         num_workers=int(d.num_workers),
         bucket_by_length=bool(d.get("bucket_by_length", False)),
+        batch_targets=d.get("batch_targets"),
     )
 
 

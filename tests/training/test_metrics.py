@@ -65,3 +65,56 @@ def test_accumulator_reports_slices_coverage_and_popularity():
     assert result["val/shift/count"] == 1 and result["val/count"] == 2
     assert result["val/coverage@1"] == pytest.approx(2 / 3)  # items 1 and 3 are someone's top-1
     assert result["val/avg_popularity@1"] == pytest.approx((10 + 30) / 2)
+
+
+def test_business_metrics_replay_matches_hand_computed_attribution():
+    from training.metrics import business_metrics
+
+    view, cart, buy = 1, 2, 4
+    replay = {
+        "num_sessions": 3,
+        # session 0 shows lists at steps 10 and 11, session 1 at 20, session 2 at 30 and 31
+        "example_session": np.array([0, 0, 1, 2, 2]),
+        "example_step": np.array([10, 11, 20, 30, 31]),
+        "event_session": np.array([0, 0, 0, 0, 1, 1, 2, 2]),
+        "event_step": np.array([10, 11, 12, 13, 20, 21, 30, 31]),
+        "event_item": np.array([5, 7, 7, 9, 8, 2, 1, 3]),
+        "event_type": np.array([view, cart, buy, buy, buy, cart, cart, view]),
+        "event_value": np.array([0.0, 0.0, 40.0, 15.0, 10.0, 0.0, 0.0, 0.0]),
+    }
+    lists = np.array([[7, 3], [9, 4], [2, 8], [4, 6], [1, 1]])
+    out = business_metrics(replay, lists, [1, 2], add_to_cart=cart, purchase=buy)
+    # K=1: session 0 carts and buys 7 (shown at 10) and buys 9 (shown at 11); session 1 carts 2 (shown
+    # at 20) but buys 8 (not in its top 1); session 2 carts 1 at step 30, before 1 is shown at 31.
+    assert out["biz/atc_rate@1"] == pytest.approx(2 / 3)
+    assert out["biz/conversion@1"] == pytest.approx(1 / 3)
+    assert out["biz/revenue_per_session@1"] == pytest.approx(55 / 3)
+    assert out["biz/aov@1"] == pytest.approx(55)
+    # K=2: session 1's purchase of 8 (second in its list at step 20) counts too.
+    assert out["biz/conversion@2"] == pytest.approx(2 / 3)
+    assert out["biz/revenue_per_session@2"] == pytest.approx(65 / 3)
+    assert out["biz/aov@2"] == pytest.approx(32.5)
+    # The ceiling counts every cart add and purchase of the sessions.
+    assert out["biz/session_atc_rate"] == pytest.approx(1.0)
+    assert out["biz/session_conversion"] == pytest.approx(2 / 3)
+    assert out["biz/revenue_per_session"] == pytest.approx(65 / 3)
+    assert out["biz/sessions"] == 3
+
+
+def test_session_replay_cuts_sessions_at_new_session_flags_and_row_starts():
+    from training.datamodule import Split, session_replay
+
+    # two rows: [a b | c] and [d e]; '|' = new_session; targets at steps 1, 2 and 4
+    steps = {
+        "item_ids": np.array([1, 2, 3, 4, 5]),
+        "event_types": np.array([1, 2, 4, 1, 4]),
+        "new_session": np.array([1, 0, 1, 0, 0], bool),
+        "prices": np.array([1.0, 2.0, 3.0, np.nan, 5.0], np.float32),
+        "quantities": np.array([0, 1, 2, 0, 3]),
+    }
+    split = Split(offsets=np.array([0, 3, 5]), steps=steps, customer_known=np.ones(2, bool), loyalty=np.zeros(2))
+    replay = session_replay(split, np.array([1, 2, 4]))
+    assert replay["num_sessions"] == 3
+    assert replay["example_session"].tolist() == [0, 1, 2]
+    assert replay["event_step"].tolist() == [1, 2, 4]  # from each session's first evaluated step to its end
+    assert replay["event_value"].tolist() == [2.0, 6.0, 15.0]

@@ -1,0 +1,175 @@
+"""The collector's event and identify payloads: validation with a reason per rejected field.
+
+Events follow the canonical schema of `data.schema.EVENT_SCHEMA` (the same names, enumerations and
+meaning), as JSON: `event_time` is epoch milliseconds or an ISO 8601 string (UTC when no offset is
+given) and defaults to the time the collector received the event. Unknown fields are rejected rather
+than dropped, so a misspelt field (`evnt_type`) is reported instead of silently losing data.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from data.schema import CHANNELS, DEVICE_TYPES, EVENT_TYPES, REFERRERS
+
+# Event times outside this window are almost certainly unit mistakes (seconds sent as ms or the reverse).
+MIN_EVENT_TIME_MS = 946_684_800_000  # 2000-01-01
+MAX_EVENT_TIME_MS = 4_102_444_800_000  # 2100-01-01
+ID_MAX_LENGTH = 200
+
+Id = Field(default=None, min_length=1, max_length=ID_MAX_LENGTH)
+# The columns of a stored event, in canonical order.
+EVENT_FIELDS = (
+    "event_id",
+    "event_time",
+    "session_id",
+    "customer_id",
+    "device_id",
+    "item_id",
+    "event_type",
+    "price",
+    "quantity",
+    "channel",
+    "device_type",
+    "referrer",
+    "region",
+)
+
+
+class Event(BaseModel):
+    """One shopper action (canonical event schema)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    event_id: str = Field(min_length=1, max_length=ID_MAX_LENGTH, description="unique per event; idempotency key")
+    event_time: int | str | None = Field(
+        default=None, description="epoch milliseconds or ISO 8601; default: the time the collector received it"
+    )
+    session_id: str | None = Id
+    customer_id: str | None = Id
+    device_id: str | None = Id
+    item_id: str = Field(min_length=1, max_length=ID_MAX_LENGTH)
+    event_type: Literal[EVENT_TYPES]  # type: ignore[valid-type]
+    price: float | None = Field(default=None, ge=0, allow_inf_nan=False, description="unit price, >= 0")
+    quantity: int | None = Field(default=None, ge=1, le=100_000, description=">= 1 for cart and purchase events")
+    channel: Literal[CHANNELS] | None = None  # type: ignore[valid-type]
+    device_type: Literal[DEVICE_TYPES] | None = None  # type: ignore[valid-type]
+    referrer: Literal[REFERRERS] | None = None  # type: ignore[valid-type]
+    region: str | None = Field(default=None, max_length=64)
+
+    @field_validator("event_time")
+    @classmethod
+    def _time(cls, value: int | str | None) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, bool):
+            raise ValueError("expected epoch milliseconds (an integer) or an ISO 8601 string")
+        if isinstance(value, str):
+            try:
+                parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                raise ValueError(
+                    "expected epoch milliseconds or an ISO 8601 time such as 2026-11-24T10:15:00Z"
+                ) from None
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            value = int(parsed.timestamp() * 1000)
+        if not MIN_EVENT_TIME_MS <= value < MAX_EVENT_TIME_MS:
+            raise ValueError(
+                "expected epoch milliseconds between 2000 and 2100 (a value in seconds must be multiplied by 1000)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _someone(self) -> Event:
+        if not (self.session_id or self.customer_id or self.device_id):
+            raise ValueError("an event needs at least one of session_id, customer_id, device_id to know whose it is")
+        return self
+
+
+class EventBatch(BaseModel):
+    """`POST /v1/events` body. Each event is validated on its own: valid ones are stored, bad ones listed."""
+
+    events: list[dict[str, Any]] = Field(
+        description="events in the canonical schema (see the Event schema)",
+        json_schema_extra={"items": Event.model_json_schema()},
+    )
+
+
+class Rejection(BaseModel):
+    index: int = Field(description="position of the event in the batch")
+    event_id: str | None
+    field: str = Field(description="the offending field ('' for the event as a whole)")
+    value: Any = None
+    reason: str
+
+
+class IngestResult(BaseModel):
+    accepted: int = Field(description="new events stored durably")
+    duplicates: int = Field(description="events whose event_id was already stored (not stored again)")
+    rejected: list[Rejection]
+
+
+class Identify(BaseModel):
+    """`POST /v1/identify`: a login or sign-up ties devices and sessions to a customer."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    customer_id: str = Field(min_length=1, max_length=ID_MAX_LENGTH)
+    device_id: str | None = Id
+    session_id: str | None = Id
+    merge_customer_ids: list[str] = Field(
+        default_factory=list, description="other known customer ids of the same person, merged into customer_id"
+    )
+    loyalty_member: bool | None = None
+    email: str | None = Field(default=None, max_length=320)
+
+
+def validate_events(raw: list[Any], received_ms: int) -> tuple[list[dict], list[Rejection]]:
+    """Valid events as canonical dicts (event_time filled in) and a rejection for every field of each bad one."""
+    events, rejected, seen = [], [], set()
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict):
+            rejected.append(
+                Rejection(index=index, event_id=None, field="", value=_short(item), reason="expected a JSON object")
+            )
+            continue
+        event_id = item.get("event_id") if isinstance(item.get("event_id"), str) else None
+        try:
+            event = Event.model_validate(item)
+        except ValidationError as error:
+            for detail in error.errors(include_url=False):
+                field = ".".join(str(part) for part in detail["loc"] if not isinstance(part, int))
+                # Literal errors carry the allowed values in the message; keep pydantic's wording.
+                value = None if detail["type"] == "missing" else _short(detail.get("input"))
+                rejected.append(
+                    Rejection(index=index, event_id=event_id, field=field, value=value, reason=detail["msg"])
+                )
+            continue
+        if event.event_id in seen:
+            rejected.append(
+                Rejection(
+                    index=index,
+                    event_id=event.event_id,
+                    field="event_id",
+                    value=event.event_id,
+                    reason="the same event_id appears earlier in this batch; give every event its own id",
+                )
+            )
+            continue
+        seen.add(event.event_id)
+        record = event.model_dump()
+        if record["event_time"] is None:
+            record["event_time"] = received_ms
+        events.append(record)
+    return events, rejected
+
+
+def _short(value: Any, limit: int = 80) -> Any:
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value if not isinstance(value, str) or len(value) <= limit else value[: limit - 3] + "..."
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

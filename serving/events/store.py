@@ -1,0 +1,557 @@
+"""Event and identity storage behind one interface: SQLite (embedded default) and Redis (production).
+
+    store = open_store("sqlite:///artifacts/events.db")     # or "redis://127.0.0.1:6379/0"
+    store.append(events)                                     # idempotent by event_id; durable on return
+    store.identify("c1", device_id="d1", session_id="s1")   # login: d1 and s1 now belong to c1
+    store.events_of(store.identity_keys("device", "d1"), limit=50)
+
+Durability: `append` returns only after the events are on disk, so the collector acknowledges nothing
+it could lose. SQLite runs in WAL mode with `synchronous=FULL` (each commit fsyncs the WAL). Redis must
+run with `appendonly yes` and `appendfsync always` (it then fsyncs the append-only file before it
+replies); `RedisStore` checks that at connection and refuses a server configured otherwise unless told
+`durable=False`.
+
+Identity model (the same in both stores): a *link* maps an identity key (`customer:<id>`,
+`device:<id>`, `session:<id>`) to a canonical customer id. A login (`identify`) links the device and
+session to the customer; an event that carries a customer id together with a device or session id
+links them too. Merging customer B into A points every key of B at A. An event belongs to customer C
+when its customer id is linked to C, or when it is anonymous (no customer id) and its device or
+session is linked to C; so the anonymous session that led to a login joins the profile, and anonymous
+events of a shared device follow the device's latest login. Events are never rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from data.errors import ConfigError
+from serving.events.schema import EVENT_FIELDS
+
+KINDS = ("customer", "device", "session")
+PURCHASE_TYPES = ("purchase", "store_purchase")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    accepted: int
+    duplicates: int
+
+
+@dataclass(frozen=True)
+class IdentityKeys:
+    """The identity keys whose events make up one shopper's profile."""
+
+    customer: str | None  # canonical customer id, or None for a device/session not yet linked to one
+    customers: frozenset[str]
+    devices: frozenset[str]
+    sessions: frozenset[str]
+
+    def owns(self, event: dict) -> bool:
+        if event.get("customer_id"):
+            return event["customer_id"] in self.customers
+        return event.get("device_id") in self.devices or event.get("session_id") in self.sessions
+
+
+def _keys(customer: str | None, members: Iterable[str]) -> IdentityKeys:
+    groups: dict[str, set[str]] = {kind: set() for kind in KINDS}
+    for member in members:
+        kind, _, value = member.partition(":")
+        if kind in groups:
+            groups[kind].add(value)
+    if customer is not None:
+        groups["customer"].add(customer)
+    return IdentityKeys(
+        customer, frozenset(groups["customer"]), frozenset(groups["device"]), frozenset(groups["session"])
+    )
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"identity kind {kind!r} is not one of {list(KINDS)}")
+
+
+class EventStore(ABC):
+    """Events (append-only, idempotent by event_id), identity links and customer traits."""
+
+    url: str
+
+    @abstractmethod
+    def append(self, events: list[dict]) -> AppendResult:
+        """Store new events atomically and durably; events whose event_id is stored already are skipped."""
+
+    @abstractmethod
+    def identify(
+        self,
+        customer_id: str,
+        device_id: str | None = None,
+        session_id: str | None = None,
+        merge_customer_ids: Iterable[str] = (),
+        traits: dict | None = None,
+    ) -> str:
+        """Link a device and session to a customer, merge other customers into it; returns the canonical id."""
+
+    @abstractmethod
+    def owner(self, kind: str, value: str) -> str | None:
+        """Canonical customer of an identity key, or None (an unknown device/session; a customer id is its own)."""
+
+    @abstractmethod
+    def members(self, customer: str) -> set[str]:
+        """Identity keys linked to a canonical customer."""
+
+    @abstractmethod
+    def _candidates(self, keys: IdentityKeys, limit: int, purchases_only: bool) -> list[dict]:
+        """Events touching any of the keys, newest first (a superset of what `keys.owns`; at most `limit` per key)."""
+
+    @abstractmethod
+    def cart_adds(self, since_ms: int) -> list[dict]:
+        """add_to_cart events with event_time >= since_ms (to find carts that may be abandoned)."""
+
+    @abstractmethod
+    def traits(self, customer: str) -> dict:
+        """Stored traits of a customer (`loyalty_member`, `email`)."""
+
+    @abstractmethod
+    def customers(self) -> list[str]:
+        """Every canonical customer id (sorted)."""
+
+    @abstractmethod
+    def iter_events(self, after_seq: int = 0, chunk: int = 10_000) -> Iterator[dict]:
+        """Every stored event in arrival order, each with its `seq` (for export)."""
+
+    @abstractmethod
+    def count(self) -> int:
+        """Number of stored events."""
+
+    def close(self) -> None:  # noqa: B027 - optional
+        pass
+
+    def identity_keys(self, kind: str, value: str) -> IdentityKeys:
+        _check_kind(kind)
+        customer = self.owner(kind, value)
+        if customer is None:
+            return _keys(None, [f"{kind}:{value}"])
+        return _keys(customer, self.members(customer))
+
+    def events_of(self, keys: IdentityKeys, limit: int = 200, purchases_only: bool = False) -> list[dict]:
+        """The identity's events, newest first, at most `limit`."""
+        events = [e for e in self._candidates(keys, limit, purchases_only) if keys.owns(e)]
+        events.sort(key=lambda e: (e["event_time"], e["seq"]), reverse=True)
+        return events[:limit]
+
+
+# ------------------------------------------------------------------------------------------------- SQLite
+
+_SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    event_time INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    session_id TEXT, customer_id TEXT, device_id TEXT,
+    item_id TEXT NOT NULL, event_type TEXT NOT NULL,
+    price REAL, quantity INTEGER, channel TEXT, device_type TEXT, referrer TEXT, region TEXT
+);
+CREATE INDEX IF NOT EXISTS events_customer ON events(customer_id, event_time);
+CREATE INDEX IF NOT EXISTS events_device ON events(device_id, event_time);
+CREATE INDEX IF NOT EXISTS events_session ON events(session_id, event_time);
+CREATE INDEX IF NOT EXISTS events_type ON events(event_type, event_time);
+CREATE TABLE IF NOT EXISTS links (key TEXT PRIMARY KEY, customer_id TEXT NOT NULL, linked_at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS links_customer ON links(customer_id);
+CREATE TABLE IF NOT EXISTS traits (customer_id TEXT PRIMARY KEY, loyalty_member INTEGER, email TEXT);
+"""
+_INSERT = (
+    f"INSERT INTO events ({', '.join(EVENT_FIELDS)}, received_at) VALUES ({', '.join('?' * (len(EVENT_FIELDS) + 1))}) "
+    "ON CONFLICT(event_id) DO NOTHING"
+)
+_COLUMNS = ("seq", *EVENT_FIELDS)
+
+
+class SQLiteStore(EventStore):
+    """One SQLite file in WAL mode; writes are serialized by a lock, each `append` is one fsynced transaction."""
+
+    def __init__(self, path: str | Path, readonly: bool = False):
+        self.path = Path(path)
+        self.url = f"sqlite:///{self.path}"
+        if readonly:
+            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(_SQLITE_SCHEMA)
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self.lock = threading.Lock()
+        self.readonly = readonly
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+
+    @property
+    def reader(self) -> sqlite3.Connection:
+        """This thread's read connection: WAL readers see committed data only, never a writer's open transaction."""
+        connection = getattr(self._local, "db", None)
+        if connection is None:
+            connection = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            connection.execute("PRAGMA busy_timeout=5000")
+            self._local.db = connection
+            self._readers.append(connection)
+        return connection
+
+    # Identity helpers run inside the caller's transaction.
+    def _owner(self, key: str) -> str | None:
+        row = self.db.execute("SELECT customer_id FROM links WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _link(self, key: str, customer: str, at: int) -> None:
+        self.db.execute(
+            "INSERT INTO links VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE SET customer_id = excluded.customer_id, "
+            "linked_at = excluded.linked_at WHERE customer_id != excluded.customer_id",
+            (key, customer, at),
+        )
+
+    def _login(self, customer_id: str, device_id: str | None, session_id: str | None, at: int) -> str:
+        canonical = self._owner(f"customer:{customer_id}") or customer_id
+        self._link(f"customer:{customer_id}", canonical, at)
+        if device_id:
+            self._link(f"device:{device_id}", canonical, at)
+        if session_id:
+            self._link(f"session:{session_id}", canonical, at)
+        return canonical
+
+    def append(self, events: list[dict]) -> AppendResult:
+        received = now_ms()
+        accepted = 0
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for event in events:
+                    cursor = self.db.execute(_INSERT, (*(event.get(f) for f in EVENT_FIELDS), received))
+                    if cursor.rowcount != 1:
+                        continue
+                    accepted += 1
+                    if event.get("customer_id"):
+                        self._login(event["customer_id"], event.get("device_id"), event.get("session_id"), received)
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        return AppendResult(accepted, len(events) - accepted)
+
+    def identify(self, customer_id, device_id=None, session_id=None, merge_customer_ids=(), traits=None) -> str:
+        at = now_ms()
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                canonical = self._owner(f"customer:{customer_id}") or customer_id
+                for other in merge_customer_ids:
+                    merged = self._owner(f"customer:{other}") or other
+                    if merged == canonical:
+                        continue
+                    self.db.execute(
+                        "UPDATE links SET customer_id = ?, linked_at = ? WHERE customer_id = ?", (canonical, at, merged)
+                    )
+                    self._link(f"customer:{other}", canonical, at)
+                    self._link(f"customer:{merged}", canonical, at)
+                    old = self.db.execute(
+                        "SELECT loyalty_member, email FROM traits WHERE customer_id = ?", (merged,)
+                    ).fetchone()
+                    if old:
+                        self._set_traits(canonical, {"loyalty_member": old[0], "email": old[1]}, keep_existing=True)
+                canonical = self._login(customer_id, device_id, session_id, at)
+                if traits:
+                    self._set_traits(canonical, traits)
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        return canonical
+
+    def _set_traits(self, customer: str, traits: dict, keep_existing: bool = False) -> None:
+        loyalty = traits.get("loyalty_member")
+        loyalty = None if loyalty is None else int(bool(loyalty))
+        pick = "COALESCE(traits.{0}, excluded.{0})" if keep_existing else "COALESCE(excluded.{0}, traits.{0})"
+        self.db.execute(
+            "INSERT INTO traits VALUES (?, ?, ?) ON CONFLICT(customer_id) DO UPDATE SET "
+            f"loyalty_member = {pick.format('loyalty_member')}, email = {pick.format('email')}",
+            (customer, loyalty, traits.get("email")),
+        )
+
+    def owner(self, kind: str, value: str) -> str | None:
+        _check_kind(kind)
+        row = self.reader.execute("SELECT customer_id FROM links WHERE key = ?", (f"{kind}:{value}",)).fetchone()
+        return row[0] if row else (value if kind == "customer" else None)
+
+    def members(self, customer: str) -> set[str]:
+        return {row[0] for row in self.reader.execute("SELECT key FROM links WHERE customer_id = ?", (customer,))}
+
+    def _candidates(self, keys: IdentityKeys, limit: int, purchases_only: bool) -> list[dict]:
+        clauses, params = [], []
+        for column, values in (
+            ("customer_id", keys.customers),
+            ("device_id", keys.devices),
+            ("session_id", keys.sessions),
+        ):
+            if values:
+                clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
+                params.extend(sorted(values))
+        if not clauses:
+            return []
+        where = " OR ".join(clauses)
+        if purchases_only:
+            where = f"({where}) AND event_type IN ({', '.join('?' * len(PURCHASE_TYPES))})"
+            params.extend(PURCHASE_TYPES)
+        # Anonymous events of other shoppers never match `owns`, so a generous limit keeps enough owned ones.
+        rows = self.reader.execute(
+            f"SELECT {', '.join(_COLUMNS)} FROM events WHERE {where} ORDER BY event_time DESC, seq DESC LIMIT ?",
+            (*params, limit * 4 + 50),
+        ).fetchall()
+        return [dict(zip(_COLUMNS, row)) for row in rows]
+
+    def cart_adds(self, since_ms: int) -> list[dict]:
+        rows = self.reader.execute(
+            f"SELECT {', '.join(_COLUMNS)} FROM events WHERE event_type = 'add_to_cart' AND event_time >= ?",
+            (since_ms,),
+        ).fetchall()
+        return [dict(zip(_COLUMNS, row)) for row in rows]
+
+    def traits(self, customer: str) -> dict:
+        row = self.reader.execute(
+            "SELECT loyalty_member, email FROM traits WHERE customer_id = ?", (customer,)
+        ).fetchone()
+        if not row:
+            return {}
+        return {
+            k: v
+            for k, v in (("loyalty_member", None if row[0] is None else bool(row[0])), ("email", row[1]))
+            if v is not None
+        }
+
+    def customers(self) -> list[str]:
+        rows = self.reader.execute("SELECT DISTINCT customer_id FROM links WHERE key LIKE 'customer:%' ORDER BY 1")
+        return [row[0] for row in rows]
+
+    def iter_events(self, after_seq: int = 0, chunk: int = 10_000) -> Iterator[dict]:
+        while True:
+            rows = self.reader.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, chunk)
+            ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield dict(zip(_COLUMNS, row))
+            after_seq = rows[-1][0]
+
+    def count(self) -> int:
+        return int(self.reader.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+    def close(self) -> None:
+        for connection in self._readers:
+            connection.close()
+        self.db.close()
+
+
+# -------------------------------------------------------------------------------------------------- Redis
+
+# Both scripts run atomically inside Redis; with appendfsync=always their effects are fsynced before the
+# reply. KEYS are not declared (one Redis instance, not a cluster): every key starts with the prefix.
+_LINK_LUA = """
+local function link(p, key, customer)
+  local old = redis.call('HGET', p .. 'links', key)
+  if old == customer then return end
+  if old then redis.call('SREM', p .. 'members:' .. old, key) end
+  redis.call('HSET', p .. 'links', key, customer)
+  redis.call('SADD', p .. 'members:' .. customer, key)
+end
+local function login(p, c, d, s)
+  local canonical = redis.call('HGET', p .. 'links', 'customer:' .. c) or c
+  link(p, 'customer:' .. c, canonical)
+  if d and d ~= '' then link(p, 'device:' .. d, canonical) end
+  if s and s ~= '' then link(p, 'session:' .. s, canonical) end
+  redis.call('SADD', p .. 'customers', canonical)
+  return canonical
+end
+"""
+_APPEND_LUA = (
+    _LINK_LUA
+    + """
+local p = ARGV[1]
+local accepted = 0
+for i = 2, #ARGV do
+  local e = cjson.decode(ARGV[i])
+  if redis.call('HSETNX', p .. 'ids', e.event_id, 0) == 1 then
+    local seq = redis.call('INCR', p .. 'seq')
+    redis.call('HSET', p .. 'ids', e.event_id, seq)
+    e.seq = seq
+    redis.call('HSET', p .. 'ev', seq, cjson.encode(e))
+    local purchase = e.event_type == 'purchase' or e.event_type == 'store_purchase'
+    for _, kind in ipairs({'customer', 'device', 'session'}) do
+      local value = e[kind .. '_id']
+      if value then
+        redis.call('ZADD', p .. 'k:' .. kind .. ':' .. value, e.event_time, seq)
+        if purchase then redis.call('ZADD', p .. 'pk:' .. kind .. ':' .. value, e.event_time, seq) end
+      end
+    end
+    if e.event_type == 'add_to_cart' then redis.call('ZADD', p .. 'cart_adds', e.event_time, seq) end
+    if e.customer_id then login(p, e.customer_id, e.device_id, e.session_id) end
+    accepted = accepted + 1
+  end
+end
+return accepted
+"""
+)
+_IDENTIFY_LUA = (
+    _LINK_LUA
+    + """
+local p, c, d, s, loyalty, email = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local canonical = redis.call('HGET', p .. 'links', 'customer:' .. c) or c
+for i = 7, #ARGV do
+  local merged = redis.call('HGET', p .. 'links', 'customer:' .. ARGV[i]) or ARGV[i]
+  if merged ~= canonical then
+    for _, key in ipairs(redis.call('SMEMBERS', p .. 'members:' .. merged)) do link(p, key, canonical) end
+    link(p, 'customer:' .. ARGV[i], canonical)
+    link(p, 'customer:' .. merged, canonical)
+    redis.call('DEL', p .. 'members:' .. merged)
+    redis.call('SREM', p .. 'customers', merged)
+    for _, field in ipairs({'loyalty_member', 'email'}) do
+      local value = redis.call('HGET', p .. 'traits:' .. merged, field)
+      if value then redis.call('HSETNX', p .. 'traits:' .. canonical, field, value) end
+    end
+  end
+end
+canonical = login(p, c, d, s)
+if loyalty ~= '' then redis.call('HSET', p .. 'traits:' .. canonical, 'loyalty_member', loyalty) end
+if email ~= '' then redis.call('HSET', p .. 'traits:' .. canonical, 'email', email) end
+return canonical
+"""
+)
+
+
+class RedisStore(EventStore):
+    """Events in Redis hashes, one sorted set (by event time) per customer, device and session."""
+
+    def __init__(self, url: str, prefix: str = "intentrec:", durable: bool = True):
+        import redis
+
+        self.url, self.prefix = url, prefix
+        self.redis = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10)
+        try:
+            config = self.redis.config_get("append*")
+        except redis.exceptions.ConnectionError as error:
+            raise ConfigError(
+                f"events.store={url!r}: cannot connect to Redis ({error}); start redis-server "
+                "(see README, 'Personalization platform') or use an sqlite:/// store"
+            ) from error
+        if durable and (config.get("appendonly") != "yes" or config.get("appendfsync") != "always"):
+            raise ConfigError(
+                f"events.store={url!r}: Redis runs with appendonly={config.get('appendonly')!r}, "
+                f"appendfsync={config.get('appendfsync')!r}, so an acknowledged event could be lost in a crash; "
+                "expected appendonly=yes and appendfsync=always: start redis-server with "
+                "'--appendonly yes --appendfsync always' (or CONFIG SET both)"
+            )
+        self._append = self.redis.register_script(_APPEND_LUA)
+        self._identify = self.redis.register_script(_IDENTIFY_LUA)
+
+    def append(self, events: list[dict]) -> AppendResult:
+        if not events:
+            return AppendResult(0, 0)
+        payload = [json.dumps({k: v for k, v in e.items() if v is not None and k in EVENT_FIELDS}) for e in events]
+        accepted = int(self._append(args=[self.prefix, *payload]))
+        return AppendResult(accepted, len(events) - accepted)
+
+    def identify(self, customer_id, device_id=None, session_id=None, merge_customer_ids=(), traits=None) -> str:
+        traits = traits or {}
+        loyalty = traits.get("loyalty_member")
+        return self._identify(
+            args=[
+                self.prefix,
+                customer_id,
+                device_id or "",
+                session_id or "",
+                "" if loyalty is None else str(int(bool(loyalty))),
+                traits.get("email") or "",
+                *merge_customer_ids,
+            ]
+        )
+
+    def owner(self, kind: str, value: str) -> str | None:
+        _check_kind(kind)
+        found = self.redis.hget(self.prefix + "links", f"{kind}:{value}")
+        return found or (value if kind == "customer" else None)
+
+    def members(self, customer: str) -> set[str]:
+        return set(self.redis.smembers(f"{self.prefix}members:{customer}"))
+
+    def _candidates(self, keys: IdentityKeys, limit: int, purchases_only: bool) -> list[dict]:
+        index = "pk:" if purchases_only else "k:"
+        pipe = self.redis.pipeline(transaction=False)
+        for kind, values in (("customer", keys.customers), ("device", keys.devices), ("session", keys.sessions)):
+            for value in values:
+                pipe.zrevrange(f"{self.prefix}{index}{kind}:{value}", 0, limit * 4 + 49)
+        seqs = sorted({seq for found in pipe.execute() for seq in found})
+        if not seqs:
+            return []
+        return [self._event(raw) for raw in self.redis.hmget(self.prefix + "ev", seqs) if raw]
+
+    @staticmethod
+    def _event(raw: str) -> dict:
+        stored = json.loads(raw)
+        return {"seq": stored.pop("seq"), **{f: stored.get(f) for f in EVENT_FIELDS}}
+
+    def cart_adds(self, since_ms: int) -> list[dict]:
+        seqs = self.redis.zrangebyscore(self.prefix + "cart_adds", since_ms, "+inf")
+        if not seqs:
+            return []
+        return [self._event(raw) for raw in self.redis.hmget(self.prefix + "ev", seqs) if raw]
+
+    def traits(self, customer: str) -> dict:
+        stored = self.redis.hgetall(f"{self.prefix}traits:{customer}")
+        out = {}
+        if "loyalty_member" in stored:
+            out["loyalty_member"] = stored["loyalty_member"] == "1"
+        if stored.get("email"):
+            out["email"] = stored["email"]
+        return out
+
+    def customers(self) -> list[str]:
+        return sorted(self.redis.smembers(self.prefix + "customers"))
+
+    def iter_events(self, after_seq: int = 0, chunk: int = 10_000) -> Iterator[dict]:
+        last = int(self.redis.get(self.prefix + "seq") or 0)
+        for start in range(after_seq + 1, last + 1, chunk):
+            seqs = list(range(start, min(start + chunk, last + 1)))
+            for raw in self.redis.hmget(self.prefix + "ev", seqs):
+                if raw:
+                    yield self._event(raw)
+
+    def count(self) -> int:
+        return int(self.redis.hlen(self.prefix + "ids"))
+
+    def close(self) -> None:
+        self.redis.close()
+
+
+def open_store(url: str, readonly: bool = False) -> EventStore:
+    """`sqlite:///<path>` (relative or absolute path) or `redis://host:port/db` -> a store."""
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
+        if not path:
+            raise ConfigError(f"events.store={url!r}: expected sqlite:///<path to the database file>")
+        return SQLiteStore(path, readonly=readonly)
+    if parsed.scheme in ("redis", "rediss", "unix"):
+        return RedisStore(url)
+    raise ConfigError(
+        f"events.store={url!r}: unknown store; expected sqlite:///<path> (embedded) or redis://host:port/db"
+    )

@@ -1,0 +1,344 @@
+"""The event collector and its stores: every store test runs on SQLite and on a real redis-server."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import httpx
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+
+from data.errors import ConfigError, DataError
+from data.loaders import load_canonical
+from serving.events.app import CollectorSettings, create_app
+from serving.events.export import export_events
+from serving.events.local import Collector, RedisServer
+from serving.events.pos import import_pos
+from serving.events.profile import build_profile
+from serving.events.schema import validate_events
+from serving.events.store import RedisStore, SQLiteStore, open_store
+
+HOUR = 3_600_000
+T0 = 1_790_000_000_000  # 2026-09-21, a fixed clock for the tests
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not installed (Debian package redis-server; ./scripts/test.sh installs it as root)")
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+_databases = iter(range(1, 16))
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        opened = open_store(f"sqlite:///{tmp_path / 'events.db'}")
+    else:
+        server = request.getfixturevalue("redis_server")
+        opened = RedisStore(server.url, prefix=f"test{next(_databases)}-{tmp_path.name}:")
+    yield opened
+    opened.close()
+
+
+def event(event_id, item, kind="view", at=0, **fields):
+    return {"event_id": event_id, "item_id": item, "event_type": kind, "event_time": T0 + at, **fields}
+
+
+def test_appending_the_same_event_id_twice_stores_it_once(store):
+    events, _ = validate_events([event("e1", "i1", device_id="d1"), event("e2", "i2", device_id="d1")], T0)
+    first = store.append(events)
+    again = store.append(events)
+    assert (first.accepted, first.duplicates) == (2, 0)
+    assert (again.accepted, again.duplicates) == (0, 2)
+    assert store.count() == 2
+    assert [e["event_id"] for e in store.iter_events()] == ["e1", "e2"]
+
+
+def test_login_joins_the_anonymous_session_and_other_devices_into_one_profile(store):
+    events, _ = validate_events(
+        [
+            event("a1", "dress", at=0, device_id="phone", session_id="s-phone"),  # anonymous browsing
+            event("a2", "dress", "add_to_cart", at=1000, device_id="phone", session_id="s-phone", quantity=2),
+            event("b1", "shoes", at=HOUR, device_id="laptop", session_id="s-laptop", customer_id="c1"),
+            event("x1", "hat", at=HOUR, device_id="other", session_id="s-other"),  # someone else
+        ],
+        T0,
+    )
+    store.append(events)
+    before = build_profile(store, "device", "phone", now=T0 + 2 * HOUR)
+    assert before.customer_id is None and [e["item_id"] for e in before.recent_events] == ["dress", "dress"]
+    canonical = store.identify("c1", device_id="phone", session_id="s-phone", traits={"loyalty_member": True})
+    assert canonical == "c1"
+    profile = build_profile(store, "device", "phone", now=T0 + 2 * HOUR)
+    assert profile.customer_id == "c1"
+    assert profile.devices == ["laptop", "phone"]
+    assert [e["item_id"] for e in profile.recent_events] == ["dress", "dress", "shoes"]  # oldest first, no hat
+    assert profile.recent_views == ["shoes", "dress"]
+    assert profile.cart == {"dress": 2} and profile.loyalty_member is True
+    assert build_profile(store, "customer", "c1", now=T0).recent_events == profile.recent_events
+
+
+def test_merging_two_known_customers_combines_their_events_devices_and_traits(store):
+    events, _ = validate_events(
+        [
+            event("m1", "tv", at=0, customer_id="guest-7", device_id="tablet"),
+            event("m2", "cable", "purchase", at=10, customer_id="guest-7", device_id="tablet", price=9.5),
+            event("m3", "sofa", at=20, customer_id="acct-1", device_id="desktop"),
+        ],
+        T0,
+    )
+    store.append(events)
+    store.identify("guest-7", traits={"loyalty_member": True, "email": "a@example.com"})
+    assert store.identify("acct-1", merge_customer_ids=["guest-7"]) == "acct-1"
+    assert store.owner("customer", "guest-7") == "acct-1"
+    assert store.owner("device", "tablet") == "acct-1"
+    profile = build_profile(store, "customer", "guest-7", now=T0)
+    assert profile.customer_id == "acct-1"
+    assert profile.devices == ["desktop", "tablet"]
+    assert [e["item_id"] for e in profile.recent_events] == ["tv", "cable", "sofa"]
+    assert [p["item_id"] for p in profile.purchases] == ["cable"]
+    assert (profile.loyalty_member, profile.email) == (True, "a@example.com")
+    assert store.customers() == ["acct-1"]
+
+
+def test_a_shared_device_follows_its_latest_login_but_known_events_stay_with_their_customer(store):
+    events, _ = validate_events(
+        [
+            event("s1", "lipstick", at=0, customer_id="alice", device_id="family-ipad"),
+            event("s2", "drill", at=10, customer_id="bob", device_id="family-ipad"),
+            event("s3", "saw", at=20, device_id="family-ipad"),  # anonymous, after bob's login
+        ],
+        T0,
+    )
+    store.append(events)
+    assert store.owner("device", "family-ipad") == "bob"
+    assert [e["item_id"] for e in build_profile(store, "customer", "alice", now=T0).recent_events] == ["lipstick"]
+    assert [e["item_id"] for e in build_profile(store, "customer", "bob", now=T0).recent_events] == ["drill", "saw"]
+
+
+def test_cart_replays_adds_removes_and_purchases_and_is_abandoned_only_after_the_threshold(store):
+    events, _ = validate_events(
+        [
+            event("c1", "a", "add_to_cart", at=0, device_id="d", quantity=2),
+            event("c2", "b", "add_to_cart", at=1, device_id="d"),
+            event("c3", "a", "remove_from_cart", at=2, device_id="d", quantity=1),
+            event("c4", "b", "purchase", at=3, device_id="d"),
+            event("c5", "z", "store_purchase", at=4, device_id="d", channel="store"),
+        ],
+        T0,
+    )
+    store.append(events)
+    fresh = build_profile(store, "device", "d", now=T0 + 60_000, abandon_after_ms=30 * 60_000)
+    assert fresh.cart == {"a": 1} and not fresh.cart_abandoned
+    stale = build_profile(store, "device", "d", now=T0 + HOUR, abandon_after_ms=30 * 60_000)
+    assert stale.cart_abandoned
+    assert [p["item_id"] for p in stale.purchases] == ["b", "z"]
+
+
+def test_validation_rejects_each_bad_field_with_a_reason_and_keeps_the_valid_events():
+    raw = [
+        event("ok", "i1", device_id="d"),
+        {"event_id": "bad", "item_id": "", "event_type": "clicked", "event_time": 1_700_000_000, "colour": "red"},
+        event("anon", "i2"),
+        "not an object",
+        event("ok", "i3", device_id="d"),
+    ]
+    events, rejected = validate_events(raw, T0)
+    assert [e["event_id"] for e in events] == ["ok"]
+    reasons = {(r.index, r.field): r for r in rejected}
+    assert "at least 1 character" in reasons[(1, "item_id")].reason
+    assert "'view'" in reasons[(1, "event_type")].reason and reasons[(1, "event_type")].value == "clicked"
+    assert "multiplied by 1000" in reasons[(1, "event_time")].reason
+    assert reasons[(1, "colour")].reason == "Extra inputs are not permitted"
+    assert "session_id, customer_id, device_id" in reasons[(2, "")].reason
+    assert reasons[(3, "")].reason == "expected a JSON object"
+    assert "earlier in this batch" in reasons[(4, "event_id")].reason
+
+
+def test_pos_import_stores_store_purchases_once_and_reports_bad_lines(store, tmp_path):
+    pos = tmp_path / "pos.csv"
+    pos.write_text(
+        "receipt_id,time,customer_id,item_id,quantity,price,store_id\n"
+        "r1,2026-09-21T10:00:00Z,c9,kettle,1,29.90,berlin-1\n"
+        "r1,2026-09-21T10:00:00Z,c9,mug,2,4.50,berlin-1\n"
+        "r2,yesterday,,toaster,1,19.00,berlin-1\n"
+        "r3,1790000000000,,toaster,x,19.00,berlin-1\n"
+    )
+    summary = import_pos(pos, store)
+    assert summary["accepted"] == 2
+    assert [(r["line"], r["field"]) for r in summary["rejected"]] == [(4, "event_time"), (5, "quantity")]
+    assert import_pos(pos, store)["duplicates"] == 2
+    profile = build_profile(store, "customer", "c9", now=T0)
+    assert [(p["item_id"], p["channel"], p["region"]) for p in profile.purchases] == [
+        ("kettle", "store", "berlin-1"),
+        ("mug", "store", "berlin-1"),
+    ]
+    with pytest.raises(DataError, match=r"lacks \['receipt_id'\]"):
+        bad = tmp_path / "bad.csv"
+        bad.write_text("time,item_id\n1,a\n")
+        import_pos(bad, store)
+
+
+def test_export_writes_canonical_parquet_that_the_loader_reads(store, tmp_path):
+    events, _ = validate_events(
+        [
+            event("x1", "i1", at=0, customer_id="c1", device_id="d1", device_type="mobile", price=3.0),
+            event("x2", "i2", "purchase", at=5, customer_id="c1", quantity=2, channel="web"),
+        ],
+        T0,
+    )
+    store.append(events)
+    store.identify("c1", traits={"loyalty_member": True})
+    summary = export_events(store, tmp_path / "export")
+    assert summary["events"] == 2
+    loaded = load_canonical(tmp_path / "export")
+    table = loaded.events.to_pydict()
+    assert table["event_id"] == ["x1", "x2"] and table["quantity"] == [None, 2]
+    assert table["event_time"][1].timestamp() * 1000 == T0 + 5
+    assert pq.read_table(tmp_path / "export" / "customers.parquet").to_pydict() == {
+        "customer_id": ["c1"],
+        "loyalty_member": [True],
+    }
+
+
+def test_redis_store_refuses_a_server_that_could_lose_acknowledged_events(tmp_path):
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not installed")
+    with RedisServer(tmp_path / "redis", durable=False) as server:
+        with pytest.raises(ConfigError, match="appendfsync='everysec'|appendonly='no'"):
+            RedisStore(server.url)
+
+
+def test_unknown_store_urls_name_the_key():
+    with pytest.raises(ConfigError, match=r"events.store='postgres://x'.*sqlite:///"):
+        open_store("postgres://x")
+
+
+# ------------------------------------------------------------------------------------------------- the API
+
+
+@pytest.fixture
+def api(tmp_path):
+    store = SQLiteStore(tmp_path / "api.db")
+    settings = CollectorSettings(max_body_bytes=20_000, max_batch_events=50, token="s3cret")
+    with TestClient(create_app(store, settings), headers={"Authorization": "Bearer s3cret"}) as client:
+        yield client, store
+
+
+def test_api_stores_valid_events_and_lists_the_rejected_ones(api):
+    client, store = api
+    reply = client.post("/v1/events", json={"events": [event("v1", "i1", device_id="d"), {"event_id": "v2"}]})
+    assert reply.status_code == 200
+    body = reply.json()
+    assert body["accepted"] == 1 and body["duplicates"] == 0
+    assert {(r["index"], r["field"]) for r in body["rejected"]} == {(1, "item_id"), (1, "event_type")}
+    assert store.count() == 1
+    assert client.post("/v1/events", json={"events": [event("v1", "i1", device_id="d")]}).json()["duplicates"] == 1
+
+
+def test_api_errors_say_what_was_wrong_and_how_to_fix_it(api):
+    client, store = api
+    anonymous = TestClient(client.app)
+    unauthorized = anonymous.post("/v1/events", json={"events": []})
+    assert unauthorized.status_code == 401 and "Bearer" in unauthorized.json()["error"]
+    not_json = client.post("/v1/events", content=b"{nope", headers={"content-type": "application/json"})
+    assert not_json.status_code == 400 and "not valid JSON" in not_json.json()["error"]
+    wrong_shape = client.post("/v1/events", json=[event("w", "i", device_id="d")])
+    assert wrong_shape.status_code == 422 and '{"events": [event, ...]}' in wrong_shape.json()["error"]
+    too_many = client.post("/v1/events", json={"events": [event(f"n{i}", "i", device_id="d") for i in range(51)]})
+    assert too_many.status_code == 413 and "max_batch_events=50" in too_many.json()["error"]
+    too_big = client.post("/v1/events", json={"events": [event("big", "i" * 190, device_id="d" * 190)] * 48})
+    assert too_big.status_code == 413 and "limit of 20000 bytes" in too_big.json()["error"]
+    assert store.count() == 0
+    assert client.get("/v1/profile/planet:x").status_code == 422
+    assert client.get("/v1/profile/device:nobody").status_code == 404
+
+
+def test_api_identify_and_profile_work_across_devices(api):
+    client, _ = api
+    client.post(
+        "/v1/events",
+        json={
+            "events": [
+                event("p1", "dress", "add_to_cart", device_id="phone", session_id="s1"),
+                event("p2", "shoes", at=1000, device_id="laptop", customer_id="c1"),
+            ]
+        },
+    )
+    linked = client.post("/v1/identify", json={"customer_id": "c1", "device_id": "phone", "session_id": "s1"}).json()
+    assert linked == {"customer_id": "c1", "identities": ["customer:c1", "device:laptop", "device:phone", "session:s1"]}
+    profile = client.get("/v1/profile/device:phone").json()
+    assert profile["customer_id"] == "c1" and profile["cart"] == {"dress": 1}
+    assert client.get("/v1/profile/c1").json()["recent_views"] == ["shoes"]
+    assert client.post("/v1/identify", json={"device_id": "phone"}).status_code == 422
+
+
+def test_openapi_spec_documents_the_endpoints_and_the_event_schema(api):
+    client, _ = api
+    spec = client.get("/openapi.json").json()
+    assert {"/v1/events", "/v1/identify", "/v1/profile/{identity}", "/healthz"} <= set(spec["paths"])
+    body = spec["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert "event_type" in body["properties"]["events"]["items"]["properties"]
+
+
+# ------------------------------------------------------------------------------------------- reliability
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_no_acknowledged_event_is_lost_when_the_collector_is_killed_mid_ingestion(kind, tmp_path, request):
+    url = f"sqlite:///{tmp_path / 'events.db'}" if kind == "sqlite" else request.getfixturevalue("redis_server").url
+    if kind == "redis":
+        import redis
+
+        redis.Redis.from_url(url).flushdb()
+    acknowledged: list[str] = []
+    sent_unacknowledged: list[str] = []
+    collector = Collector(url, log_file=tmp_path / "collector.log").start()
+    stop = threading.Event()
+
+    def send(worker: int) -> None:
+        with httpx.Client(base_url=collector.url, timeout=5) as client:
+            batch_number = 0
+            while not stop.is_set():
+                ids = [f"w{worker}-b{batch_number}-e{i}" for i in range(25)]
+                batch = [event(i, f"item{n % 7}", device_id=f"dev{worker}", at=n) for n, i in enumerate(ids)]
+                try:
+                    reply = client.post("/v1/events", json={"events": batch})
+                    if reply.status_code == 200 and reply.json()["accepted"] == len(ids):
+                        acknowledged.extend(ids)
+                    else:
+                        sent_unacknowledged.extend(ids)
+                except httpx.HTTPError:
+                    sent_unacknowledged.extend(ids)
+                    return
+                batch_number += 1
+
+    threads = [threading.Thread(target=send, args=(w,)) for w in range(3)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while len(acknowledged) < 1500 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    collector.kill()  # while the senders are still posting
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert len(acknowledged) >= 1500, "the collector acknowledged too little before the kill to test anything"
+    assert sent_unacknowledged, "the kill should have interrupted at least one batch in flight"
+
+    with Collector(url, log_file=tmp_path / "collector.log") as restarted:
+        health = httpx.get(restarted.url + "/healthz").json()
+    store = open_store(url)
+    stored = {e["event_id"] for e in store.iter_events()}
+    store.close()
+    missing = set(acknowledged) - stored
+    assert not missing, f"{len(missing)} acknowledged events lost, e.g. {sorted(missing)[:3]}"
+    assert health["events"] == len(stored) >= len(acknowledged)
