@@ -2,6 +2,7 @@
 
     x0 = [query, candidate, query * candidate, context, candidate features, retrieval score]
     x_{l+1} = x0 * (W_l x_l + b_l) + x_l          (DCN-v2 cross layers, Wang et al., WWW 2021)
+    W_l = U_l V_l with `cross_rank` > 0            (the paper's low-rank cross layers: width x r x 2 weights)
     logit = MLP(x_L)
 
 Shapes: B queries, C candidates each, D embedding dim, F candidate feature codes, K context fields.
@@ -19,6 +20,7 @@ from torch import nn
 class RankerConfig:
     hidden_dim: int = 128  # width of the MLP
     num_cross_layers: int = 2  # DCN-v2 cross layers
+    cross_rank: int = 0  # 0: full (width x width) cross matrices; r > 0: low-rank U (width x r) V (r x width)
     dropout: float = 0.1
     feature_dim: int = 16  # embedding size of each context field and candidate feature
 
@@ -38,7 +40,9 @@ class Ranker(nn.Module):
         self.context = nn.ModuleList(nn.Embedding(size, cfg.feature_dim) for size in context_sizes)
         self.features = nn.ModuleList(nn.Embedding(size, cfg.feature_dim) for size in feature_sizes)
         width = 3 * embedding_dim + cfg.feature_dim * (len(context_sizes) + len(feature_sizes)) + 1
-        self.cross = nn.ModuleList(nn.Linear(width, width) for _ in range(cfg.num_cross_layers))
+        if cfg.cross_rank < 0:
+            raise ValueError(f"ranker.cross_rank={cfg.cross_rank}; expected 0 (full cross matrices) or a rank > 0")
+        self.cross = nn.ModuleList(_cross_layer(width, cfg.cross_rank) for _ in range(cfg.num_cross_layers))
         self.mlp = nn.Sequential(
             nn.Linear(width, cfg.hidden_dim),
             nn.GELU(),
@@ -48,8 +52,9 @@ class Ranker(nn.Module):
             nn.Linear(cfg.hidden_dim // 2, 1),
         )
         for layer in self.cross:
-            nn.init.zeros_(layer.weight)  # start as the identity: x_{l+1} = x0 * b + x_l
-            nn.init.zeros_(layer.bias)
+            last = layer[-1] if isinstance(layer, nn.Sequential) else layer
+            nn.init.zeros_(last.weight)  # start as the identity: x_{l+1} = x0 * b + x_l
+            nn.init.zeros_(last.bias)
 
     def forward(
         self,
@@ -72,3 +77,9 @@ class Ranker(nn.Module):
         for layer in self.cross:
             x = x0 * layer(x) + x
         return self.mlp(x).squeeze(-1)
+
+
+def _cross_layer(width: int, rank: int) -> nn.Module:
+    if rank == 0 or rank >= width:
+        return nn.Linear(width, width)
+    return nn.Sequential(nn.Linear(width, rank, bias=False), nn.Linear(rank, width))

@@ -14,8 +14,10 @@ breaks its token remapping), setuptools<81 and TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=
    libraries train on the same targets and are evaluated on the same validation and test targets.
 2. RecBole trains each model (`scripts/recbole_runner.py`, in the RecBole venv) and intentrec trains
    each variant (`python -m training.train`, ranker off), one after the other on this machine, with the
-   same budget: hidden 64, 2 layers, max length 50, full softmax CE, batch 128, lr 1e-3, `--epochs`
-   at most, early stopping after `--patience` validations without gain on NDCG@10.
+   same budget: hidden 64, 2 layers, max length 50, full softmax CE, batch 128, `--epochs` at most,
+   early stopping after `--patience` validations without gain on NDCG@10. RecBole runs at its
+   default lr 1e-3, intentrec at its defaults (lr 3e-3, length-bucketed batches) unless a variant
+   overrides them (`transformer@optim.lr=0.001`).
 3. Both rank the full catalogue without masking the history. Reported: HR@10, NDCG@10, MRR@10,
    HR@20, NDCG@20 on test (best validation checkpoint), training targets per second, seconds per
    epoch and training seconds to reach RecBole SASRec's best validation NDCG@10, with ratios.

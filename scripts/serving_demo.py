@@ -40,11 +40,7 @@ def main() -> int:
     stats = json.loads((args.data_dir / "stats.json").read_text())
     truth = json.loads((Path(stats["source_files"][0]["path"]).parent / "truth" / "effects.json").read_text())
     bundle = load_bundle(args.bundle)
-    ids, categories = bundle.items["item_id"].astype(str), bundle.items["category"].astype(str)
-    category_of = dict(zip(ids, categories))
-    top: dict[str, list[str]] = {}
-    for i in np.argsort(-bundle.items["train_count"], kind="stable"):
-        top.setdefault(categories[i], []).append(ids[i])
+    category_of, top = bundle.items_by_category()
 
     def show(title, reply, n=10):
         counts = Counter(category_of[i] for i in reply.item_ids[:n])

@@ -12,7 +12,8 @@ Each message (one JSON line): `message_id` (identity and cart time, so a re-run 
 sender can de-duplicate), `customer_id` (null for an anonymous device), `channel` (`email` when the
 customer has an email address, else `push` to the device used last), `cart` (item ids and quantities),
 `recommendations`: `k` items from the real-time model for that shopper with the cart's items excluded,
-complements first (items outside the cart's categories, in model order, then the rest).
+complements first (items of the categories shoppers move to from the cart's categories, learned at
+export: `complements.json`), then other categories, then the cart's own categories, each in model order.
 """
 
 from __future__ import annotations
@@ -88,14 +89,19 @@ def abandoned_cart_messages(
 
 
 def _complements(recommender: Recommender, identity: str, cart: dict[str, int], k: int, now: int) -> list[str]:
+    """`k` suggestions: the model's items for the shopper, cart excluded, complements of the cart first."""
     result = recommender.recommend([Query(identity=identity, k=min(3 * k, 100), exclude_in_cart=True, now=now)])[0]
     if isinstance(result, RequestError):
         raise result
+    category = {i: recommender.categories[recommender.item_index[i]] for i in result.item_ids}
     cart_categories = {recommender.categories[recommender.item_index[i]] for i in cart if i in recommender.item_index}
+    complements = {c for cat in cart_categories for c in recommender.complements.get(cat, [])} - cart_categories
     items = [i for i in result.item_ids if i not in cart]
-    outside = [i for i in items if recommender.categories[recommender.item_index[i]] not in cart_categories]
-    inside = [i for i in items if i not in outside]
-    return (outside + inside)[:k]
+    order = sorted(
+        range(len(items)),
+        key=lambda n: (category[items[n]] not in complements, category[items[n]] in cart_categories, n),
+    )
+    return [items[n] for n in order][:k]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,6 +39,7 @@ FILES = (
     "items.parquet",
     "content_tables.npz",
     "index.faiss",
+    "complements.json",
 )
 
 
@@ -75,6 +76,14 @@ class Bundle:
     def padded(self, column: str, fill=0) -> np.ndarray:
         values = self.items[column]
         return np.concatenate([np.asarray([fill], dtype=values.dtype if values.dtype != object else object), values])
+
+    def items_by_category(self) -> tuple[dict[str, str], dict[str, list[str]]]:
+        """(item id -> category, category -> item ids from the most to the least trained on)."""
+        ids, categories = self.items["item_id"].astype(str), self.items["category"].astype(str)
+        top: dict[str, list[str]] = {}
+        for i in np.argsort(-self.items["train_count"], kind="stable"):
+            top.setdefault(categories[i], []).append(ids[i])
+        return dict(zip(ids, categories)), top
 
     def feature_codes(self) -> np.ndarray:
         """(N + 1, F) content codes in the model's feature order; row 0 padding."""

@@ -12,6 +12,7 @@ over validation queries of the model itself, go into the manifest and the printe
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 from datetime import UTC, datetime
@@ -94,6 +95,42 @@ def validation_queries(task, cfg, data, count: int) -> np.ndarray:
     )
 
 
+def category_complements(data, top: int = 5) -> dict:
+    """Which categories shoppers move to next: within-session transitions between different categories.
+
+    Counted over consecutive views of the same session in the training split (a view and the next one
+    in another category; cart and purchase steps repeat earlier views and are left out); for each
+    category, the `top` next categories with their share of its transitions. `recommend` gives complement slots from these after a recent purchase, and the
+    abandoned-cart job orders its suggestions by them.
+    """
+    from training.datamodule import read_split
+
+    categories = data.items["category_id"].astype(str) if "category_id" in data.items else None
+    if categories is None:
+        return {"method": "no categories in the catalogue", "next": {}}
+    split = read_split(data.directory / "train.parquet")
+    view = data.vocab_json["event_types"].index("view")
+    views = split.steps["event_types"] == view
+    item = split.steps["item_ids"][views].astype(np.int64)
+    category = np.concatenate([[""], categories])[item]
+    position = np.flatnonzero(views)
+    # A pair of views is in one session when no step between them (or the second) starts a session or a row.
+    starts = split.steps["new_session"].astype(bool).copy()
+    starts[split.offsets[:-1]] = True
+    same_session = np.cumsum(starts)[position[1:]] == np.cumsum(starts)[position[:-1]]
+    step = np.flatnonzero(same_session & (category[1:] != category[:-1]) & (category[1:] != "") & (category[:-1] != ""))
+    pairs: dict[str, dict[str, int]] = {}
+    for before, after in zip(category[step].tolist(), category[step + 1].tolist()):
+        row = pairs.setdefault(before, {})
+        row[after] = row.get(after, 0) + 1
+    following = {}
+    for before, row in pairs.items():
+        total = sum(row.values())
+        ranked = sorted(row.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+        following[before] = [[after, round(count / total, 4)] for after, count in ranked]
+    return {"method": "within-session view-to-view transitions to another category, training split", "next": following}
+
+
 def export(cfg) -> dict:
     """Write the bundle for `cfg.ckpt_path`; returns its manifest."""
     from training.evaluate import checkpoint_path, load_checkpoint
@@ -146,6 +183,8 @@ def export(cfg) -> dict:
             for c, e in zip(columns, model.item_tower.feature_embeddings)
         }
         np.savez(out / "content_tables.npz", **tables)
+
+    (out / "complements.json").write_text(json.dumps(category_complements(data), indent=1, sort_keys=True))
 
     sizes = {
         "event_types": vocab.num_event_types,

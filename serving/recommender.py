@@ -96,10 +96,15 @@ class Recommender:
         verify: bool = True,
         remote=None,
         profile_store=None,
+        complement_slots: int = 2,
+        complement_window_hours: float = 24.0,
     ):
         """`remote`: optional `run(model_name, feed) -> output` that runs `query_encoder` and `ranker`
         elsewhere (Triton BLS calls in the production repository); by default ONNX Runtime runs them here.
-        `profile_store`: an `EventStore` or its URL (opened read-only on first use) for `Query.identity`."""
+        `profile_store`: an `EventStore` or its URL (opened read-only on first use) for `Query.identity`.
+        `complement_slots`: after a purchase (web or store) in the last `complement_window_hours`, that many
+        of the last places of each list go to the best items of the purchased item's complement categories
+        (`complements.json` of the bundle); 0 turns the rule off."""
         import faiss
         import onnxruntime as ort
 
@@ -126,6 +131,12 @@ class Recommender:
         self.item_ids = np.concatenate([[""], self.bundle.items["item_id"].astype(str)]).astype(object)
         self.categories = self.bundle.padded("category", "").astype(str)
         self.prices = self.bundle.padded("price", np.nan).astype(np.float64)
+        self.complement_slots = int(complement_slots)
+        self.complement_window_ms = int(float(complement_window_hours) * 3_600_000)
+        complements_path = self.bundle.directory / "complements.json"
+        following = json.loads(complements_path.read_text())["next"] if complements_path.is_file() else {}
+        # The purchased category's top 3 next categories (shares of at least 5%).
+        self.complements = {c: [n for n, share in rows[:3] if share >= 0.05] for c, rows in following.items()}
         self.category_items = {}
         for idx, category in enumerate(self.categories[1:], start=1):
             self.category_items.setdefault(category, []).append(idx)
@@ -244,7 +255,15 @@ class Recommender:
         old_purchases = idx[dropped][np.isin(event_codes[dropped], purchase_codes)]
         past = np.concatenate([past[past > 0], old_purchases])[-self.past :]
         # Business-rule sets over all known events (not only the kept window).
-        bought = set(idx[np.isin(event_codes, purchase_codes)].tolist()) | set(past.tolist())
+        purchased_at = np.flatnonzero(np.isin(event_codes, purchase_codes))
+        bought = set(idx[purchased_at].tolist()) | set(past.tolist())
+        complement_of = None
+        if (
+            len(purchased_at)
+            and q.timestamps is not None
+            and now - int(times[purchased_at[-1]]) <= self.complement_window_ms
+        ):
+            complement_of = self.categories[idx[purchased_at[-1]]]
         cart: dict[int, bool] = {}
         for item, code in zip(idx.tolist(), event_codes.tolist()):
             name = self.event_names.get(code, "")
@@ -296,6 +315,7 @@ class Recommender:
             "excluded": np.asarray(sorted(excluded), dtype=np.int64),
             "allowed": allowed,
             "in_cart": sorted(cart),
+            "complement_of": complement_of,
             "info": info,
         }
 
@@ -388,6 +408,50 @@ class Recommender:
             order = np.argsort(-logits[row], kind="stable")[: valid[row].sum()]
             out.append((items[row, order], logits[row, order]))
         return out
+
+    def _complement_slots(
+        self, d: dict, query: np.ndarray, items: np.ndarray, scores: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """After a recent purchase, the last `complement_slots` places go to its complement categories.
+
+        The complements are the purchased category's most frequent next categories in training
+        sessions; within them (and within the request's filters and rules) items are taken in
+        retrieval-score order. A complement already in the list keeps its place and uses up a slot.
+        """
+        slots = min(self.complement_slots, len(items))
+        targets = self.complements.get(d["complement_of"] or "", [])
+        if not slots or not targets:
+            return items, scores
+        pool = self.complement_pool(targets)
+        if d["allowed"] is not None:
+            pool = pool[np.isin(pool, d["allowed"])]
+        already = np.isin(items, pool)
+        needed = slots - int(already.sum())
+        pool = pool[~np.isin(pool, d["excluded"]) & ~np.isin(pool, items)]
+        placed = 0
+        if needed > 0 and len(pool):
+            retrieval = self.embeddings[pool] @ query * self.scale
+            best = pool[np.argsort(-retrieval, kind="stable")[:needed]]
+            # Replace the lowest-ranked items that are not complements already.
+            replace_at = sorted([p for p in range(len(items) - 1, -1, -1) if not already[p]][: len(best)])
+            items, scores = items.copy(), scores.astype(np.float64).copy()
+            floor = scores[replace_at[0]] if replace_at else 0.0
+            for n, position in enumerate(replace_at):
+                items[position] = best[n]
+                scores[position] = floor - 1e-3 * (n + 1)  # below the items they follow, in retrieval order
+            placed = len(replace_at)
+        d["info"]["complements"] = {
+            "after": d["complement_of"],
+            "categories": targets,
+            "items": self.item_ids[items[np.isin(items, self.complement_pool(targets))]].tolist(),
+            "placed": placed,
+        }
+        return items, scores
+
+    def complement_pool(self, categories: list[str]) -> np.ndarray:
+        """Item indices of `categories`."""
+        found = [self.category_items[c] for c in categories if c in self.category_items]
+        return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
     def _popular(self, d: dict) -> tuple[np.ndarray, np.ndarray]:
         pool = (
@@ -487,10 +551,9 @@ class Recommender:
             batch = [decoded[i] for i in good]
             vectors = self.encode(batch)
             ranked = self._rank(vectors, batch, self._candidates(vectors, batch))
-            for i, d, (items, scores) in zip(good, batch, ranked):
-                results[i] = Result(
-                    self.item_ids[items[: d["k"]]].tolist(), scores[: d["k"]].astype(float).tolist(), d["info"]
-                )
+            for i, d, vector, (items, scores) in zip(good, batch, vectors, ranked):
+                items, scores = self._complement_slots(d, vector, items[: d["k"]], scores[: d["k"]])
+                results[i] = Result(self.item_ids[items].tolist(), scores.astype(float).tolist(), d["info"])
         for i, d in enumerate(decoded):
             if results[i] is None:  # no known event: popularity within the rules and filters
                 d["info"]["fallback"] = "popularity"

@@ -92,6 +92,8 @@ class ServingOptions:
     max_queue_delay_us: int = 0  # dynamic batching delay (0: batch only what is already waiting)
     threads: int = 1  # ONNX Runtime and FAISS threads per instance
     profile_store: str | None = None  # event store URL that `recommend` reads for requests naming a shopper
+    complement_slots: int = 2  # places of each list for complements of a recent purchase (0: off)
+    complement_window_hours: float = 24.0  # how recent a purchase must be for complement slots
 
     def __post_init__(self):
         if self.kind not in ("KIND_CPU", "KIND_GPU"):
@@ -99,6 +101,11 @@ class ServingOptions:
         for key in ("instances", "max_batch_size", "threads"):
             if int(getattr(self, key)) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)!r}; expected an integer of at least 1.")
+        if int(self.complement_slots) < 0 or float(self.complement_window_hours) < 0:
+            raise ConfigError(
+                f"complement_slots={self.complement_slots!r}, complement_window_hours={self.complement_window_hours!r}; "
+                "expected 0 or more (0 slots turns the rule off)."
+            )
         if self.max_queue_delay_us < 0:
             raise ConfigError(f"max_queue_delay_us={self.max_queue_delay_us}; expected 0 or more.")
 
@@ -136,8 +143,11 @@ def python_model_config(name: str, options: ServingOptions, pipeline: str = "inp
     config.parameters["verify_bundle"].string_value = "true"
     # inprocess: ONNX Runtime inside the python model; bls: the onnxruntime-backend models of the repository
     config.parameters["pipeline"].string_value = pipeline
-    if name == "recommend" and options.profile_store:
-        config.parameters["profile_store"].string_value = options.profile_store
+    if name == "recommend":
+        if options.profile_store:
+            config.parameters["profile_store"].string_value = options.profile_store
+        config.parameters["complement_slots"].string_value = str(int(options.complement_slots))
+        config.parameters["complement_window_hours"].string_value = str(float(options.complement_window_hours))
     return config
 
 

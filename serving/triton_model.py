@@ -85,6 +85,8 @@ class _Base:
             verify=params.get("verify_bundle", "true") == "true",
             remote=_bls if params.get("pipeline", "inprocess") == "bls" else None,
             profile_store=params.get("profile_store") or None,
+            complement_slots=int(params.get("complement_slots", "2")),
+            complement_window_hours=float(params.get("complement_window_hours", "24")),
         )
         self.version = args["model_version"]
 

@@ -25,6 +25,17 @@ from data.errors import ConfigError
 from serving.server import free_port
 
 
+def _terminate(process: subprocess.Popen | None, timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited within `timeout` seconds."""
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class RedisServer:
     """A redis-server with `appendonly yes`, `appendfsync always`, data in `directory`."""
 
@@ -87,13 +98,7 @@ class RedisServer:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        _terminate(self.process)
         self.process = None
 
     def __enter__(self) -> RedisServer:
@@ -151,13 +156,7 @@ class Collector:
             self.process = None
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        _terminate(self.process)
         self.process = None
 
     def __enter__(self) -> Collector:

@@ -310,7 +310,8 @@ class SQLiteStore(EventStore):
             return []
         where = " OR ".join(clauses)
         if purchases_only:
-            where = f"({where}) AND event_type IN ({', '.join('?' * len(PURCHASE_TYPES))})"
+            # `+event_type` keeps SQLite on the identity indexes: the event-type index would walk every purchase.
+            where = f"({where}) AND +event_type IN ({', '.join('?' * len(PURCHASE_TYPES))})"
             params.extend(PURCHASE_TYPES)
         # Anonymous events of other shoppers never match `owns`, so a generous limit keeps enough owned ones.
         rows = self.reader.execute(
@@ -437,6 +438,27 @@ return canonical
 """
 )
 
+# The newest `n` events over several identity keys, in one round trip (the profile read of `recommend`).
+_RECENT_LUA = """
+local p, index, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local found, seen = {}, {}
+for i = 4, #ARGV do
+  local hits = redis.call('ZREVRANGE', p .. index .. ARGV[i], 0, n - 1, 'WITHSCORES')
+  for j = 1, #hits, 2 do
+    local seq = tonumber(hits[j])
+    if not seen[seq] then
+      seen[seq] = true
+      found[#found + 1] = {seq, tonumber(hits[j + 1])}
+    end
+  end
+end
+if #found == 0 then return {} end
+table.sort(found, function(a, b) if a[2] ~= b[2] then return a[2] > b[2] end return a[1] > b[1] end)
+local seqs = {}
+for i = 1, math.min(n, #found) do seqs[i] = found[i][1] end
+return redis.call('HMGET', p .. 'ev', unpack(seqs))
+"""
+
 
 class RedisStore(EventStore):
     """Events in Redis hashes, one sorted set (by event time) per customer, device and session."""
@@ -462,6 +484,7 @@ class RedisStore(EventStore):
             )
         self._append = self.redis.register_script(_APPEND_LUA)
         self._identify = self.redis.register_script(_IDENTIFY_LUA)
+        self._recent = self.redis.register_script(_RECENT_LUA)
 
     def append(self, events: list[dict]) -> AppendResult:
         if not events:
@@ -494,15 +517,16 @@ class RedisStore(EventStore):
         return set(self.redis.smembers(f"{self.prefix}members:{customer}"))
 
     def _candidates(self, keys: IdentityKeys, limit: int, purchases_only: bool) -> list[dict]:
-        index = "pk:" if purchases_only else "k:"
-        pipe = self.redis.pipeline(transaction=False)
-        for kind, values in (("customer", keys.customers), ("device", keys.devices), ("session", keys.sessions)):
-            for value in values:
-                pipe.zrevrange(f"{self.prefix}{index}{kind}:{value}", 0, limit * 4 + 49)
-        seqs = sorted({seq for found in pipe.execute() for seq in found})
-        if not seqs:
+        members = [
+            f"{kind}:{value}"
+            for kind, values in (("customer", keys.customers), ("device", keys.devices), ("session", keys.sessions))
+            for value in sorted(values)
+        ]
+        if not members:
             return []
-        return [self._event(raw) for raw in self.redis.hmget(self.prefix + "ev", seqs) if raw]
+        index = "pk:" if purchases_only else "k:"
+        found = self._recent(args=[self.prefix, index, limit * 4 + 50, *members])
+        return [self._event(raw) for raw in found if raw]
 
     @staticmethod
     def _event(raw: str) -> dict:

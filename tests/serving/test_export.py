@@ -18,7 +18,7 @@ from models.context import CONTEXT_FIELDS
 from models.ranker import Ranker, RankerConfig
 from models.two_tower import TwoTower, TwoTowerConfig, Vocabulary
 from serving.bundle import add_items, load_bundle
-from serving.export import export, validation_queries
+from serving.export import category_complements, export, validation_queries
 from serving.index import build_index, recall_against_exact, set_search_params
 from serving.onnx_models import (
     QUERY_INPUTS,
@@ -33,6 +33,7 @@ from serving.onnx_models import (
 from serving.recommender import Query, Recommender
 from tests.conftest import CONF_DIR, compose_config
 from tests.serving.conftest import SERVING_SHOP, export_config
+from training.train import prepared_data
 
 SIZES = {"event_types": 8, "gap_buckets": 24, "channels": 5, **{name: 9 for name in CONTEXT_FIELDS}}
 
@@ -67,11 +68,17 @@ def test_onnx_query_encoder_equals_torch_on_random_padded_inputs(tmp_path, encod
     assert worst < 1e-5, worst
 
 
-def test_onnx_ranker_equals_torch(tmp_path):
+@pytest.mark.parametrize("cross_rank", [0, 8])
+def test_onnx_ranker_equals_torch(tmp_path, cross_rank):
     torch.manual_seed(0)
-    ranker = Ranker(RankerConfig(), 32, [9] * 7, [5, 11]).eval()
+    ranker = Ranker(RankerConfig(cross_rank=cross_rank), 32, [9] * 7, [5, 11]).eval()
     for layer in ranker.cross:  # not the identity start: exercise the cross layers
-        torch.nn.init.normal_(layer.weight, std=0.1)
+        for part in layer.modules():
+            if isinstance(part, torch.nn.Linear):
+                torch.nn.init.normal_(part.weight, std=0.1)
+    width = ranker.cross[0][0].in_features if cross_rank else ranker.cross[0].in_features
+    weights = sum(p.numel() for p in ranker.cross.parameters())
+    assert weights == 2 * (width * width + width if not cross_rank else 2 * width * cross_rank + width)
     export_ranker(ranker, tmp_path / "r.onnx", 32, [5, 11], [9] * 7)
     session = _session(tmp_path / "r.onnx")
     for B, C in [(3, 50), (1, 7)]:
@@ -172,8 +179,24 @@ def test_manifest_records_what_serving_needs(bundle):
         "item_embeddings.npy",
         "items.parquet",
         "index.faiss",
+        "complements.json",
     }
     assert manifest["index"]["recall@100"] == 1.0 and manifest["ranker"]["num_candidates"] == 50
+
+
+def test_complement_categories_learned_at_export_recover_the_shops_truth(bundle, tmp_path):
+    # The bundle's shop has a strong context effect, which drowns the complement effect out of most
+    # intent shifts; a shop with the default effects shows what the counting recovers.
+    cfg = compose_config("train", ["data=synthetic", "data.num_events=40000", f"artifacts_dir={tmp_path}"])
+    following = category_complements(prepared_data(cfg))["next"]
+    shop = next((tmp_path / "shops").iterdir())
+    truth = json.loads((shop / "truth" / "effects.json").read_text())["complements"]
+    hits = [following[c][0][0] in truth[c] for c in truth if c in following]
+    # After an intent shift, the shop's shoppers move to a complement of the first intent more often than elsewhere.
+    assert len(hits) >= 0.9 * len(truth) and np.mean(hits) >= 0.7, (np.mean(hits), len(hits))
+    stored = json.loads((bundle / "complements.json").read_text())
+    assert stored["method"].startswith("within-session") and stored["next"]
+    assert all(0 < share <= 1 for row in stored["next"].values() for _, share in row)
 
 
 def test_a_bundle_that_does_not_match_its_manifest_is_refused(bundle, tmp_path):

@@ -95,7 +95,7 @@ def test_recommend_by_identity_reads_the_stored_profile_across_devices(platform,
     phone = browse("ph", catalogue["top"][first][:6], T0, "phone-1", "s-phone")
     laptop = browse("lp", catalogue["top"][second][:8], T0 + 30 * MINUTE, "laptop-1", "s-laptop", customer="c-100")
     post(collector, phone + laptop)
-    now = T0 + 40 * MINUTE
+    now = laptop[-1]["event_time"] + 20_000  # still browsing (after a pause of minutes the shop's shoppers switch intent)
     with Client(server.grpc_url) as client:
         before = client.recommend(RecommendRequest(identity="device:phone-1", now=now, k=10))
         assert before.info["profile"] == {
@@ -161,6 +161,12 @@ def test_an_in_store_purchase_is_excluded_from_the_next_recommendations(platform
         after = client.recommend(RecommendRequest(identity="customer:c-200", now=now, k=10))
         assert after.info["profile"]["purchases"] == 1
         assert bought not in after.item_ids
+        # Complements of what was just bought get the last two places (complements.json of the bundle).
+        complements = after.info["complements"]
+        assert complements["after"] == catalogue["category_of"][bought] and len(complements["items"]) >= 1
+        assert all(catalogue["category_of"][i] in complements["categories"] for i in complements["items"])
+        assert set(complements["items"]) <= set(after.item_ids)
+        assert "complements" not in before.info
 
 
 def test_price_band_and_profile_errors(platform, catalogue):
