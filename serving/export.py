@@ -100,8 +100,9 @@ def category_complements(data, top: int = 5) -> dict:
 
     Counted over consecutive views of the same session in the training split (a view and the next one
     in another category; cart and purchase steps repeat earlier views and are left out); for each
-    category, the `top` next categories with their share of its transitions. `recommend` gives complement slots from these after a recent purchase, and the
-    abandoned-cart job orders its suggestions by them.
+    category, the `top` next categories with their share of its transitions. `recommend` keeps
+    complements of a recent purchase in its lists from these, and the abandoned-cart job orders its
+    suggestions by them.
     """
     from training.datamodule import read_split
 
@@ -119,10 +120,11 @@ def category_complements(data, top: int = 5) -> dict:
     starts[split.offsets[:-1]] = True
     same_session = np.cumsum(starts)[position[1:]] == np.cumsum(starts)[position[:-1]]
     step = np.flatnonzero(same_session & (category[1:] != category[:-1]) & (category[1:] != "") & (category[:-1] != ""))
+    names, codes = np.unique(category, return_inverse=True)
+    pair_codes, counts = np.unique(codes[step] * len(names) + codes[step + 1], return_counts=True)
     pairs: dict[str, dict[str, int]] = {}
-    for before, after in zip(category[step].tolist(), category[step + 1].tolist()):
-        row = pairs.setdefault(before, {})
-        row[after] = row.get(after, 0) + 1
+    for pair, count in zip(pair_codes.tolist(), counts.tolist()):
+        pairs.setdefault(str(names[pair // len(names)]), {})[str(names[pair % len(names)])] = count
     following = {}
     for before, row in pairs.items():
         total = sum(row.values())

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 PURCHASE_TYPES = ("purchase", "store_purchase")
 MAX_K = 100
+COMPLEMENT_POOL = 200  # most-trained items per complement category the complement rule scores
 
 
 class RequestError(IntentrecError):
@@ -102,9 +103,9 @@ class Recommender:
         """`remote`: optional `run(model_name, feed) -> output` that runs `query_encoder` and `ranker`
         elsewhere (Triton BLS calls in the production repository); by default ONNX Runtime runs them here.
         `profile_store`: an `EventStore` or its URL (opened read-only on first use) for `Query.identity`.
-        `complement_slots`: after a purchase (web or store) in the last `complement_window_hours`, that many
-        of the last places of each list go to the best items of the purchased item's complement categories
-        (`complements.json` of the bundle); 0 turns the rule off."""
+        `complement_slots`: after a purchase (web or store) in the last `complement_window_hours`, each
+        list holds at least that many items of the purchased item's complement categories
+        (`complements.json` of the bundle), placed last when the model ranked fewer; 0 turns the rule off."""
         import faiss
         import onnxruntime as ort
 
@@ -142,6 +143,10 @@ class Recommender:
             self.category_items.setdefault(category, []).append(idx)
         self.category_items = {c: np.asarray(v) for c, v in self.category_items.items()}
         counts = self.bundle.padded("train_count").astype(np.float64)
+        # The complement rule's pools: each category's most-trained items.
+        self.complement_pools = {
+            c: v[np.argsort(-counts[v], kind="stable")[:COMPLEMENT_POOL]] for c, v in self.category_items.items()
+        }
         self.popular = np.argsort(-counts[1:], kind="stable") + 1
         self.popularity = counts
         self.feature_codes = self.bundle.feature_codes()
@@ -412,23 +417,24 @@ class Recommender:
     def _complement_slots(
         self, d: dict, query: np.ndarray, items: np.ndarray, scores: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """After a recent purchase, the last `complement_slots` places go to its complement categories.
+        """After a recent purchase, the list holds at least `complement_slots` items of its complement categories.
 
         The complements are the purchased category's most frequent next categories in training
-        sessions; within them (and within the request's filters and rules) items are taken in
-        retrieval-score order. A complement already in the list keeps its place and uses up a slot.
+        sessions. Complements the model ranked keep their places and count; the missing ones replace
+        the lowest-ranked other items, taken in retrieval-score order from the most-trained items of
+        those categories (`COMPLEMENT_POOL` each) within the request's filters and rules.
         """
         slots = min(self.complement_slots, len(items))
         targets = self.complements.get(d["complement_of"] or "", [])
         if not slots or not targets:
             return items, scores
-        pool = self.complement_pool(targets)
+        already = np.isin(self.categories[items], targets)
+        needed = slots - int(already.sum())
+        placed = 0
+        pool = self.complement_pool(targets) if needed > 0 else np.zeros(0, dtype=np.int64)
         if d["allowed"] is not None:
             pool = pool[np.isin(pool, d["allowed"])]
-        already = np.isin(items, pool)
-        needed = slots - int(already.sum())
         pool = pool[~np.isin(pool, d["excluded"]) & ~np.isin(pool, items)]
-        placed = 0
         if needed > 0 and len(pool):
             retrieval = self.embeddings[pool] @ query * self.scale
             best = pool[np.argsort(-retrieval, kind="stable")[:needed]]
@@ -443,14 +449,14 @@ class Recommender:
         d["info"]["complements"] = {
             "after": d["complement_of"],
             "categories": targets,
-            "items": self.item_ids[items[np.isin(items, self.complement_pool(targets))]].tolist(),
+            "items": self.item_ids[items[np.isin(self.categories[items], targets)]].tolist(),
             "placed": placed,
         }
         return items, scores
 
     def complement_pool(self, categories: list[str]) -> np.ndarray:
-        """Item indices of `categories`."""
-        found = [self.category_items[c] for c in categories if c in self.category_items]
+        """Item indices of `categories`: the `COMPLEMENT_POOL` most-trained items of each."""
+        found = [self.complement_pools[c] for c in categories if c in self.complement_pools]
         return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
     def _popular(self, d: dict) -> tuple[np.ndarray, np.ndarray]:
