@@ -89,6 +89,11 @@ def test_onnx_ranker_equals_torch(tmp_path, cross_rank):
         assert np.abs(got - expected).max() < 1e-5
 
 
+def test_a_negative_cross_rank_is_refused_naming_the_key():
+    with pytest.raises(ValueError, match=r"ranker.cross_rank=-1; expected 0 \(full cross matrices\) or a rank > 0"):
+        Ranker(RankerConfig(cross_rank=-1), 32, [9] * 7, [5, 11])
+
+
 def test_serving_decodes_requests_exactly_as_training_prepared_them(serving_run, bundle):
     """Raw requests rebuilt from the test split give the checkpoint's own queries (gaps, sessions, context, past)."""
     from training.datamodule import PreparedData, evaluation_examples, read_split
