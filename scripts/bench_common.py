@@ -6,6 +6,7 @@ import importlib
 import json
 import os
 import platform
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -64,3 +65,16 @@ def scaled_vectors(real, num_items: int, noise: float, rng):
     copies, base = noisy_copies(real, max(0, num_items - len(real)), noise, rng)
     vectors = np.concatenate([real.astype(np.float32), copies])[:num_items]
     return np.ascontiguousarray(vectors), np.concatenate([np.arange(len(real)), base])[:num_items]
+
+
+def round_trips(client, request, calls: int = 200, warmup: int = 20) -> tuple[float, float]:
+    """(p50, p99) milliseconds of `calls` sequential `client.recommend(request)` calls after `warmup` calls."""
+    for _ in range(warmup):
+        client.recommend(request)
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        client.recommend(request)
+        times.append((time.perf_counter() - started) * 1000)
+    times.sort()
+    return statistics.median(times), times[int(0.99 * len(times)) - 1]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -26,6 +25,9 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from bench_common import round_trips  # noqa: E402
 
 from serving.abandoned_carts import abandoned_cart_messages  # noqa: E402
 from serving.batch import campaign  # noqa: E402
@@ -39,18 +41,6 @@ from serving.repository import ServingOptions, build  # noqa: E402
 from serving.server import TritonServer  # noqa: E402
 
 MINUTE = 60_000
-
-
-def round_trips(client, request, calls: int = 200) -> tuple[float, float]:
-    """(p50, p99) milliseconds of `calls` sequential `recommend` calls, after 20 warm-up calls."""
-    times = []
-    for n in range(calls + 20):
-        started = time.perf_counter()
-        client.recommend(request)
-        if n >= 20:
-            times.append((time.perf_counter() - started) * 1000)
-    times.sort()
-    return statistics.median(times), times[int(0.99 * (len(times) - 1))]
 
 
 def main() -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from collections import Counter
@@ -21,6 +20,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from bench_common import round_trips  # noqa: E402
 
 from serving.bundle import load_bundle  # noqa: E402
 from serving.client import Client, RecommendRequest  # noqa: E402
@@ -113,17 +115,10 @@ def main() -> int:
             print(f"  like {top['cameras'][0]} ({'cameras'}): {[(i, category_of[i]) for i in reply.item_ids]}")
 
             request = RecommendRequest(item_ids=views + top[new][:2], timestamps=times, now=times[5] + 30_000, k=20)
-            for _ in range(20):
-                client.recommend(request)
-            latencies = []
-            for _ in range(200):
-                start = time.perf_counter()
-                client.recommend(request)
-                latencies.append((time.perf_counter() - start) * 1000)
-            latencies.sort()
+            p50, p99 = round_trips(client, request)
             print(
-                f"\n[serving] recommend round trip over gRPC, k=20, 200 sequential calls: p50 {statistics.median(latencies):.2f} ms, "
-                f"p99 {latencies[int(0.99 * len(latencies)) - 1]:.2f} ms ({bundle.num_items:,} items)"
+                f"\n[serving] recommend round trip over gRPC, k=20, 200 sequential calls: p50 {p50:.2f} ms, "
+                f"p99 {p99:.2f} ms ({bundle.num_items:,} items)"
             )
     print("[serving] tritonserver stopped")
     return 0

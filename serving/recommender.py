@@ -439,13 +439,13 @@ class Recommender:
             retrieval = self.embeddings[pool] @ query * self.scale
             best = pool[np.argsort(-retrieval, kind="stable")[:needed]]
             # Replace the lowest-ranked items that are not complements already.
-            replace_at = sorted([p for p in range(len(items) - 1, -1, -1) if not already[p]][: len(best)])
-            items, scores = items.copy(), scores.astype(np.float64).copy()
-            floor = scores[replace_at[0]] if replace_at else 0.0
-            for n, position in enumerate(replace_at):
-                items[position] = best[n]
-                scores[position] = floor - 1e-3 * (n + 1)  # below the items they follow, in retrieval order
+            replace_at = np.flatnonzero(~already)[::-1][: len(best)][::-1]
             placed = len(replace_at)
+            items, scores = items.copy(), scores.astype(np.float64).copy()
+            if placed:
+                # Below the items they follow, in retrieval order.
+                scores[replace_at] = scores[replace_at[0]] - 1e-3 * np.arange(1, placed + 1)
+                items[replace_at] = best[:placed]
         d["info"]["complements"] = {
             "after": d["complement_of"],
             "categories": targets,

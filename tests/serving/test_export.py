@@ -297,6 +297,38 @@ def test_add_items_command_line_refuses_known_ids_with_exit_status_2(bundle, tmp
     assert out.returncode == 2 and f"item_id={str(known)!r} is already in the catalogue" in out.stderr
 
 
+def test_a_recent_purchase_keeps_complements_in_the_list_an_old_one_does_not(bundle):
+    recommender = Recommender(bundle, complement_slots=3, complement_window_hours=24)
+    category_of, top = recommender.bundle.items_by_category()
+    bought = next(items[0] for category, items in sorted(top.items()) if recommender.complements.get(category))
+    complements = recommender.complements[category_of[bought]]
+    views = top[category_of[bought]][1:5]
+    now = 1_772_000_000_000
+    hour = 3_600_000
+
+    def ask(purchase_age_ms):
+        times = [now - purchase_age_ms - 60_000 * (len(views) - n) for n in range(len(views))]
+        return recommender.recommend(
+            [
+                Query(
+                    item_ids=[*views, bought],
+                    event_types=["view"] * len(views) + ["purchase"],
+                    timestamps=[*times, now - purchase_age_ms],
+                    now=now,
+                    k=10,
+                )
+            ]
+        )[0]
+
+    recent, old = ask(hour), ask(25 * hour)
+    assert "complements" not in old.info
+    info = recent.info["complements"]
+    assert info["after"] == category_of[bought] and info["categories"] == complements
+    in_list = [i for i in recent.item_ids if category_of[i] in complements]
+    assert len(in_list) >= 3 and info["items"] == in_list
+    assert bought not in recent.item_ids and recent.scores == sorted(recent.scores, reverse=True)
+
+
 def test_request_errors_name_the_input_and_what_is_expected(bundle, tmp_path):
     from serving.recommender import RequestError
     from serving.repository import add_version, build

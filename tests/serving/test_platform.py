@@ -95,7 +95,8 @@ def test_recommend_by_identity_reads_the_stored_profile_across_devices(platform,
     phone = browse("ph", catalogue["top"][first][:6], T0, "phone-1", "s-phone")
     laptop = browse("lp", catalogue["top"][second][:8], T0 + 30 * MINUTE, "laptop-1", "s-laptop", customer="c-100")
     post(collector, phone + laptop)
-    now = laptop[-1]["event_time"] + 20_000  # still browsing (after a pause of minutes the shop's shoppers switch intent)
+    # Still browsing: after a pause of minutes the shop's shoppers switch intent.
+    now = laptop[-1]["event_time"] + 20_000
     with Client(server.grpc_url) as client:
         before = client.recommend(RecommendRequest(identity="device:phone-1", now=now, k=10))
         assert before.info["profile"] == {

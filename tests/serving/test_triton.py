@@ -85,6 +85,10 @@ def test_serving_options_come_from_the_config_file_with_flags_on_top(tmp_path):
     (tmp_path / "zero.yaml").write_text("instances: 0\n")
     with pytest.raises(ConfigError, match=r"instances=0; expected an integer of at least 1"):
         serving_options(tmp_path / "zero.yaml")
+    assert (defaults.complement_slots, defaults.complement_window_hours) == (2, 24.0)
+    (tmp_path / "negative.yaml").write_text("complement_slots: -1\n")
+    with pytest.raises(ConfigError, match=r"complement_slots=-1, complement_window_hours=24.0; expected 0 or more"):
+        serving_options(tmp_path / "negative.yaml")
 
 
 def test_server_listens_on_loopback_only(server):
