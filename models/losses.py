@@ -20,14 +20,36 @@ from torch.nn import functional as F
 LOSSES = ("full", "sampled", "gbce")
 
 
-def full_softmax(queries: torch.Tensor, targets: torch.Tensor, all_items: torch.Tensor, scale: float) -> torch.Tensor:
+def full_softmax(
+    queries: torch.Tensor,
+    targets: torch.Tensor,
+    all_items: torch.Tensor,
+    scale: float,
+    seen: torch.Tensor | None = None,
+) -> torch.Tensor:
     """queries (M, D), targets (M,) in 1..N, all_items (N + 1, D) with row 0 the padding -> mean CE.
 
     The padding row is left out of the logits (rather than set to -inf in place, which costs a copy
-    of the (M, N) matrix in autograd).
+    of the (M, N) matrix in autograd). `seen` (M, S) item ids (0 = none): items of each target's
+    history taken out of its softmax, as `evaluate.exclude_seen` takes them out of the ranking; the
+    target itself is never taken out. This costs one copy of the logits.
     """
     logits = queries @ all_items[1:].T * scale  # (M, N)
+    if seen is not None:
+        drop = (seen > 0) & (seen != targets.unsqueeze(1))
+        rows = torch.arange(len(seen), device=seen.device).unsqueeze(1).expand_as(seen)
+        mask = torch.zeros_like(logits, dtype=torch.bool)
+        mask[rows[drop], seen[drop] - 1] = True
+        logits = logits.masked_fill(mask, float("-inf"))
     return F.cross_entropy(logits, targets - 1)
+
+
+def causal_history(item_ids: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+    """item_ids (B, T), target_mask (B, T) -> (M, T): for each target position t, the steps <= t (0 after)."""
+    T = item_ids.shape[1]
+    upto = torch.ones(T, T, dtype=torch.bool, device=item_ids.device).tril()  # [t, s]: s <= t
+    history = item_ids.unsqueeze(1).expand(-1, T, -1) * upto  # (B, T, T)
+    return history[target_mask]
 
 
 class SampledSoftmax:

@@ -1,7 +1,8 @@
 """Benchmark: intentrec against RecBole (SASRec, GRU4Rec) on identical splits, quality and training speed in one run.
 
     python scripts/bench_recbole.py                                    # diginetica and yoochoose, both libraries
-    python scripts/bench_recbole.py --datasets amazon_video_games --epochs 10 --recbole-models SASRec
+    python scripts/bench_recbole.py --datasets amazon_video_games --exclude-seen --recbole-models SASRec \
+        --intentrec-models transformer@loss.exclude_seen=true
     python scripts/bench_recbole.py --intentrec-models transformer transformer@data.bucket_by_length=true
 
 RecBole 1.2.1 is a benchmark-only dependency: it is installed in its own venv (`--venv`, default
@@ -18,7 +19,8 @@ breaks its token remapping), setuptools<81 and TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=
    early stopping after `--patience` validations without gain on NDCG@10. RecBole runs at its
    default lr 1e-3, intentrec at its defaults (lr 3e-3, length-bucketed batches) unless a variant
    overrides them (`transformer@optim.lr=0.001`).
-3. Both rank the full catalogue without masking the history. Reported: HR@10, NDCG@10, MRR@10,
+3. Both rank the full catalogue, without masking the history unless `--exclude-seen` (then both
+   mask it: intentrec's `evaluate.exclude_seen=true`, RecBole's scores of the history set to -inf). Reported: HR@10, NDCG@10, MRR@10,
    HR@20, NDCG@20 on test (best validation checkpoint), training targets per second, seconds per
    epoch and training seconds to reach RecBole SASRec's best validation NDCG@10, with ratios.
 
@@ -104,6 +106,7 @@ def run_recbole(python: Path, export_dir: Path, name: str, model: str, args, out
         str(args.max_len),
         "--out",
         str(out),
+        *(["--exclude-seen"] if args.exclude_seen else []),
     ]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     print(f"[recbole] {name} {model}", flush=True)
@@ -144,6 +147,7 @@ def run_intentrec(name: str, variant: str, args, run_dir: Path) -> dict:
         "ranker.enabled=false",
         "trainer.enable_progress_bar=false",
         f"run_dir={run_dir}",
+        f"evaluate.exclude_seen={str(args.exclude_seen).lower()}",
         *args.intentrec_overrides,
         *[o for o in extra.split(",") if o],
     ]
@@ -222,6 +226,11 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--max-len", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--exclude-seen",
+        action="store_true",
+        help="both libraries rank without the query's history items (Amazon, where no shopper repeats an item)",
+    )
     parser.add_argument("--venv", type=Path, default=REPO / "artifacts" / "recbole" / "venv")
     parser.add_argument("--work", type=Path, default=REPO / "artifacts" / "recbole" / "runs")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "recbole.jsonl")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shutil
 import statistics
 import sys
@@ -204,6 +205,33 @@ async def run_level(url, protocol, model, pool, ids, concurrency, max_requests, 
     }
 
 
+def model_stats(http_url: str, model: str) -> dict:
+    """Triton's cumulative statistics of `model` (all versions): counts and nanoseconds."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{http_url}/v2/models/{model}/stats", timeout=10) as reply:
+        stats = json.load(reply)["model_stats"]
+    out = {"executions": 0, "inferences": 0, "success": 0, "queue_ns": 0, "infer_ns": 0}
+    for version in stats:
+        out["executions"] += int(version.get("execution_count", 0))
+        out["inferences"] += int(version.get("inference_count", 0))
+        inference = version.get("inference_stats", {})
+        out["success"] += int(inference.get("success", {}).get("count", 0))
+        out["queue_ns"] += int(inference.get("queue", {}).get("ns", 0))
+        out["infer_ns"] += int(inference.get("compute_infer", {}).get("ns", 0))
+    return out
+
+
+def stats_delta(before: dict, after: dict) -> dict:
+    """Server-side view of one level: rows per execute call (dynamic batching) and mean queue / compute time."""
+    d = {key: after[key] - before[key] for key in before}
+    return {
+        "server_rows_per_execute": round(d["inferences"] / d["executions"], 2) if d["executions"] else None,
+        "server_queue_ms": round(d["queue_ns"] / d["success"] / 1e6, 3) if d["success"] else None,
+        "server_compute_ms": round(d["infer_ns"] / d["success"] / 1e6, 3) if d["success"] else None,
+    }
+
+
 class PeakMemory:
     """Samples RSS of the server process tree every 0.2 s."""
 
@@ -290,6 +318,7 @@ def main() -> None:
                     for c in args.concurrency
                 ]
                 for model, concurrency, client in levels:
+                    before = model_stats(server.http_url, model)
                     result = asyncio.run(
                         run_level(
                             url,
@@ -315,12 +344,14 @@ def main() -> None:
                         "index": index_info,
                         "server_ready_seconds": round(load_s, 2),
                         **result,
+                        **stats_delta(before, model_stats(server.http_url, model)),
                     }
                     rows.append(row)
                     print(
                         f"{num_items:>9,} {protocol:4} {client:3} {model:13} c={concurrency:<3} {row['throughput_rps']:>7.0f} req/s  "
                         f"p50 {row['p50_ms']:6.2f}  p95 {row['p95_ms']:6.2f}  p99 {row['p99_ms']:6.2f} ms  "
-                        f"errors {row['errors']}",
+                        f"errors {row['errors']}  server: {row['server_rows_per_execute']} rows/execute, "
+                        f"queue {row['server_queue_ms']} ms, compute {row['server_compute_ms']} ms",
                         flush=True,
                     )
             peak = memory.close()

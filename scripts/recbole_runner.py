@@ -42,6 +42,11 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=0.001)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument(
+        "--exclude-seen",
+        action="store_true",
+        help="items of the target's history cannot be recommended (intentrec's evaluate.exclude_seen=true)",
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -99,6 +104,16 @@ def main() -> int:
     train_data, valid_data, test_data = data_preparation(config, dataset)
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     trainer = Trainer(config, model)
+    if args.exclude_seen:
+        # Same protocol as intentrec's evaluate.exclude_seen: every item of the query's history scores -inf.
+        predict = model.full_sort_predict
+
+        def full_sort_predict_unseen(interaction):
+            scores = predict(interaction)
+            history = interaction[model.ITEM_SEQ]
+            return scores.scatter(1, history, float("-inf")) if history.numel() else scores
+
+        model.full_sort_predict = full_sort_predict_unseen
 
     epochs: list[dict] = []
     state = {"train_seconds": 0.0}

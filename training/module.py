@@ -9,7 +9,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from models.losses import GBCE, SampledSoftmax, full_softmax
+from models.losses import GBCE, SampledSoftmax, causal_history, full_softmax
 from models.two_tower import TwoTower, TwoTowerConfig, Vocabulary
 from training.metrics import RankingAccumulator, make_accumulator, mask_scores
 
@@ -79,6 +79,12 @@ class RetrievalTask(pl.LightningModule):
             self.gbce = GBCE(self.vocab.num_items, int(loss.get("num_negatives", 256)), float(loss.get("gbce_t", 0.75)))
         elif name != "full":
             raise ValueError(f"loss.name={name!r}; expected one of ['auto', 'full', 'sampled', 'gbce'].")
+        self.loss_exclude_seen = bool(loss.get("exclude_seen", False))
+        if self.loss_exclude_seen and name != "full":
+            raise ValueError(
+                f"loss.exclude_seen=true works with the full softmax only; loss.name resolved to {name!r}. "
+                "Set loss.name=full or loss.exclude_seen=false."
+            )
         return name
 
     # --- training ---------------------------------------------------------------------------
@@ -92,7 +98,8 @@ class RetrievalTask(pl.LightningModule):
         queries, targets = states[mask], batch["targets"][mask]  # (M, D), (M,)
         scale = self.model.logit_scale()
         if self.loss_name == "full":
-            loss = full_softmax(queries, targets, self.model.item_embeddings(), scale)
+            seen = causal_history(batch["item_ids"], mask) if self.loss_exclude_seen else None
+            loss = full_softmax(queries, targets, self.model.item_embeddings(), scale, seen)
         elif self.loss_name == "sampled":
             loss = self.sampled(queries, targets, self.model.item_embeddings, scale)
         else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.losses import GBCE, SampledSoftmax, full_softmax
+from models.losses import GBCE, SampledSoftmax, causal_history, full_softmax
 from models.two_tower import TwoTower, TwoTowerConfig, Vocabulary
 
 NUM_ITEMS = 30
@@ -148,6 +148,24 @@ def test_full_softmax_never_predicts_padding():
     logits = queries @ items.T
     logits[:, 0] = float("-inf")
     assert loss == pytest.approx(torch.nn.functional.cross_entropy(logits, torch.tensor([1, 2, 3, 4])).item())
+
+
+def test_full_softmax_can_take_the_history_out_of_the_negatives():
+    item_ids = torch.tensor([[3, 5, 2, 0], [4, 4, 0, 0]])
+    targets = torch.tensor([[5, 2, 1, 0], [4, 6, 0, 0]])  # row 1 repeats item 4: a target is never dropped
+    mask = targets > 0
+    seen = causal_history(item_ids, mask)
+    assert seen.tolist() == [[3, 0, 0, 0], [3, 5, 0, 0], [3, 5, 2, 0], [4, 0, 0, 0], [4, 4, 0, 0]]
+    queries = torch.randn(5, 8)
+    items = torch.randn(NUM_ITEMS + 1, 8)
+    loss = full_softmax(queries, targets[mask], items, 1.0, seen)
+    logits = queries @ items.T
+    logits[:, 0] = float("-inf")
+    for row, drop in enumerate([[3], [3, 5], [3, 5, 2], [], [4]]):
+        logits[row, drop] = float("-inf")
+    expected = torch.nn.functional.cross_entropy(logits, targets[mask])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert loss.item() < full_softmax(queries, targets[mask], items, 1.0).item()
 
 
 def test_bad_model_config_names_the_key():

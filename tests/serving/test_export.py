@@ -30,7 +30,7 @@ from serving.onnx_models import (
     export_query_encoder,
     export_ranker,
 )
-from serving.recommender import Query, Recommender
+from serving.recommender import Query, Recommender, member
 from tests.conftest import CONF_DIR, compose_config
 from tests.serving.conftest import SERVING_SHOP, export_config
 from training.train import prepared_data
@@ -347,3 +347,12 @@ def test_request_errors_name_the_input_and_what_is_expected(bundle, tmp_path):
     repository = build(bundle, tmp_path / "repository")
     with pytest.raises(ConfigError, match=r"recommend/1 exists; versions are never overwritten"):
         add_version(repository, bundle, 1)
+
+
+def test_member_agrees_with_isin_for_short_and_long_pools():
+    rng = np.random.default_rng(0)
+    for size in (0, 1, 5, 32, 33, 200):
+        values = rng.integers(0, 60, size=(7, 11))
+        pool = rng.integers(0, 60, size=size)
+        assert np.array_equal(member(values, pool), np.isin(values, pool)), size
+    assert member(np.zeros(0, np.int64), [1, 2]).shape == (0,)

@@ -272,6 +272,10 @@ def test_training_prepares_again_when_the_prepared_data_is_from_an_older_version
             r"model\.context='sideways'; expected one of \['none', 'concat', 'latent_cross'\]",
         ),
         (["model.similarity=l2"], r"model\.similarity='l2'; expected one of \['dot', 'cosine'\]"),
+        (
+            ["loss.name=gbce", "loss.exclude_seen=true"],
+            r"loss\.exclude_seen=true works with the full softmax only; loss\.name resolved to 'gbce'",
+        ),
         (["logger.kind=wandb"], r"logger\.kind='wandb'; expected csv or tensorboard"),
         (
             ["model=popularity", "model.baseline=random"],
