@@ -155,15 +155,14 @@ class Recommender:
         following = json.loads(complements_path.read_text())["next"] if complements_path.is_file() else {}
         # The purchased category's top 3 next categories (shares of at least 5%).
         self.complements = {c: [n for n, share in rows[:3] if share >= 0.05] for c, rows in following.items()}
-        self.category_items = {}
-        for idx, category in enumerate(self.categories[1:], start=1):
-            self.category_items.setdefault(category, []).append(idx)
-        self.category_items = {c: np.asarray(v) for c, v in self.category_items.items()}
-        # Integer category codes per item index (0: padding / no category) for the rules' comparisons.
-        self.category_code = {c: code for code, c in enumerate(sorted(self.category_items), start=1)}
-        self.item_category = np.zeros(len(self.categories), dtype=np.int64)
-        for category, members in self.category_items.items():
-            self.item_category[members] = self.category_code[category]
+        # Integer category codes per item index (1.., sorted by name; 0: padding) for the rules'
+        # comparisons, and each category's item indexes (ascending), without a loop over items.
+        names, inverse = np.unique(self.categories[1:], return_inverse=True)
+        self.category_code = {c: code for code, c in enumerate(names.tolist(), start=1)}
+        self.item_category = np.concatenate([[0], inverse + 1]).astype(np.int64)
+        grouped = np.argsort(inverse, kind="stable") + 1
+        bounds = np.cumsum(np.bincount(inverse, minlength=len(names)))[:-1]
+        self.category_items = dict(zip(names.tolist(), np.split(grouped, bounds)))
         self.complement_codes = {
             c: np.asarray([self.category_code[n] for n in nexts if n in self.category_code], dtype=np.int64)
             for c, nexts in self.complements.items()
@@ -282,11 +281,10 @@ class Recommender:
         info["unknown_items"] += int((past == 0).sum())
         # Purchases among events too old for the window join the past purchases (as in training).
         dropped = slice(0, max(0, len(idx) - self.max_seq_len))
-        purchase_codes = self.purchase_codes
-        old_purchases = idx[dropped][member(event_codes[dropped], purchase_codes)]
+        old_purchases = idx[dropped][member(event_codes[dropped], self.purchase_codes)]
         past = np.concatenate([past[past > 0], old_purchases])[-self.past :]
         # Business-rule sets over all known events (not only the kept window).
-        purchased_at = np.flatnonzero(member(event_codes, purchase_codes))
+        purchased_at = np.flatnonzero(member(event_codes, self.purchase_codes))
         bought = set(idx[purchased_at].tolist()) | set(past.tolist())
         complement_of = None
         if (
