@@ -121,13 +121,25 @@ def requests_pool(bundle_dir: Path, count: int, seed: int):
     return pool, ids
 
 
-def check_raw_reply(payload: bytes, model: str) -> None:
-    """Parse one raw reply and check it carries the model's outputs (a sample of replies is checked)."""
+def check_raw_reply(payload: bytes, model: str) -> dict:
+    """Parse one raw reply, check it carries the model's outputs (a sample of replies is checked),
+    and return its info (with the model's own `server_ms`)."""
     from serving.client import GrpcReply
 
     reply = GrpcReply(payload)
     if reply.model_name != model or reply.as_numpy("item_ids") is None or reply.as_numpy("scores") is None:
         raise RuntimeError(f"unexpected reply from {model}: outputs {sorted(reply.arrays)}")
+    return json.loads(reply.as_numpy("info")[0, 0])
+
+
+def model_timing(samples: list[dict]) -> dict:
+    """Medians of the `server_ms` the Triton model reports in sampled replies: its own milliseconds
+    per execute call reading requests (parse), in each pipeline stage, and in all (total)."""
+    keys = sorted({key for sample in samples for key in sample})
+    return {
+        f"model_{key}_ms" if key != "rows" else "model_rows": statistics.median(s[key] for s in samples if key in s)
+        for key in keys
+    }
 
 
 async def run_level(url, protocol, model, pool, ids, concurrency, max_requests, max_seconds, warmup, client="sdk"):
@@ -135,7 +147,7 @@ async def run_level(url, protocol, model, pool, ids, concurrency, max_requests, 
     client=raw (gRPC only): requests serialized in advance, replies parsed 1 in 50 (perf_analyzer's way)."""
     from serving.client import AsyncClient, infer_request_bytes, recommend_arrays, similar_arrays
 
-    latencies, errors = [], []
+    latencies, errors, timings = [], [], []
     sent = [0]
     if client == "raw":
         import grpc
@@ -154,7 +166,7 @@ async def run_level(url, protocol, model, pool, ids, concurrency, max_requests, 
         async def call_raw(i):
             reply = await infer(payloads[i % len(payloads)], timeout=30)
             if i % 50 == 0:
-                check_raw_reply(reply, model)
+                timings.append(check_raw_reply(reply, model).get("server_ms", {}))
 
         context = channel
     else:
@@ -163,9 +175,11 @@ async def run_level(url, protocol, model, pool, ids, concurrency, max_requests, 
 
         async def call_sdk(i):
             if model == "recommend":
-                await sdk.recommend(pool[i % len(pool)])
+                reply = await sdk.recommend(pool[i % len(pool)])
             else:
-                await sdk.similar_items([ids[(i * 7919) % len(ids)]], 20)
+                reply = await sdk.similar_items([ids[(i * 7919) % len(ids)]], 20)
+            if i % 50 == 0:
+                timings.append(reply.info.get("server_ms", {}))
 
         call = call_raw if client == "raw" else call_sdk
         for i in range(warmup):
@@ -202,6 +216,35 @@ async def run_level(url, protocol, model, pool, ids, concurrency, max_requests, 
         "p95_ms": pct(95),
         "p99_ms": pct(99),
         "mean_ms": statistics.fmean(lat) if lat else float("nan"),
+        **model_timing(timings),
+    }
+
+
+def inprocess_level(bundle_dir: Path, pool, count: int, warmup: int) -> dict:
+    """The same `recommend` requests answered in this process by serving.recommender (1 thread, one
+    request per call, no Triton): the floor the server's latency is compared with, stage by stage."""
+    import gc
+
+    from serving.recommender import Recommender
+
+    recommender = Recommender(bundle_dir, threads=1, verify=False)
+    latencies, stages = [], []
+    for i in range(warmup + count):
+        start = time.perf_counter()
+        recommender.recommend([pool[i % len(pool)]])
+        if i >= warmup:
+            latencies.append((time.perf_counter() - start) * 1000)
+            stages.append(dict(recommender.timing))
+    del recommender
+    gc.collect()
+    lat = sorted(latencies)
+    return {
+        "benchmark": "serving_inprocess",
+        "model": "recommend",
+        "requests": len(lat),
+        "p50_ms": statistics.median(lat),
+        "p99_ms": lat[min(len(lat) - 1, int(np.ceil(0.99 * len(lat))) - 1)],
+        **{f"stage_{key}_ms": statistics.median(s[key] for s in stages) for key in stages[0]},
     }
 
 
@@ -211,14 +254,16 @@ def model_stats(http_url: str, model: str) -> dict:
 
     with urllib.request.urlopen(f"http://{http_url}/v2/models/{model}/stats", timeout=10) as reply:
         stats = json.load(reply)["model_stats"]
-    out = {"executions": 0, "inferences": 0, "success": 0, "queue_ns": 0, "infer_ns": 0}
+    out = {"executions": 0, "inferences": 0, "success": 0, "queue_ns": 0, "input_ns": 0, "infer_ns": 0, "output_ns": 0}
     for version in stats:
         out["executions"] += int(version.get("execution_count", 0))
         out["inferences"] += int(version.get("inference_count", 0))
         inference = version.get("inference_stats", {})
         out["success"] += int(inference.get("success", {}).get("count", 0))
         out["queue_ns"] += int(inference.get("queue", {}).get("ns", 0))
+        out["input_ns"] += int(inference.get("compute_input", {}).get("ns", 0))
         out["infer_ns"] += int(inference.get("compute_infer", {}).get("ns", 0))
+        out["output_ns"] += int(inference.get("compute_output", {}).get("ns", 0))
     return out
 
 
@@ -229,6 +274,8 @@ def stats_delta(before: dict, after: dict) -> dict:
         "server_rows_per_execute": round(d["inferences"] / d["executions"], 2) if d["executions"] else None,
         "server_queue_ms": round(d["queue_ns"] / d["success"] / 1e6, 3) if d["success"] else None,
         "server_compute_ms": round(d["infer_ns"] / d["success"] / 1e6, 3) if d["success"] else None,
+        "server_input_ms": round(d["input_ns"] / d["success"] / 1e6, 3) if d["success"] else None,
+        "server_output_ms": round(d["output_ns"] / d["success"] / 1e6, 3) if d["success"] else None,
     }
 
 
@@ -283,6 +330,12 @@ def main() -> None:
     parser.add_argument("--flat-max", type=int, default=100_000)
     parser.add_argument("--ann", default="IVF{nlist},Flat")
     parser.add_argument("--nprobe", type=int, default=32)
+    parser.add_argument(
+        "--inprocess",
+        type=int,
+        default=500,
+        help="requests answered in process (no Triton) per catalogue first, for comparison; 0 skips",
+    )
     parser.add_argument("--work", type=Path, default=REPO / "artifacts" / "bench_serving")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serving.jsonl")
     args = parser.parse_args()
@@ -303,6 +356,15 @@ def main() -> None:
         )
         print(f"[bench]   index {index_info}", flush=True)
         pool, ids = requests_pool(bundle_dir, 500, 1)
+        if args.inprocess and "recommend" in args.models:
+            row = {**inprocess_level(bundle_dir, pool, args.inprocess, args.warmup), "num_items": num_items, "k": 20}
+            rows.append(row)
+            stages = ", ".join(f"{k[6:-3]} {v:.3f}" for k, v in row.items() if k.startswith("stage_"))
+            print(
+                f"{num_items:>9,} in-process    recommend     c=1   p50 {row['p50_ms']:6.2f}  p99 {row['p99_ms']:6.2f} ms  "
+                f"stages (ms): {stages}",
+                flush=True,
+            )
         repository = build(bundle_dir, args.work / f"repository_{num_items}", ServingOptions(instances=args.instances))
         started = time.perf_counter()
         with TritonServer(repository, None, None, None, log_file=args.work / f"server_{num_items}.log") as server:
@@ -351,12 +413,13 @@ def main() -> None:
                         f"{num_items:>9,} {protocol:4} {client:3} {model:13} c={concurrency:<3} {row['throughput_rps']:>7.0f} req/s  "
                         f"p50 {row['p50_ms']:6.2f}  p95 {row['p95_ms']:6.2f}  p99 {row['p99_ms']:6.2f} ms  "
                         f"errors {row['errors']}  server: {row['server_rows_per_execute']} rows/execute, "
-                        f"queue {row['server_queue_ms']} ms, compute {row['server_compute_ms']} ms",
+                        f"queue {row['server_queue_ms']} ms, compute {row['server_compute_ms']} ms; "
+                        f"model: total {row.get('model_total_ms')} ms, parse {row.get('model_parse_ms')} ms",
                         flush=True,
                     )
             peak = memory.close()
         for row in rows:
-            if row["num_items"] == num_items:
+            if row["num_items"] == num_items and row["benchmark"] == "serving":
                 row["server_peak_rss_mib"] = round(peak / 2**20, 1)
         print(f"[bench]   server peak RSS {peak / 2**20:.0f} MiB (server + python stubs)", flush=True)
     common = {"command": " ".join(sys.argv), **environment("numpy", "faiss", "onnxruntime", "tritonclient")}

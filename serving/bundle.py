@@ -7,6 +7,7 @@
     <bundle>/items.parquet        item_idx, raw item_id, category, price, popularity, feature codes
     <bundle>/content_tables.npz   content-feature embedding tables (embeds items added later)
     <bundle>/index.faiss          FAISS index; row r is item r + 1
+    <bundle>/cooccurrence.npz     (trained items + 1)^2 sparse co-occurrence counts (when the hybrid is served)
 
 `load_bundle` refuses a bundle whose files do not match the manifest (hash, shape, count) and says
 which file and what to do. `add_items` embeds new catalogue items from their content features alone
@@ -40,6 +41,7 @@ FILES = (
     "content_tables.npz",
     "index.faiss",
     "complements.json",
+    "cooccurrence.npz",
 )
 
 

@@ -57,12 +57,47 @@ def git_commit() -> str | None:
         return None
 
 
-def _ranker_path(option, ckpt: Path) -> Path | None:
+def run_metrics(ckpt: Path) -> dict:
+    """The metrics.json of the run a checkpoint belongs to (`<run>/checkpoints/<name>.ckpt`), or {}."""
+    path = ckpt.parent.parent / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _hybrid_settings(option, metrics: dict, ckpt: Path) -> dict | None:
+    """The hybrid's settings to serve (weight chosen on val in training), or None.
+
+    auto: when the run evaluated the hybrid and it beat the model's own val/ndcg@10 and the ranker's."""
+    option = str(option).lower()
+    if option not in ("auto", "true", "false", "none", "null"):
+        raise ConfigError(f"export.hybrid={option!r}; expected auto, true or false.")
+    if option in ("false", "none", "null"):
+        return None
+    settings = metrics.get("info", {}).get("hybrid")
+    if settings is None:
+        if option == "auto":
+            return None
+        raise ConfigError(
+            f"export.hybrid={option} but {ckpt.parent.parent / 'metrics.json'} has no hybrid results; train or "
+            "evaluate the run with hybrid.enabled=true first (it tunes the weight), or use export.hybrid=auto|false."
+        )
+    if option == "auto":
+        best_other = max(metrics.get("val/ndcg@10", -1.0), metrics.get("rerank_val/ndcg@10", -1.0))
+        if not metrics.get("hybrid_val/ndcg@10", -1.0) > best_other:
+            return None
+    return {key: settings[key] for key in ("weight", "eps", "window", "history", "decay")}
+
+
+def _ranker_path(option, ckpt: Path, hybrid: dict | None) -> Path | None:
     if option in (None, "", "null", "none"):
         return None
     if option == "auto":
         path = ckpt.parent / "ranker.ckpt"
-        return path if path.is_file() else None
+        return path if path.is_file() and hybrid is None else None
+    if hybrid is not None:
+        raise ConfigError(
+            f"export.ranker_ckpt={option!r} and the hybrid are alternatives (the ranker was trained on the two-tower's "
+            "own scores); set export.hybrid=false to serve the ranker, or export.ranker_ckpt=auto."
+        )
     path = Path(option)
     if not path.is_file():
         raise ConfigError(f"export.ranker_ckpt={option!r} does not exist; give a ranker.ckpt, auto or null.")
@@ -143,6 +178,8 @@ def export(cfg) -> dict:
     options = config_dict(cfg, "export")
     index_cfg = config_dict(cfg, "index")
     out = Path(options["out_dir"]) if options.get("out_dir") else _hydra_run_dir()
+    hybrid = _hybrid_settings(options.get("hybrid", "auto"), run_metrics(ckpt), ckpt)
+    ranker_ckpt = _ranker_path(options.get("ranker_ckpt"), ckpt, hybrid)
     data = prepared_data(cfg)
     task = load_checkpoint(ckpt, data).eval()
     model = task.model
@@ -197,8 +234,19 @@ def export(cfg) -> dict:
     past = int(cfg.data.past_purchases)
     export_query_encoder(model, out / "query_encoder.onnx", sizes, model.cfg.max_seq_len, past)
 
+    if hybrid is not None:
+        import scipy.sparse as sp
+
+        from training.baselines import CoOccurrence
+        from training.datamodule import read_split
+
+        cooccurrence = CoOccurrence(
+            data.padded("train_count"),
+            read_split(data.directory / "train.parquet"),
+            **{k: hybrid[k] for k in ("window", "history", "decay")},
+        )
+        sp.save_npz(out / "cooccurrence.npz", cooccurrence.matrix.tocsr())
     ranker_info = None
-    ranker_ckpt = _ranker_path(options.get("ranker_ckpt"), ckpt)
     if ranker_ckpt is not None:
         F = 0 if codes is None else codes.shape[1]
         ranker = RankerTask.load_from_checkpoint(
@@ -269,6 +317,7 @@ def export(cfg) -> dict:
             "recall_queries": int(len(queries)),
         },
         "ranker": ranker_info,
+        "hybrid": hybrid,
     }
     manifest = write_manifest(out, manifest)
     log.info("bundle written to %s", out)
@@ -291,7 +340,8 @@ def _cli(cfg) -> None:
         print(f"  Triton model repository: {out / 'model_repository'} (python -m serving.server model_repository=...)")
     print(
         f"  {manifest['num_items']:,} items, dim {manifest['dim']}, {manifest['model']['similarity']} similarity, "
-        f"ranker {'yes' if manifest['ranker'] else 'no'}"
+        f"ranker {'yes' if manifest['ranker'] else 'no'}, "
+        f"hybrid {'weight ' + format(manifest['hybrid']['weight'], 'g') if manifest.get('hybrid') else 'no'}"
     )
     print(
         f"  index {index['factory']} {index['search_params'] or ''}: recall@10 {index['recall@10']:.4f}, "

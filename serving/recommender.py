@@ -17,6 +17,11 @@ it also runs in-process (tests, batch jobs). Per request:
    `exclude_purchased=false`; items in the cart (added and neither removed nor bought) are excluded
    when `exclude_in_cart=true`, else kept; items of the request's recent views stay allowed.
 5. Rank the remaining candidates with the ONNX ranker (context + item features), keep the top k.
+   A bundle exported with the hybrid (`manifest.hybrid`, `training.hybrid`) has no ranker; instead
+   every candidate scores logit + weight * log(eps + C), C the co-occurrence of the item after the
+   request's last `history` items (`cooccurrence.npz`), and the co-occurring items join the FAISS
+   candidates (scored exactly). Items without co-occurrence keep the two-tower's order, so the top k
+   equals the hybrid's ranking of the whole catalogue (with an exact index).
 
 No known event at all (empty history, or only unknown ids): the most popular items that pass the
 rules and filters (`info.fallback = "popularity"`).
@@ -38,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.errors import IntentrecError
+from data.errors import DataError, IntentrecError
 from data.features import time_gap_buckets
 from serving.bundle import check_index, load_bundle
 
@@ -201,7 +206,26 @@ class Recommender:
         )
         self.num_candidates = int(m["ranker"]["num_candidates"]) if m.get("ranker") else 50
         self.web = self.codes["channels"].get("web", 0)
+        self.timing: dict[str, float] = {}  # the last recommend() batch's milliseconds per stage
+        self.hybrid = m.get("hybrid") or None
+        self.cooccurrence = self._load_cooccurrence(m) if self.hybrid else None
         log.info("recommender: %d items, dim %d, ranker %s", self.num_items, self.dim, self.ranker is not None)
+
+    def _load_cooccurrence(self, m: dict):
+        import scipy.sparse as sp
+
+        path = self.bundle.directory / "cooccurrence.npz"
+        if not path.is_file():
+            raise DataError(f"{path} not found but the manifest serves the hybrid; export the checkpoint again.")
+        matrix = sp.load_npz(path).tocsr()
+        trained = int(m.get("trained_items", m["num_items"]))
+        if matrix.shape != (trained + 1, trained + 1):
+            raise DataError(
+                f"{path} is {matrix.shape[0]} x {matrix.shape[1]}; the manifest's trained_items={trained} needs "
+                f"{trained + 1} x {trained + 1}; export the checkpoint again."
+            )
+        matrix.resize((self.num_items + 1, self.num_items + 1))  # items added later have no co-occurrence
+        return matrix
 
     # --- decoding --------------------------------------------------------------------------
 
@@ -400,14 +424,48 @@ class Recommender:
                 keep = rows[j] >= 0
                 if len(decoded[i]["excluded"]):
                     keep &= ~member(items, decoded[i]["excluded"])
-                out[i] = (items[keep][: wanted[i]], s[keep][: wanted[i]] * self.scale)
+                items, s = items[keep], s[keep] * self.scale
+                if self.cooccurrence is not None:
+                    items, s = self._hybrid(queries[i], decoded[i], items, s)
+                out[i] = (items[: wanted[i]], s[: wanted[i]])
         for i, d in enumerate(decoded):
             if d["allowed"] is not None:
                 allowed = d["allowed"][~member(d["allowed"], d["excluded"])]
                 s = self.embeddings[allowed] @ queries[i] * self.scale
+                if self.cooccurrence is not None:
+                    allowed, s = self._hybrid(queries[i], d, allowed, s)
                 top = np.argsort(-s, kind="stable")[: wanted[i]]
                 out[i] = (allowed[top], s[top])
         return out
+
+    def _hybrid(
+        self, query: np.ndarray, d: dict, items: np.ndarray, logits: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Candidates plus the request's co-occurring items, scored logit + weight * log(eps + C), best first."""
+        import scipy.sparse as sp
+
+        weight, eps = float(self.hybrid["weight"]), float(self.hybrid["eps"])
+        recent = d["idx"][::-1][: int(self.hybrid["history"])]  # most recent first
+        votes = sp.csr_matrix(float(self.hybrid["decay"]) ** np.arange(len(recent))[None, :])
+        row = (votes @ self.cooccurrence[recent]).tocsr()  # (1, N + 1): C(request, item)
+        found, counts = row.indices.astype(np.int64), row.data.astype(np.float64)
+        usable = counts > 0
+        if len(d["excluded"]):
+            usable &= ~member(found, d["excluded"])
+        if d["allowed"] is not None:
+            usable &= member(found, d["allowed"])
+        found, counts = found[usable], counts[usable]
+        d["info"]["cooccurring_items"] = int(len(found))
+        extra = found[~member(found, items)]
+        items = np.concatenate([items, extra])
+        scores = np.concatenate([logits, self.embeddings[extra] @ query * self.scale]).astype(np.float64)
+        scores += weight * np.log(eps)
+        if len(found):
+            order = np.argsort(items, kind="stable")
+            at = order[np.searchsorted(items[order], found)]
+            scores[at] += weight * (np.log(eps + counts) - np.log(eps))
+        best = np.argsort(-scores, kind="stable")
+        return items[best], scores[best]
 
     def _rank(self, queries: np.ndarray, decoded: list[dict], candidates: list) -> list[tuple[np.ndarray, np.ndarray]]:
         if self.ranker is None:
@@ -563,7 +621,16 @@ class Recommender:
         return merged, read
 
     def recommend(self, queries: list[Query]) -> list[Result | RequestError]:
-        """Answer a batch; a request that fails validation gets its RequestError, the others their Result."""
+        """Answer a batch; a request that fails validation gets its RequestError, the others their Result.
+
+        `self.timing` then holds the batch's milliseconds per stage (decode, encode, retrieve, rank, rules)."""
+        clock = [time.perf_counter()]
+        timing: dict[str, float] = {}
+
+        def lap(stage: str) -> None:
+            clock.append(time.perf_counter())
+            timing[stage] = round((clock[-1] - clock[-2]) * 1000, 3)
+
         decoded: list = []
         for q in queries:
             try:
@@ -578,10 +645,15 @@ class Recommender:
                 decoded.append(error)
         good = [i for i, d in enumerate(decoded) if not isinstance(d, RequestError) and len(d["idx"])]
         results: list = [d if isinstance(d, RequestError) else None for d in decoded]
+        lap("decode")
         if good:
             batch = [decoded[i] for i in good]
             vectors = self.encode(batch)
-            ranked = self._rank(vectors, batch, self._candidates(vectors, batch))
+            lap("encode")
+            candidates = self._candidates(vectors, batch)
+            lap("retrieve")
+            ranked = self._rank(vectors, batch, candidates)
+            lap("rank")
             for i, d, vector, (items, scores) in zip(good, batch, vectors, ranked):
                 items, scores = self._complement_slots(d, vector, items[: d["k"]], scores[: d["k"]])
                 results[i] = Result(self.item_ids[items].tolist(), scores.astype(float).tolist(), d["info"])
@@ -590,6 +662,8 @@ class Recommender:
                 d["info"]["fallback"] = "popularity"
                 items, scores = self._popular(d)
                 results[i] = Result(self.item_ids[items].tolist(), scores.astype(float).tolist(), d["info"])
+        lap("rules")
+        self.timing = timing
         return results
 
     def similar(self, item_ids: list[list[str]], ks: list[int]) -> list[Result | RequestError]:

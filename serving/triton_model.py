@@ -17,6 +17,7 @@ Outputs: item_ids BYTES [-1], scores FP32 [-1] (rows padded with "" / NaN to the
 from __future__ import annotations
 
 import json
+import time
 import traceback
 from pathlib import Path
 
@@ -73,6 +74,8 @@ def _bls(model: str, feed: dict) -> np.ndarray:
 
 
 class _Base:
+    timing_stages = False
+
     def initialize(self, args):
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
@@ -90,12 +93,16 @@ class _Base:
         )
         self.version = args["model_version"]
 
-    def _input(self, request, name):
-        tensor = pb_utils.get_input_tensor_by_name(request, name)
-        return None if tensor is None else tensor.as_numpy()
+    @staticmethod
+    def _inputs(request) -> dict[str, np.ndarray]:
+        """Every input tensor of the request, read once (a lookup by name walks all inputs each time)."""
+        return {tensor.name(): tensor.as_numpy() for tensor in request.inputs()}
 
-    def _respond(self, rows: list) -> object:
-        """rows: Result per row (or RequestError) -> one response with padded outputs."""
+    def _respond(self, rows: list, server_ms: dict) -> object:
+        """rows: Result per row (or RequestError) -> one response with padded outputs.
+
+        Each row's info carries `server_ms`: the execute call's milliseconds reading the requests
+        (`parse`) and in each pipeline stage, and the rows it answered together (`rows`)."""
         errors = [r for r in rows if isinstance(r, RequestError)]
         if errors:
             message = "; ".join(f"row {i}: {r}" for i, r in enumerate(rows) if isinstance(r, RequestError))
@@ -107,7 +114,8 @@ class _Base:
             ids[i, : len(r.item_ids)] = [x.encode() for x in r.item_ids]
             scores[i, : len(r.scores)] = r.scores
         info = np.asarray(
-            [[json.dumps({**r.info, "model_version": self.version}).encode()] for r in rows], dtype=object
+            [[json.dumps({**r.info, "model_version": self.version, "server_ms": server_ms}).encode()] for r in rows],
+            dtype=object,
         )
         return pb_utils.InferenceResponse(
             output_tensors=[
@@ -118,6 +126,7 @@ class _Base:
         )
 
     def execute(self, requests):
+        started = time.perf_counter()
         responses = []
         parsed = []
         for request in requests:
@@ -128,8 +137,12 @@ class _Base:
             except Exception as error:  # a malformed request must not take the batch down
                 parsed.append(RequestError(f"could not read the request: {type(error).__name__}: {error}"))
         flat = [row for p in parsed if not isinstance(p, RequestError) for row in p]
+        parsed_at = time.perf_counter()
         try:
             answers = self._answer(flat) if flat else []
+            server_ms = {"rows": len(flat), "parse": round((parsed_at - started) * 1000, 3)}
+            server_ms.update(self.recommender.timing if self.timing_stages else {})
+            server_ms["total"] = round((time.perf_counter() - started) * 1000, 3)
         except Exception:  # a bug: report it to every caller of the batch, keep serving
             message = "internal error: " + traceback.format_exc(limit=3)
             return [
@@ -140,7 +153,7 @@ class _Base:
             if isinstance(p, RequestError):
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(p))))
                 continue
-            responses.append(self._respond(answers[cursor : cursor + len(p)]))
+            responses.append(self._respond(answers[cursor : cursor + len(p)], server_ms))
             cursor += len(p)
         return responses
 
@@ -149,17 +162,20 @@ class _Base:
 
 
 class RecommendModel(_Base):
+    timing_stages = True  # recommend() records its stages in Recommender.timing
+
     def _parse(self, request) -> list[Query]:
-        ids = self._input(request, "item_ids")
+        inputs = self._inputs(request)
+        ids = inputs.get("item_ids")
         if ids is None or ids.ndim != 2:
             raise RequestError("item_ids must be a BYTES tensor of shape [rows, events].")
         rows = ids.shape[0]
-        sequences = {name: self._input(request, name) for name in SEQUENCE_INPUTS}
+        sequences = {name: inputs.get(name) for name in SEQUENCE_INPUTS}
         for name, value in sequences.items():
             if value is not None and value.shape != ids.shape:
                 raise RequestError(f"{name} has shape {list(value.shape)}; expected {list(ids.shape)} like item_ids.")
-        scalars = {name: self._input(request, name) for name in SCALAR_INPUTS}
-        lists = {name: self._input(request, name) for name in LIST_INPUTS}
+        scalars = {name: inputs.get(name) for name in SCALAR_INPUTS}
+        lists = {name: inputs.get(name) for name in LIST_INPUTS}
         for name, value in scalars.items():
             if value is not None and value.shape[0] != rows:
                 raise RequestError(f"{name} has {value.shape[0]} rows; item_ids has {rows}.")
@@ -202,10 +218,11 @@ class RecommendModel(_Base):
 
 class SimilarItemsModel(_Base):
     def _parse(self, request) -> list[tuple[list[str], int]]:
-        ids = self._input(request, "item_ids")
+        inputs = self._inputs(request)
+        ids = inputs.get("item_ids")
         if ids is None or ids.ndim != 2:
             raise RequestError("item_ids must be a BYTES tensor of shape [rows, items].")
-        k = self._input(request, "k")
+        k = inputs.get("k")
         rows = []
         for row in range(ids.shape[0]):
             rows.append(

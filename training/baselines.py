@@ -54,8 +54,8 @@ class CoOccurrence:
         self.popularity = np.asarray(train_counts, dtype=np.float64) / max(float(np.max(train_counts)), 1.0) * 1e-6
         self.history, self.decay = history, decay
 
-    def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        item_ids = batch["item_ids"].numpy()
+    def sparse(self, item_ids: np.ndarray) -> sp.csr_matrix:
+        """(B, T) item ids (0 = padding, real steps first) -> (B, N) co-occurrence scores, no popularity term."""
         lengths = (item_ids > 0).sum(axis=1)
         B = len(item_ids)
         age = np.arange(self.history)[None, :]  # 0 = most recent
@@ -67,7 +67,10 @@ class CoOccurrence:
             (weight.ravel(), (np.repeat(np.arange(B), self.history), recent.ravel())),
             shape=(B, self.matrix.shape[0]),
         )
-        scores = np.asarray((query @ self.matrix).todense()) + self.popularity[None, :]
+        return (query @ self.matrix).tocsr()
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        scores = self.sparse(batch["item_ids"].numpy()).toarray() + self.popularity[None, :]
         return torch.from_numpy(scores)
 
 

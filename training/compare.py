@@ -52,13 +52,31 @@ def find_runs(paths: list[Path]) -> list[Path]:
     return runs
 
 
+STAGES = (("", ""), ("rerank_", "+ranker"), ("hybrid_", "+cooccurrence"))
+
+
+def split_stages(metrics: dict) -> dict[str, dict]:
+    """A run's metrics per stage: the model's own (`test/...`), and when present the re-ranked
+    (`rerank_test/...`) and hybrid (`hybrid_test/...`) ones, each with plain `test/...` keys, so that a
+    stage becomes its own leaderboard row (`<model>+ranker`, `<model>+cooccurrence`)."""
+    staged = tuple(prefix for prefix, _ in STAGES if prefix)
+    stages = {"": {key: value for key, value in metrics.items() if not key.startswith(staged)}}
+    for prefix, label in STAGES[1:]:
+        values = {key[len(prefix) :]: value for key, value in metrics.items() if key.startswith(prefix)}
+        if values:
+            stages[label] = values
+    return stages
+
+
 def aggregate(runs: list[Path]) -> dict[tuple[str, str], dict]:
     """(data, model) -> {metric: (mean, std, n)}, plus the seeds seen."""
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for run in runs:
         metrics = json.loads((run / "metrics.json").read_text())
         info = metrics.pop("info", {})
-        groups[(info.get("data", "?"), info.get("model", run.name))].append({**metrics, "_seed": info.get("seed")})
+        data, model = info.get("data", "?"), info.get("model", run.name)
+        for label, values in split_stages(metrics).items():
+            groups[(data, model + label)].append({**values, "_seed": info.get("seed")})
     table = {}
     for key, items in groups.items():
         metrics = {}

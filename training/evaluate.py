@@ -127,6 +127,10 @@ def evaluate(cfg) -> dict:
     from training.train import _hydra_run_dir, build_datamodule, prepared_data
 
     ckpt = checkpoint_path(cfg.get("ckpt_path"), "python -m training.evaluate")
+    if cfg.hybrid.enabled:
+        from training.hybrid import check_config
+
+        check_config(config_dict(cfg, "hybrid"))
     run_dir = Path(cfg.run_dir) if cfg.get("run_dir") else _hydra_run_dir()
     data = prepared_data(cfg)
     task = load_checkpoint(ckpt, data)
@@ -152,6 +156,11 @@ def evaluate(cfg) -> dict:
         "ckpt_path": str(ckpt),
         "exclude_seen": bool(task.eval_cfg.get("exclude_seen", False)),
     }
+    if cfg.hybrid.enabled:
+        from training.hybrid import evaluate_hybrid
+
+        hybrid, info["hybrid"] = evaluate_hybrid(task, datamodule, config_dict(cfg, "hybrid"), task.eval_cfg)
+        metrics.update(hybrid)
     write_metrics(run_dir, metrics, info, ks=cfg.evaluate.ks)
     return metrics
 

@@ -132,6 +132,10 @@ def train(cfg) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     keep_freed_memory()
+    if cfg.hybrid.enabled:  # before hours of training, not after
+        from training.hybrid import check_config
+
+        check_config(config_dict(cfg, "hybrid"))
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     data = prepared_data(cfg)
     datamodule = build_datamodule(cfg, data)
@@ -212,6 +216,13 @@ def _run_model(cfg, data: PreparedData, datamodule: SequenceDataModule, run_dir:
                     task, ranker, datamodule, split, config_dict(cfg, "evaluate"), int(ranker_cfg["num_candidates"])
                 )
             )
+    if trainer.is_global_zero and cfg.hybrid.enabled:
+        from training.hybrid import evaluate_hybrid
+
+        hybrid, info["hybrid"] = evaluate_hybrid(
+            task.cpu(), datamodule, config_dict(cfg, "hybrid"), config_dict(cfg, "evaluate")
+        )
+        metrics.update(hybrid)
     return metrics, trainer.is_global_zero
 
 

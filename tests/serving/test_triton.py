@@ -168,6 +168,11 @@ def test_bad_requests_get_clear_errors_or_documented_fallbacks(client, server, c
     reply = client.recommend(RecommendRequest(item_ids=["nope-1", *shoes[:2], "nope-2"], device_type="fridge", k=5))
     assert reply.info["unknown_items"] == 2 and reply.info["unknown_context"] == ["device_type='fridge'"]
     assert len(reply.item_ids) == 5 and reply.info["fallback"] is None
+    # The model reports its own time per stage of the execute call that answered.
+    timing = reply.info["server_ms"]
+    stages = ("parse", "decode", "encode", "retrieve", "rank", "rules")
+    assert timing["rows"] >= 1 and all(timing[s] >= 0 for s in stages)
+    assert timing["total"] >= sum(timing[s] for s in stages) - 0.01
     # No known event: the most popular items, within the rules.
     empty = client.recommend(RecommendRequest(item_ids=["nope"], k=5))
     assert empty.info["fallback"] == "popularity" and len(empty.item_ids) == 5

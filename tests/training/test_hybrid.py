@@ -1,0 +1,112 @@
+"""The hybrid (two-tower logits + weight * log(eps + co-occurrence)): scores, tuning on val, configs, leaderboard rows."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from data.errors import ConfigError
+from tests.conftest import compose_config
+from training.compare import main as compare
+from training.train import train
+
+FAST = ["debug=fast", "data.num_events=20000", "ranker.enabled=false"]
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    return tmp_path_factory.mktemp("artifacts")
+
+
+def run(artifacts, run_dir, *overrides, config="train"):
+    from training.evaluate import evaluate
+
+    cfg = compose_config(config, [*FAST, f"artifacts_dir={artifacts}", f"run_dir={run_dir}", *overrides])
+    return (train if config == "train" else evaluate)(cfg)
+
+
+def test_hybrid_scores_are_logits_plus_weighted_log_cooccurrence(artifacts, tmp_path):
+    from training.baselines import CoOccurrence
+    from training.datamodule import read_split
+    from training.hybrid import hybrid_scorer
+    from training.train import build_datamodule, build_task, prepared_data
+
+    cfg = compose_config("train", [*FAST, f"artifacts_dir={artifacts}", f"run_dir={tmp_path}"])
+    data = prepared_data(cfg)
+    datamodule = build_datamodule(cfg, data)
+    datamodule.setup()
+    task = build_task(cfg, data, datamodule).eval()
+    cooc = CoOccurrence(datamodule.train_counts, read_split(data.directory / "train.parquet"))
+    batch = next(iter(datamodule.eval_loader("val")))
+    with torch.no_grad():
+        logits = (task.model.query(batch) @ task.model.item_embeddings().T * task.model.logit_scale()).double()
+        hybrid = hybrid_scorer(task.model, cooc, 2.0, 0.1)(batch)
+    counts = cooc(batch).numpy() - cooc.popularity[None, :]  # the baseline's scores without its tie-breaker
+    expected = logits.numpy() + 2.0 * np.log(0.1 + counts)
+    assert np.allclose(hybrid.numpy(), expected, atol=1e-9)
+    assert (counts > 0).any(), "the tiny shop must have co-occurrence for this test to mean something"
+
+
+def test_weight_zero_reproduces_the_model_and_the_best_weight_is_chosen_on_val(artifacts, tmp_path):
+    metrics = run(artifacts, tmp_path / "zero", "hybrid.enabled=true", "hybrid.weights=[0]")
+    for split in ("val", "test"):
+        for k in (5, 10, 20):
+            assert metrics[f"hybrid_{split}/ndcg@{k}"] == pytest.approx(metrics[f"{split}/ndcg@{k}"], abs=1e-6)
+    tuned = run(artifacts, tmp_path / "tuned", "hybrid.enabled=true", "hybrid.weights=[0,1,4]")
+    info = json.loads((tmp_path / "tuned" / "metrics.json").read_text())["info"]["hybrid"]
+    tried = {float(w): v for w, v in info["val_ndcg@10_by_weight"].items()}
+    assert set(tried) == {0.0, 1.0, 4.0}
+    assert info["weight"] == max(tried, key=tried.get)
+    assert tuned["hybrid_val/ndcg@10"] == pytest.approx(max(tried.values()), abs=1e-6)
+    assert "hybrid_test/intent_shift/ndcg@10" in tuned
+
+
+def test_evaluate_applies_the_hybrid_to_a_saved_checkpoint(artifacts, tmp_path):
+    trained = run(artifacts, tmp_path / "run", "hybrid.enabled=true", "hybrid.weights=[1]")
+    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    again = run(
+        artifacts,
+        tmp_path / "eval",
+        f"ckpt_path={ckpt}",
+        "hybrid.enabled=true",
+        "hybrid.weights=[1]",
+        config="evaluate",
+    )
+    assert again["hybrid_test/ndcg@10"] == pytest.approx(trained["hybrid_test/ndcg@10"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("hybrid.weights=[]", r"hybrid\.weights=\[\]; expected a non-empty list of numbers >= 0"),
+        ("hybrid.weights=[1,-2]", r"hybrid\.weights=\[1, -2\]; expected a non-empty list of numbers >= 0"),
+        ("hybrid.eps=0", r"hybrid\.eps=0; expected a number > 0"),
+    ],
+)
+def test_bad_hybrid_config_fails_before_training(artifacts, tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        run(artifacts, tmp_path, "hybrid.enabled=true", override)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_leaderboard_gives_each_stage_its_own_row(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, (own, hybrid) in enumerate([(0.10, 0.14), (0.12, 0.16)]):
+        folder = runs / f"gru-{seed}"
+        folder.mkdir(parents=True)
+        metrics = {
+            "test/ndcg@10": own,
+            "val/ndcg@10": own,
+            "hybrid_test/ndcg@10": hybrid,
+            "hybrid_val/ndcg@10": hybrid,
+            "info": {"data": "shop", "model": "gru", "seed": seed},
+        }
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    out = compare([str(runs), "--out", str(tmp_path / "board")])
+    text = (out / "leaderboard.md").read_text()
+    assert "| gru+cooccurrence | 2 | 0.1500 ± 0.0141 |" in text
+    assert "| gru | 2 | 0.1100 ± 0.0141 |" in text
+    assert text.index("gru+cooccurrence") < text.index("| gru | 2")  # sorted by test/ndcg@10

@@ -1,0 +1,90 @@
+"""Hybrid scores: the two-tower's logits plus co-occurrence evidence, with one weight tuned on validation.
+
+    score(q, i) = logit(q, i) + weight * log(eps + C(q, i))
+
+C(q, i) is the `cooccurrence` baseline's score of item i after the query's recent items (counted on
+the training split only). Every item without co-occurrence gets the same offset weight * log(eps),
+so among those the two-tower's order is kept. Serving can therefore score FAISS's top candidates
+plus the items that have co-occurrence, and nothing else, and still return the exact top k.
+
+The weight is chosen from `hybrid.weights` by validation NDCG@10 (the validation split is the
+model-selection split, as for early stopping); test is evaluated once, with that weight.
+Results are `hybrid_val/*` and `hybrid_test/*` beside the two-tower's own `val/*` and `test/*`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from data.errors import ConfigError
+from training.baselines import CoOccurrence
+from training.datamodule import read_split
+from training.evaluate import evaluate_scorer
+
+log = logging.getLogger(__name__)
+
+COOCCURRENCE_KEYS = ("window", "history", "decay")
+
+
+def check_config(cfg: dict) -> None:
+    """Clear errors for hybrid.* values that cannot work."""
+    weights = list(cfg.get("weights") or [])
+    if not weights or any(not isinstance(w, int | float) or w < 0 for w in weights):
+        raise ConfigError(f"hybrid.weights={weights}; expected a non-empty list of numbers >= 0 (e.g. [0.5, 1, 2, 4]).")
+    if not float(cfg.get("eps", 0)) > 0:
+        raise ConfigError(f"hybrid.eps={cfg.get('eps')}; expected a number > 0 (e.g. 0.1).")
+
+
+def build_cooccurrence(datamodule, cfg: dict) -> CoOccurrence:
+    train = read_split(datamodule.data.directory / "train.parquet")
+    return CoOccurrence(datamodule.train_counts, train, **{k: cfg[k] for k in COOCCURRENCE_KEYS if k in cfg})
+
+
+def hybrid_scorer(model, cooccurrence: CoOccurrence, weight: float, eps: float):
+    """score(batch) -> (B, N) float64 hybrid scores of every item."""
+    items = model.item_embeddings()
+    scale = model.logit_scale()
+    log_eps = float(np.log(eps))
+
+    def score(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = (model.query(batch) @ items.T * scale).double()
+        evidence = cooccurrence.sparse(batch["item_ids"].numpy())
+        evidence.data = np.log(eps + evidence.data) - log_eps  # log(eps + C) - log(eps): 0 where C = 0
+        return logits + weight * (torch.from_numpy(evidence.toarray()) + log_eps)
+
+    return score
+
+
+def evaluate_hybrid(task, datamodule, cfg: dict, evaluation: dict) -> tuple[dict, dict]:
+    """Tune the weight on val, evaluate test with it; returns (metrics, summary)."""
+    check_config(cfg)
+    model = task.model.eval()
+    cooccurrence = build_cooccurrence(datamodule, cfg)
+    num_items = model.item_tower.num_items
+    eps = float(cfg["eps"])
+    tried, best = {}, None
+    with torch.no_grad():
+        for weight in [float(w) for w in cfg["weights"]]:
+            result = evaluate_scorer(
+                hybrid_scorer(model, cooccurrence, weight, eps), datamodule, "val", evaluation, num_items
+            )
+            tried[weight] = result["val/ndcg@10"]
+            log.info("hybrid: weight %g -> val/ndcg@10 %.4f", weight, tried[weight])
+            if best is None or tried[weight] > best[1]["val/ndcg@10"]:
+                best = (weight, result)
+        weight, val = best
+        test = evaluate_scorer(
+            hybrid_scorer(model, cooccurrence, weight, eps), datamodule, "test", evaluation, num_items
+        )
+    metrics = {f"hybrid_{k}": v for k, v in {**val, **test}.items()}
+    summary = {
+        "weight": weight,
+        "eps": eps,
+        "val_ndcg@10_by_weight": {str(w): round(v, 6) for w, v in tried.items()},
+        **{k: cfg[k] for k in COOCCURRENCE_KEYS if k in cfg},
+    }
+    log.info("hybrid: weight %g chosen on val; test/ndcg@10 %.4f", weight, test["test/ndcg@10"])
+    return metrics, summary
