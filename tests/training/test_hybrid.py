@@ -10,22 +10,15 @@ import torch
 
 from data.errors import ConfigError
 from tests.conftest import compose_config
+from tests.training.conftest import FAST as TRAINING_FAST
+from tests.training.conftest import run as run_entry_point
 from training.compare import main as compare
-from training.train import train
 
-FAST = ["debug=fast", "data.num_events=20000", "ranker.enabled=false"]
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    return tmp_path_factory.mktemp("artifacts")
+FAST = [*TRAINING_FAST, "ranker.enabled=false"]
 
 
 def run(artifacts, run_dir, *overrides, config="train"):
-    from training.evaluate import evaluate
-
-    cfg = compose_config(config, [*FAST, f"artifacts_dir={artifacts}", f"run_dir={run_dir}", *overrides])
-    return (train if config == "train" else evaluate)(cfg)
+    return run_entry_point(artifacts, run_dir, "ranker.enabled=false", *overrides, config=config)
 
 
 def test_hybrid_scores_are_logits_plus_weighted_log_cooccurrence(artifacts, tmp_path):

@@ -14,23 +14,8 @@ from hydra.errors import MissingConfigException
 
 from data.errors import ConfigError
 from tests.conftest import REPO_ROOT, compose_config
+from tests.training.conftest import FAST, run
 from training.datamodule import BatchIndexSampler
-from training.evaluate import evaluate
-from training.train import train
-
-FAST = ["debug=fast", "data.num_events=20000"]
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    """One prepared tiny shop shared by the tests of this module."""
-    return tmp_path_factory.mktemp("artifacts")
-
-
-def run(artifacts, run_dir, *overrides, config="train"):
-    cfg = compose_config(config, [*FAST, f"artifacts_dir={artifacts}", f"run_dir={run_dir}", *overrides])
-    return (train if config == "train" else evaluate)(cfg)
-
 
 VARIANTS = [
     "transformer",
