@@ -104,6 +104,8 @@ def test_served_top_k_equals_the_hybrid_ranking_of_the_whole_catalogue(hybrid_ru
 
 
 def test_export_hybrid_errors_name_the_key(serving_run, hybrid_run, tmp_path):
+    with pytest.raises(ConfigError, match=r"export\.hybrid='maybe'; expected auto, true or false"):
+        export(export_config(serving_run, tmp_path / "x", "export.hybrid=maybe", "export.model_repository=false"))
     with pytest.raises(ConfigError, match=r"export\.hybrid=true but .*metrics\.json has no hybrid results"):
         export(export_config(serving_run, tmp_path / "a", "export.hybrid=true", "export.model_repository=false"))
     ranker = hybrid_run[1] / "checkpoints" / "ranker.ckpt"
@@ -140,3 +142,20 @@ def test_a_changed_cooccurrence_file_is_refused(hybrid_bundle, tmp_path):
     sp.save_npz(copy / "cooccurrence.npz", matrix * 2)
     with pytest.raises(DataError, match=r"cooccurrence\.npz does not match .*manifest\.json"):
         Recommender(copy)
+
+
+def test_a_cooccurrence_matrix_of_another_catalogue_size_is_refused(hybrid_bundle, tmp_path):
+    import scipy.sparse as sp
+
+    from data.errors import DataError
+
+    copy = tmp_path / "b"
+    shutil.copytree(hybrid_bundle, copy)
+    matrix = sp.load_npz(copy / "cooccurrence.npz").tocsr()
+    n = matrix.shape[0]
+    sp.save_npz(copy / "cooccurrence.npz", matrix[: n - 1, : n - 1])
+    with pytest.raises(
+        DataError,
+        match=rf"cooccurrence\.npz is {n - 1} x {n - 1}; the manifest's trained_items={n - 1} needs {n} x {n}",
+    ):
+        Recommender(copy, verify=False)
