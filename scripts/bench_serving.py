@@ -202,9 +202,6 @@ async def run_level(url, protocol, model, pool, ids, concurrency, max_requests, 
         wall = time.perf_counter() - started
     lat = sorted(latencies)
 
-    def pct(p):
-        return lat[min(len(lat) - 1, int(np.ceil(p / 100 * len(lat))) - 1)] if lat else float("nan")
-
     return {
         "client": client,
         "requests": len(lat),
@@ -213,11 +210,16 @@ async def run_level(url, protocol, model, pool, ids, concurrency, max_requests, 
         "seconds": round(wall, 3),
         "throughput_rps": len(lat) / wall if wall else 0.0,
         "p50_ms": statistics.median(lat) if lat else float("nan"),
-        "p95_ms": pct(95),
-        "p99_ms": pct(99),
+        "p95_ms": percentile(lat, 95),
+        "p99_ms": percentile(lat, 99),
         "mean_ms": statistics.fmean(lat) if lat else float("nan"),
         **model_timing(timings),
     }
+
+
+def percentile(ordered: list[float], p: float) -> float:
+    """Nearest-rank percentile of already sorted values (NaN when there are none)."""
+    return ordered[min(len(ordered) - 1, int(np.ceil(p / 100 * len(ordered))) - 1)] if ordered else float("nan")
 
 
 def inprocess_level(bundle_dir: Path, pool, count: int, warmup: int) -> dict:
@@ -243,7 +245,7 @@ def inprocess_level(bundle_dir: Path, pool, count: int, warmup: int) -> dict:
         "model": "recommend",
         "requests": len(lat),
         "p50_ms": statistics.median(lat),
-        "p99_ms": lat[min(len(lat) - 1, int(np.ceil(0.99 * len(lat))) - 1)],
+        "p99_ms": percentile(lat, 99),
         **{f"stage_{key}_ms": statistics.median(s[key] for s in stages) for key in stages[0]},
     }
 

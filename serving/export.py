@@ -84,7 +84,9 @@ def _hybrid_settings(option, metrics: dict, ckpt: Path) -> dict | None:
         best_other = max(metrics.get("val/ndcg@10", -1.0), metrics.get("rerank_val/ndcg@10", -1.0))
         if not metrics.get("hybrid_val/ndcg@10", -1.0) > best_other:
             return None
-    return {key: settings[key] for key in ("weight", "eps", "window", "history", "decay")}
+    from training.hybrid import COOCCURRENCE_KEYS
+
+    return {key: settings[key] for key in ("weight", "eps", *COOCCURRENCE_KEYS)}
 
 
 def _ranker_path(option, ckpt: Path, hybrid: dict | None) -> Path | None:
@@ -237,15 +239,9 @@ def export(cfg) -> dict:
     if hybrid is not None:
         import scipy.sparse as sp
 
-        from training.baselines import CoOccurrence
-        from training.datamodule import read_split
+        from training.hybrid import build_cooccurrence
 
-        cooccurrence = CoOccurrence(
-            data.padded("train_count"),
-            read_split(data.directory / "train.parquet"),
-            **{k: hybrid[k] for k in ("window", "history", "decay")},
-        )
-        sp.save_npz(out / "cooccurrence.npz", cooccurrence.matrix.tocsr())
+        sp.save_npz(out / "cooccurrence.npz", build_cooccurrence(data, hybrid).matrix.tocsr())
     ranker_info = None
     if ranker_ckpt is not None:
         F = 0 if codes is None else codes.shape[1]

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from data.errors import DataError, IntentrecError
-from data.features import time_gap_buckets
+from data.features import cooccurrence_scores, time_gap_buckets
 from serving.bundle import check_index, load_bundle
 
 log = logging.getLogger(__name__)
@@ -442,12 +442,10 @@ class Recommender:
         self, query: np.ndarray, d: dict, items: np.ndarray, logits: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Candidates plus the request's co-occurring items, scored logit + weight * log(eps + C), best first."""
-        import scipy.sparse as sp
-
         weight, eps = float(self.hybrid["weight"]), float(self.hybrid["eps"])
-        recent = d["idx"][::-1][: int(self.hybrid["history"])]  # most recent first
-        votes = sp.csr_matrix(float(self.hybrid["decay"]) ** np.arange(len(recent))[None, :])
-        row = (votes @ self.cooccurrence[recent]).tocsr()  # (1, N + 1): C(request, item)
+        row = cooccurrence_scores(  # (1, N + 1): C(request, item), exactly as training scored it
+            self.cooccurrence, d["idx"][None, :], int(self.hybrid["history"]), float(self.hybrid["decay"])
+        )
         found, counts = row.indices.astype(np.int64), row.data.astype(np.float64)
         usable = counts > 0
         if len(d["excluded"]):

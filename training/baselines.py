@@ -15,6 +15,7 @@ import scipy.sparse as sp
 import torch
 
 from data.errors import ConfigError
+from data.features import cooccurrence_scores
 from training.datamodule import Split
 
 BASELINES = ("popularity", "cooccurrence")
@@ -56,18 +57,7 @@ class CoOccurrence:
 
     def sparse(self, item_ids: np.ndarray) -> sp.csr_matrix:
         """(B, T) item ids (0 = padding, real steps first) -> (B, N) co-occurrence scores, no popularity term."""
-        lengths = (item_ids > 0).sum(axis=1)
-        B = len(item_ids)
-        age = np.arange(self.history)[None, :]  # 0 = most recent
-        position = lengths[:, None] - 1 - age
-        valid = position >= 0
-        recent = np.where(valid, item_ids[np.arange(B)[:, None], np.clip(position, 0, None)], 0)
-        weight = np.where(valid & (recent > 0), self.decay**age, 0.0)
-        query = sp.csr_matrix(
-            (weight.ravel(), (np.repeat(np.arange(B), self.history), recent.ravel())),
-            shape=(B, self.matrix.shape[0]),
-        )
-        return (query @ self.matrix).tocsr()
+        return cooccurrence_scores(self.matrix, item_ids, self.history, self.decay)
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         scores = self.sparse(batch["item_ids"].numpy()).toarray() + self.popularity[None, :]

@@ -38,9 +38,11 @@ def check_config(cfg: dict) -> None:
         raise ConfigError(f"hybrid.eps={cfg.get('eps')}; expected a number > 0 (e.g. 0.1).")
 
 
-def build_cooccurrence(datamodule, cfg: dict) -> CoOccurrence:
-    train = read_split(datamodule.data.directory / "train.parquet")
-    return CoOccurrence(datamodule.train_counts, train, **{k: cfg[k] for k in COOCCURRENCE_KEYS if k in cfg})
+def build_cooccurrence(data, cfg: dict) -> CoOccurrence:
+    """The co-occurrence counts of `data`'s training split with the window/history/decay of `cfg`
+    (hybrid.* in training, the manifest's hybrid settings in export)."""
+    train = read_split(data.directory / "train.parquet")
+    return CoOccurrence(data.padded("train_count"), train, **{k: cfg[k] for k in COOCCURRENCE_KEYS if k in cfg})
 
 
 def hybrid_scorer(model, cooccurrence: CoOccurrence, weight: float, eps: float):
@@ -62,7 +64,7 @@ def evaluate_hybrid(task, datamodule, cfg: dict, evaluation: dict) -> tuple[dict
     """Tune the weight on val, evaluate test with it; returns (metrics, summary)."""
     check_config(cfg)
     model = task.model.eval()
-    cooccurrence = build_cooccurrence(datamodule, cfg)
+    cooccurrence = build_cooccurrence(datamodule.data, cfg)
     num_items = model.item_tower.num_items
     eps = float(cfg["eps"])
     tried, best = {}, None

@@ -100,7 +100,9 @@ def test_served_top_k_equals_the_hybrid_ranking_of_the_whole_catalogue(hybrid_ru
         reached += int(np.sum(evidence[row, got_items] > 0))
     assert reached > 0, "co-occurrence must have placed items in the served lists for this test to mean something"
     result = recommender.recommend(queries[:1])[0]
-    assert result.info["cooccurring_items"] >= 0 and len(result.item_ids) == 20
+    found = np.flatnonzero(evidence[0] > 0)
+    assert result.info["cooccurring_items"] == len(found[~np.isin(found, decoded[0]["excluded"])])
+    assert len(result.item_ids) == 20
 
 
 def test_export_hybrid_errors_name_the_key(serving_run, hybrid_run, tmp_path):
