@@ -16,6 +16,9 @@ Requests: sessions of 3-12 events drawn from the catalogue, with context, k=20, 
 
 Results: JSON lines (one per level, with command, commit, machine, versions) in
 benchmarks/results/serving.jsonl and a printed table; server peak RSS (server + python stubs).
+`--repeats N` runs every level N times against the same server, in N rounds over all levels (so a
+slow drift of the machine hits every level alike), and writes a markdown summary (medians, with the
+min-max of throughput and p99 over the rounds) to `--summary`.
 """
 
 from __future__ import annotations
@@ -338,9 +341,20 @@ def main() -> None:
         default=500,
         help="requests answered in process (no Triton) per catalogue first, for comparison; 0 skips",
     )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="rounds over all levels against the same server; medians are reported"
+    )
     parser.add_argument("--work", type=Path, default=REPO / "artifacts" / "bench_serving")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serving.jsonl")
+    parser.add_argument(
+        "--summary",
+        type=Path,
+        default=None,
+        help="markdown summary (default: benchmarks/results/serving_<UTC time>.md when --repeats > 1)",
+    )
     args = parser.parse_args()
+    if args.repeats < 1:
+        raise SystemExit(f"error: --repeats {args.repeats}: expected 1 or more rounds.")
     if not (args.bundle / "manifest.json").is_file():
         raise SystemExit(
             f"error: no bundle at {args.bundle}; run ./scripts/demo.sh (or python -m serving.export) first."
@@ -375,13 +389,14 @@ def main() -> None:
             for protocol in args.protocols:
                 url = server.grpc_url if protocol == "grpc" else server.http_url
                 levels = [
-                    (m, c, k)
+                    (r, m, c, k)
+                    for r in range(args.repeats)
                     for m in args.models
                     for k in args.clients
                     if protocol == "grpc" or k == "sdk"
                     for c in args.concurrency
                 ]
-                for model, concurrency, client in levels:
+                for repeat, model, concurrency, client in levels:
                     before = model_stats(server.http_url, model)
                     result = asyncio.run(
                         run_level(
@@ -405,6 +420,8 @@ def main() -> None:
                         "num_items": num_items,
                         "k": 20,
                         "instances": args.instances,
+                        "repeat": repeat,
+                        "repeats": args.repeats,
                         "index": index_info,
                         "server_ready_seconds": round(load_s, 2),
                         **result,
@@ -412,7 +429,8 @@ def main() -> None:
                     }
                     rows.append(row)
                     print(
-                        f"{num_items:>9,} {protocol:4} {client:3} {model:13} c={concurrency:<3} {row['throughput_rps']:>7.0f} req/s  "
+                        f"{num_items:>9,} {protocol:4} {client:3} {model:13} c={concurrency:<3} r{repeat} "
+                        f"{row['throughput_rps']:>7.0f} req/s  "
                         f"p50 {row['p50_ms']:6.2f}  p95 {row['p95_ms']:6.2f}  p99 {row['p99_ms']:6.2f} ms  "
                         f"errors {row['errors']}  server: {row['server_rows_per_execute']} rows/execute, "
                         f"queue {row['server_queue_ms']} ms, compute {row['server_compute_ms']} ms; "
@@ -426,6 +444,43 @@ def main() -> None:
         print(f"[bench]   server peak RSS {peak / 2**20:.0f} MiB (server + python stubs)", flush=True)
     common = {"command": " ".join(sys.argv), **environment("numpy", "faiss", "onnxruntime", "tritonclient")}
     append_results(args.out, [{**row, **common} for row in rows])
+    if args.repeats > 1 or args.summary:
+        path = args.summary or args.out.parent / f"serving_{common['time'].replace(':', '').replace('-', '')}.md"
+        path.write_text(f"# Serving, {args.repeats} rounds per level\n\n`{common['command']}`, commit "
+                        f"{common['git_commit']}, {common['time']}\n\n" + summary_table(rows))
+        print(f"summary written to {path}")
+
+
+def _span(values: list[float], digits: int) -> str:
+    """`median (min-max)`, or the value alone when there is one."""
+    fmt = f"{{:,.{digits}f}}"
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def summary_table(rows: list[dict]) -> str:
+    """One markdown row per (catalogue, model, protocol, client, concurrency): medians over the rounds,
+    with the min-max of throughput and p99."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if row.get("benchmark") == "serving":
+            key = (row["num_items"], row["model"], row["protocol"], row["client"], row["concurrency"])
+            groups.setdefault(key, []).append(row)
+    lines = [
+        "| catalogue | model | protocol | client | c | rounds | req/s | p50 ms | p95 ms | p99 ms | errors | server peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (items, model, protocol, client, concurrency), group in sorted(groups.items()):
+        lines.append(
+            f"| {items:,} | {model} | {protocol} | {client} | {concurrency} | {len(group)} "
+            f"| {_span([g['throughput_rps'] for g in group], 0)} "
+            f"| {statistics.median(g['p50_ms'] for g in group):.2f} "
+            f"| {statistics.median(g['p95_ms'] for g in group):.2f} "
+            f"| {_span([g['p99_ms'] for g in group], 1)} "
+            f"| {sum(g['errors'] for g in group)} | {group[0].get('server_peak_rss_mib', float('nan')):,.0f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

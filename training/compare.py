@@ -14,11 +14,14 @@ import argparse
 import csv
 import json
 import math
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
+SAMPLED = re.compile(r"test_sampled\d+/(hr|ndcg)@10")
 
 COLUMNS = (
     "test/ndcg@10",
@@ -101,6 +104,10 @@ def _cell(stat) -> str:
 def write_leaderboard(table: dict, out: Path, metric: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     columns = [c for c in COLUMNS if any(c in v["metrics"] for v in table.values())]
+    # Sampled-negative figures (evaluate.sampled_negatives), last and named as such: never full ranking.
+    columns += sorted(
+        {m for v in table.values() for m in v["metrics"] if SAMPLED.fullmatch(m)}, key=lambda m: (m.split("/")[0], m)
+    )
     lines = []
     for data in sorted({d for d, _ in table}):
         rows = sorted(

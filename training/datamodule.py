@@ -142,8 +142,8 @@ def evaluation_examples(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
     """One example per target step of val/test rows: inputs, slice masks, and each example's history.
 
-    Returns (batch arrays, slices {name: (E,) bool}, seen {"offsets": (E+1,), "items": (H,)}) where seen
-    lists every item of the row before the target (for `exclude_seen`).
+    Returns (batch arrays, slices {name: (E,) bool}, seen {"offsets": (E+1,), "items": (H,), "targets": (E,)})
+    where seen lists every item of the row before the target (for `exclude_seen` and sampled negatives).
     """
     targets = np.flatnonzero(split.steps["target_mask"])
     row = split.row_of_step[targets]
@@ -173,7 +173,12 @@ def evaluation_examples(
     seen_lengths = position
     seen_offsets = np.concatenate([[0], np.cumsum(seen_lengths)])
     seen_index = np.repeat(split.offsets[row] - seen_offsets[:-1], seen_lengths) + np.arange(seen_offsets[-1])
-    seen = {"offsets": seen_offsets, "items": item_ids[seen_index], "replay": session_replay(split, targets)}
+    seen = {
+        "offsets": seen_offsets,
+        "items": item_ids[seen_index],
+        "targets": batch["target"],
+        "replay": session_replay(split, targets),
+    }
     return batch, slices, seen
 
 

@@ -4,7 +4,9 @@
     python -m training.evaluate ckpt_path=... data=<name> evaluate.exclude_seen=true hydra.run.dir=<run>
 
 Writes `metrics.json` (slash keys: `test/ndcg@10`, `test/intent_shift/hr@10`, `val/mrr@10`, ...)
-and `metrics.md` into the run folder. Every item of the catalogue is ranked; never sampled negatives.
+and `metrics.md` into the run folder. Every item of the catalogue is ranked. Only with
+`evaluate.sampled_negatives=N` (to compare with papers that sample) the target is also ranked among N
+sampled items, reported apart as `<split>_sampled<N>/*`.
 """
 
 from __future__ import annotations
@@ -63,7 +65,18 @@ def markdown_table(metrics: dict, ks) -> str:
             lines.append(f"| {name} | {int(metrics[f'{head}/count'])} | {values} |")
         coverage = ", ".join(f"coverage@{k} {metrics.get(f'{split}/coverage@{k}', 0):.3f}" for k in ks)
         lines += ["", coverage, ""]
+        for head in sampled_heads(metrics, split):
+            values = ", ".join(
+                f"{c} {metrics[f'{head}/{c}']:.4f}" for k in ks for c in (f"hr@{k}", f"ndcg@{k}") if f"{head}/{c}" in metrics
+            )
+            negatives = head.rsplit("sampled", 1)[1]
+            lines += [f"Sampled, not full ranking ({head}: target among {negatives} sampled unseen items): {values}", ""]
     return "\n".join(lines)
+
+
+def sampled_heads(metrics: dict, split: str) -> list[str]:
+    """`<split>_sampled<N>` prefixes present in `metrics` (evaluate.sampled_negatives)."""
+    return sorted({key.split("/")[0] for key in metrics if key.startswith(f"{split}_sampled") and key.endswith("/count")})
 
 
 def format_summary(metrics: dict, run_dir: Path) -> str:
@@ -76,6 +89,11 @@ def format_summary(metrics: dict, run_dir: Path) -> str:
                     f"  {head:22} n={int(metrics[f'{head}/count']):>7,}  HR@10 {metrics[f'{head}/hr@10']:.4f}  "
                     f"NDCG@10 {metrics[f'{head}/ndcg@10']:.4f}  MRR@10 {metrics[f'{head}/mrr@10']:.4f}"
                 )
+        for head in sampled_heads(metrics, split):
+            lines.append(
+                f"  {head:22} n={int(metrics[f'{head}/count']):>7,}  HR@10 {metrics[f'{head}/hr@10']:.4f}  "
+                f"NDCG@10 {metrics[f'{head}/ndcg@10']:.4f}  (sampled negatives, not full ranking)"
+            )
     return "\n".join(lines)
 
 

@@ -9,6 +9,12 @@ the same score is neither rewarded (optimistic ranking) nor punished (pessimisti
     HR@K   = P(position < K)
     NDCG@K = E[1 / log2(position + 2) if position < K]     (one relevant item, so IDCG = 1)
     MRR@K  = E[1 / (position + 1) if position < K]
+
+Only to set a figure beside a paper that ranks against sampled negatives (SASRec's protocol: the
+target among 100 items drawn uniformly from those the shopper has not interacted with),
+`evaluate.sampled_negatives: N` adds `<split>_sampled<N>/*` metrics next to the full-ranking ones,
+never instead of them. The negatives are drawn once per example with `evaluate.sampled_seed`, so every
+model and seed is ranked against the same ones.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import numpy as np
 import torch
 
 DEFAULT_KS = (5, 10, 20, 50, 100)
+MAX_DRAW_ROUNDS = 100
 
 
 def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,9 +67,20 @@ class RankingAccumulator:
     """
 
     def __init__(
-        self, ks, num_items: int, train_counts: np.ndarray, replay: dict | None = None, business_ks=(), codes=None
+        self,
+        ks,
+        num_items: int,
+        train_counts: np.ndarray,
+        replay: dict | None = None,
+        business_ks=(),
+        codes=None,
+        negatives: np.ndarray | None = None,
     ):
         self.replay, self.business_ks, self.codes = replay, tuple(sorted(business_ks)), codes
+        # (E, N) sampled negatives per example of the split (see sample_negatives), or None.
+        self.negatives = negatives
+        self.sampled_sums: dict[str, float] = defaultdict(float)
+        self.sampled_count = 0
         self.example_lists: list[tuple[np.ndarray, np.ndarray]] = []  # (example indices, top lists) for replay
         self.ks = tuple(sorted(set(ks) | set(self.business_ks)))
         self.num_items = num_items
@@ -99,12 +117,29 @@ class RankingAccumulator:
             self.recommended[k][top[:, :k].ravel()] = True
             self.popularity_sum[k] += float(self.train_counts[top[:, :k]].mean(axis=1).sum())
         self.lists += len(top)
+        if self.negatives is not None and example_index is not None:
+            self._add_sampled(scores, targets, np.asarray(example_index))
         if self.replay is not None and self.business_ks and example_index is not None:
             self.example_lists.append((np.asarray(example_index), top[:, : max(self.business_ks)]))
+
+    def _add_sampled(self, scores: torch.Tensor, targets: torch.Tensor, example_index: np.ndarray) -> None:
+        """The target ranked among its example's sampled negatives only (ties: expected position)."""
+        candidates = torch.from_numpy(self.negatives[example_index]).to(scores.device)
+        negative_scores = scores.gather(1, candidates)
+        target_scores = scores.gather(1, targets.to(scores.device).unsqueeze(1))
+        greater = (negative_scores > target_scores).sum(dim=1).cpu().numpy()
+        ties = (negative_scores == target_scores).sum(dim=1).cpu().numpy()
+        for k in self.ks:
+            if k <= self.negatives.shape[1]:
+                for metric, values in expected_metrics(greater, ties, k).items():
+                    self.sampled_sums[metric] += float(values.sum())
+        self.sampled_count += len(example_index)
 
     def state(self) -> dict:
         """Plain sums, so ranks of a distributed run can be added up before `result`."""
         return {
+            "sampled_sums": dict(self.sampled_sums),
+            "sampled_count": self.sampled_count,
             "sums": {n: dict(m) for n, m in self.sums.items()},
             "counts": dict(self.counts),
             "recommended": {k: v.copy() for k, v in self.recommended.items()},
@@ -124,6 +159,9 @@ class RankingAccumulator:
             self.popularity_sum[k] += state["popularity_sum"][k]
         self.lists += state["lists"]
         self.example_lists += state.get("example_lists", [])
+        for metric, value in state.get("sampled_sums", {}).items():
+            self.sampled_sums[metric] += value
+        self.sampled_count += state.get("sampled_count", 0)
 
     def result(self, prefix: str) -> dict[str, float]:
         """`{prefix}/ndcg@10`, `{prefix}/<slice>/ndcg@10`, `{prefix}/count`, coverage and popularity."""
@@ -136,6 +174,11 @@ class RankingAccumulator:
         for k in self.ks:
             out[f"{prefix}/coverage@{k}"] = float(self.recommended[k][1:].sum()) / self.num_items
             out[f"{prefix}/avg_popularity@{k}"] = self.popularity_sum[k] / max(self.lists, 1)
+        if self.sampled_count:
+            head = f"{prefix}_sampled{self.negatives.shape[1]}"
+            for metric, total in self.sampled_sums.items():
+                out[f"{head}/{metric}"] = total / self.sampled_count
+            out[f"{head}/count"] = self.sampled_count
         if self.replay is not None and self.business_ks and self.example_lists:
             index = np.concatenate([i for i, _ in self.example_lists])
             lists = np.zeros((len(self.replay["example_step"]), max(self.business_ks)), np.int64)
@@ -152,8 +195,70 @@ def business_codes() -> dict[str, int]:
     return {"add_to_cart": enum_code(EVENT_TYPES, "add_to_cart"), "purchase": enum_code(EVENT_TYPES, "purchase")}
 
 
+def sample_negatives(seen: dict, num_items: int, count: int, seed: int) -> np.ndarray:
+    """(E, count) item ids, each drawn uniformly from 1..num_items and redrawn while it is the example's
+    target or in its history (independent draws, as SASRec's evaluation makes them).
+
+    Args:
+        seen: an evaluation split's histories: {"offsets": (E+1,), "items": (H,), "targets": (E,)}.
+    """
+    from data.errors import ConfigError
+
+    offsets, targets = seen["offsets"], np.asarray(seen["targets"], np.int64)
+    examples = len(targets)
+    width = num_items + 1
+    history_rows = np.repeat(np.arange(examples, dtype=np.int64), np.diff(offsets))
+    forbidden = np.unique(
+        np.concatenate(
+            [history_rows * width + seen["items"].astype(np.int64), np.arange(examples, dtype=np.int64) * width + targets]
+        )
+    )
+    allowed = num_items - np.bincount(forbidden // width, minlength=examples)
+    if examples and allowed.min() < 1:
+        row = int(allowed.argmin())
+        raise ConfigError(
+            f"evaluate.sampled_negatives={count}: example {row} has no item left to sample (its history and target "
+            f"cover all {num_items} items); set evaluate.sampled_negatives=0 for full ranking only."
+        )
+    rng = np.random.default_rng(seed)
+    negatives = rng.integers(1, num_items + 1, size=(examples, count), dtype=np.int64)
+    rows = np.arange(examples, dtype=np.int64)[:, None]
+    for _ in range(MAX_DRAW_ROUNDS):
+        bad = np.isin(rows * width + negatives, forbidden, assume_unique=False)
+        if not bad.any():
+            return negatives
+        negatives[bad] = rng.integers(1, num_items + 1, size=int(bad.sum()), dtype=np.int64)
+    raise ConfigError(
+        f"evaluate.sampled_negatives={count}: could not draw negatives outside the histories in {MAX_DRAW_ROUNDS} "
+        "rounds (histories cover almost the whole catalogue); use a smaller count or 0."
+    )
+
+
+def split_negatives(evaluation: dict, num_items: int, seen: dict | None) -> np.ndarray | None:
+    """The sampled negatives an evaluation config asks for (`evaluate.sampled_negatives`, `sampled_seed`),
+    drawn once per split and kept in `seen`; None for full ranking only (the default)."""
+    from data.errors import ConfigError
+
+    count = evaluation.get("sampled_negatives", 0) or 0
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0 or (count and count >= num_items):
+        raise ConfigError(
+            f"evaluate.sampled_negatives={count!r}: expected an integer from 0 (full ranking only, the default) to "
+            f"{num_items - 1} (the catalogue has {num_items} items); SASRec's protocol uses 100."
+        )
+    if not count:
+        return None
+    if seen is None or "targets" not in seen:
+        raise ConfigError("evaluate.sampled_negatives needs the split's histories; evaluate through the DataModule.")
+    seed = int(evaluation.get("sampled_seed", 0))
+    key = ("negatives", count, seed, num_items)
+    if key not in seen:
+        seen[key] = sample_negatives(seen, num_items, count, seed)
+    return seen[key]
+
+
 def make_accumulator(evaluation: dict, num_items: int, train_counts, seen: dict | None) -> RankingAccumulator:
-    """The accumulator an evaluation config asks for (with the business replay when the split has one)."""
+    """The accumulator an evaluation config asks for (with the business replay when the split has one,
+    and sampled negatives when `evaluate.sampled_negatives` > 0)."""
     return RankingAccumulator(
         evaluation["ks"],
         num_items,
@@ -161,6 +266,7 @@ def make_accumulator(evaluation: dict, num_items: int, train_counts, seen: dict 
         replay=(seen or {}).get("replay"),
         business_ks=evaluation.get("business_ks", ()) or (),
         codes=business_codes(),
+        negatives=split_negatives(evaluation, num_items, seen),
     )
 
 

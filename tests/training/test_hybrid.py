@@ -44,10 +44,20 @@ def test_hybrid_scores_are_logits_plus_weighted_log_cooccurrence(artifacts, tmp_
 
 
 def test_weight_zero_reproduces_the_model_and_the_best_weight_is_chosen_on_val(artifacts, tmp_path):
-    metrics = run(artifacts, tmp_path / "zero", "hybrid.enabled=true", "hybrid.weights=[0]")
+    metrics = run(
+        artifacts, tmp_path / "zero", "hybrid.enabled=true", "hybrid.weights=[0]", "evaluate.sampled_negatives=20"
+    )
     for split in ("val", "test"):
         for k in (5, 10, 20):
             assert metrics[f"hybrid_{split}/ndcg@{k}"] == pytest.approx(metrics[f"{split}/ndcg@{k}"], abs=1e-6)
+            # The same sampled negatives for the model and its hybrid, so weight 0 gives the same figures.
+            sampled = f"{split}_sampled20/ndcg@{k}"
+            assert metrics[f"hybrid_{sampled}"] == pytest.approx(metrics[sampled], abs=1e-6)
+    # Sampled figures come beside the full ranking, never in its place, and are far easier.
+    assert metrics["test_sampled20/count"] == metrics["test/count"]
+    assert metrics["test_sampled20/hr@10"] > metrics["test/hr@10"]
+    assert "test_sampled20/hr@50" not in metrics
+    assert "Sampled, not full ranking (test_sampled20" in (tmp_path / "zero" / "metrics.md").read_text()
     tuned = run(artifacts, tmp_path / "tuned", "hybrid.enabled=true", "hybrid.weights=[0,1,4]")
     info = json.loads((tmp_path / "tuned" / "metrics.json").read_text())["info"]["hybrid"]
     tried = {float(w): v for w, v in info["val_ndcg@10_by_weight"].items()}

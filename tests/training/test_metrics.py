@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from training.metrics import RankingAccumulator, expected_metrics, mask_scores, target_ranks
+from data.errors import ConfigError
+from training.metrics import (
+    RankingAccumulator,
+    expected_metrics,
+    mask_scores,
+    sample_negatives,
+    split_negatives,
+    target_ranks,
+)
 
 
 def test_ranks_count_greater_and_tied_items():
@@ -118,3 +126,53 @@ def test_session_replay_cuts_sessions_at_new_session_flags_and_row_starts():
     assert replay["example_session"].tolist() == [0, 1, 2]
     assert replay["event_step"].tolist() == [1, 2, 4]  # from each session's first evaluated step to its end
     assert replay["event_value"].tolist() == [2.0, 6.0, 15.0]
+
+
+def test_sampled_negatives_avoid_history_and_target_and_are_the_same_for_every_model():
+    # 3 examples over 50 items; example 1's history and target leave only items 40..50 to draw.
+    seen = {
+        "offsets": np.array([0, 2, 41, 41]),
+        "items": np.concatenate([[3, 4], np.arange(1, 40)]),
+        "targets": np.array([5, 40, 7]),
+    }
+    negatives = sample_negatives(seen, 50, 100, seed=0)
+    assert negatives.shape == (3, 100)
+    assert negatives.min() >= 1 and negatives.max() <= 50
+    assert not np.isin(negatives[0], [3, 4, 5]).any()
+    assert set(negatives[1]) <= set(range(41, 51))
+    assert not (negatives[2] == 7).any()
+    assert np.array_equal(negatives, sample_negatives(seen, 50, 100, seed=0))
+    assert not np.array_equal(negatives, sample_negatives(seen, 50, 100, seed=1))
+
+
+def test_sampled_metrics_rank_the_target_among_its_negatives_only():
+    # 10 items; the target (item 9) scores below items 1..8 in the full ranking (position 8), but its
+    # negatives are items 1 and 2 (position 2 of 3) for example 0 and item 10 (position 0) for example 1.
+    scores = torch.tensor([[float("-inf")] + [9.0 - i for i in range(8)] + [0.5, 0.1]] * 2)
+    accumulator = RankingAccumulator([1, 10], 10, np.ones(11), negatives=np.array([[1, 2], [10, 10]]))
+    accumulator.add(scores, torch.tensor([9, 9]), {"all": np.array([True, True])}, np.array([0, 1]))
+    result = accumulator.result("test")
+    assert result["test/hr@10"] == pytest.approx(1.0) and result["test/hr@1"] == pytest.approx(0.0)
+    assert result["test_sampled2/hr@1"] == pytest.approx(0.5)
+    assert result["test_sampled2/ndcg@1"] == pytest.approx(0.5)
+    assert result["test_sampled2/count"] == 2
+    assert "test_sampled2/hr@10" not in result  # a cut-off above the negatives' count means nothing
+    # Tied negatives get the expected position, as the full ranking does.
+    tied = RankingAccumulator([1], 10, np.ones(11), negatives=np.array([[9, 9], [9, 9]]))
+    ties = torch.zeros(2, 11)
+    ties[:, 0] = float("-inf")
+    tied.add(ties, torch.tensor([3, 4]), {"all": np.array([True, True])}, np.array([0, 1]))
+    assert tied.result("val")["val_sampled2/hr@1"] == pytest.approx(1 / 3)
+
+
+def test_sampled_negatives_config_is_checked():
+    seen = {"offsets": np.array([0, 1]), "items": np.array([1]), "targets": np.array([2])}
+    for bad in (-1, 1.5, True, "100", 10):
+        with pytest.raises(ConfigError, match="evaluate.sampled_negatives"):
+            split_negatives({"sampled_negatives": bad}, 10, seen)
+    assert split_negatives({"sampled_negatives": 0}, 10, seen) is None
+    first = split_negatives({"sampled_negatives": 3, "sampled_seed": 4}, 10, seen)
+    assert split_negatives({"sampled_negatives": 3, "sampled_seed": 4}, 10, seen) is first  # drawn once per split
+    full = {"offsets": np.array([0, 9]), "items": np.arange(1, 10), "targets": np.array([10])}
+    with pytest.raises(ConfigError, match="example 0 has no item left"):
+        sample_negatives(full, 10, 5, seed=0)
