@@ -363,6 +363,8 @@ def main() -> None:
     from serving.repository import ServingOptions, build
     from serving.server import TritonServer
 
+    # Recorded when the run starts: the commit and time of the code that ran, not of a later commit.
+    common = {"command": " ".join(sys.argv), **environment("numpy", "faiss", "onnxruntime", "tritonclient")}
     rows = []
     for num_items in args.items:
         bundle_dir = args.work / f"bundle_{num_items}"
@@ -442,12 +444,13 @@ def main() -> None:
             if row["num_items"] == num_items and row["benchmark"] == "serving":
                 row["server_peak_rss_mib"] = round(peak / 2**20, 1)
         print(f"[bench]   server peak RSS {peak / 2**20:.0f} MiB (server + python stubs)", flush=True)
-    common = {"command": " ".join(sys.argv), **environment("numpy", "faiss", "onnxruntime", "tritonclient")}
     append_results(args.out, [{**row, **common} for row in rows])
     if args.repeats > 1 or args.summary:
         path = args.summary or args.out.parent / f"serving_{common['time'].replace(':', '').replace('-', '')}.md"
-        path.write_text(f"# Serving, {args.repeats} rounds per level\n\n`{common['command']}`, commit "
-                        f"{common['git_commit']}, {common['time']}\n\n" + summary_table(rows))
+        path.write_text(
+            f"# Serving, {args.repeats} rounds per level\n\n`{common['command']}`, commit "
+            f"{common['git_commit']}, {common['time']}\n\n" + summary_table(rows)
+        )
         print(f"summary written to {path}")
 
 

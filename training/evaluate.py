@@ -67,16 +67,24 @@ def markdown_table(metrics: dict, ks) -> str:
         lines += ["", coverage, ""]
         for head in sampled_heads(metrics, split):
             values = ", ".join(
-                f"{c} {metrics[f'{head}/{c}']:.4f}" for k in ks for c in (f"hr@{k}", f"ndcg@{k}") if f"{head}/{c}" in metrics
+                f"{c} {metrics[f'{head}/{c}']:.4f}"
+                for k in ks
+                for c in (f"hr@{k}", f"ndcg@{k}")
+                if f"{head}/{c}" in metrics
             )
             negatives = head.rsplit("sampled", 1)[1]
-            lines += [f"Sampled, not full ranking ({head}: target among {negatives} sampled unseen items): {values}", ""]
+            lines += [
+                f"Sampled, not full ranking ({head}: target among {negatives} sampled unseen items): {values}",
+                "",
+            ]
     return "\n".join(lines)
 
 
 def sampled_heads(metrics: dict, split: str) -> list[str]:
     """`<split>_sampled<N>` prefixes present in `metrics` (evaluate.sampled_negatives)."""
-    return sorted({key.split("/")[0] for key in metrics if key.startswith(f"{split}_sampled") and key.endswith("/count")})
+    return sorted(
+        {key.split("/")[0] for key in metrics if key.startswith(f"{split}_sampled") and key.endswith("/count")}
+    )
 
 
 def format_summary(metrics: dict, run_dir: Path) -> str:

@@ -210,7 +210,10 @@ def sample_negatives(seen: dict, num_items: int, count: int, seed: int) -> np.nd
     history_rows = np.repeat(np.arange(examples, dtype=np.int64), np.diff(offsets))
     forbidden = np.unique(
         np.concatenate(
-            [history_rows * width + seen["items"].astype(np.int64), np.arange(examples, dtype=np.int64) * width + targets]
+            [
+                history_rows * width + seen["items"].astype(np.int64),
+                np.arange(examples, dtype=np.int64) * width + targets,
+            ]
         )
     )
     allowed = num_items - np.bincount(forbidden // width, minlength=examples)
