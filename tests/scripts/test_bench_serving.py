@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
-from scripts.bench_serving import percentile, summary_table
+import pytest
+
+from scripts.bench_serving import main, percentile, summary_table
 
 
 def _row(rps, p99, repeat, concurrency=8, errors=0):
@@ -39,3 +41,9 @@ def test_percentile_is_nearest_rank():
     values = [float(v) for v in range(1, 101)]
     assert percentile(values, 99) == 99.0 and percentile(values, 50) == 50.0
     assert math.isnan(percentile([], 99))  # nothing to rank
+
+
+def test_zero_rounds_are_refused_before_anything_starts(monkeypatch, tmp_path):
+    monkeypatch.setattr("sys.argv", ["bench_serving.py", "--repeats", "0", "--bundle", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--repeats 0: expected 1 or more rounds"):
+        main()

@@ -171,6 +171,8 @@ def test_sampled_negatives_config_is_checked():
         with pytest.raises(ConfigError, match="evaluate.sampled_negatives"):
             split_negatives({"sampled_negatives": bad}, 10, seen)
     assert split_negatives({"sampled_negatives": 0}, 10, seen) is None
+    with pytest.raises(ConfigError, match="needs the split's histories"):
+        split_negatives({"sampled_negatives": 3}, 10, None)
     first = split_negatives({"sampled_negatives": 3, "sampled_seed": 4}, 10, seen)
     assert split_negatives({"sampled_negatives": 3, "sampled_seed": 4}, 10, seen) is first  # drawn once per split
     full = {"offsets": np.array([0, 9]), "items": np.arange(1, 10), "targets": np.array([10])}
