@@ -9,13 +9,15 @@ sees model-shaped clusters, not uniform noise. Queries: `--queries` further nois
 item vectors that are not in the catalogue. For each index: build seconds (training + adding),
 queries/s at batch 1 (one query per search call, `--threads` OpenMP threads: 1 is what each serving
 instance uses) and at batch 256, and recall@10 / recall@100 against the exact (Flat) results.
-Medians over `--repeats` timed passes. Results: JSON lines in benchmarks/results/retrieval.jsonl
-and a printed table.
+Medians over `--repeats` timed passes (every pass's rate is kept too). Results: JSON lines in
+benchmarks/results/retrieval.jsonl, each with the sha256 of the bundle's embeddings (runs on
+different vectors differ in recall, not only in speed), and a printed table.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import statistics
 import sys
 import time
@@ -29,17 +31,18 @@ from scripts.bench_common import append_results, environment, noisy_copies, scal
 
 
 def catalogue(bundle_dir: Path, num_items: int, num_queries: int, noise: float, seed: int):
+    """(catalogue vectors, query vectors, sha256 of the bundle's embeddings, 16 hex digits)."""
     from serving.bundle import load_bundle
 
-    real = load_bundle(bundle_dir, verify=False).embeddings[1:].astype(np.float32)
+    real = np.ascontiguousarray(load_bundle(bundle_dir, verify=False).embeddings[1:].astype(np.float32))
     rng = np.random.default_rng(seed)
     vectors, _ = scaled_vectors(real, num_items, noise, rng)
     queries, _ = noisy_copies(real, num_queries, noise, rng)
-    return vectors, np.ascontiguousarray(queries)
+    return vectors, np.ascontiguousarray(queries), hashlib.sha256(real.tobytes()).hexdigest()[:16]
 
 
-def timed_search(index, queries: np.ndarray, k: int, batch: int, repeats: int) -> tuple[float, np.ndarray]:
-    """(median queries/s over repeats, ids of the last pass)."""
+def timed_search(index, queries: np.ndarray, k: int, batch: int, repeats: int) -> tuple[list[float], np.ndarray]:
+    """(queries/s of each of `repeats` passes, ids of the last pass)."""
     rates, ids = [], None
     for _ in range(repeats):
         found = []
@@ -48,7 +51,7 @@ def timed_search(index, queries: np.ndarray, k: int, batch: int, repeats: int) -
             found.append(index.search(queries[start : start + batch], k)[1])
         rates.append(len(queries) / (time.perf_counter() - started))
         ids = np.concatenate(found)
-    return statistics.median(rates), ids
+    return rates, ids
 
 
 def recall(found: np.ndarray, exact: np.ndarray, k: int) -> float:
@@ -84,7 +87,7 @@ def main() -> None:
     cores = os.cpu_count() or 1
     rows = []
     for num_items in args.items:
-        vectors, queries = catalogue(args.bundle, num_items, args.queries, args.noise, args.seed)
+        vectors, queries, vectors_sha = catalogue(args.bundle, num_items, args.queries, args.noise, args.seed)
         single = queries[: args.batch1_queries]
         settings = [("Flat", {})]
         settings += [(resolve_factory("IVF{nlist},Flat", num_items), {"nprobe": p}) for p in args.nprobe]
@@ -100,8 +103,9 @@ def main() -> None:
             index, build_s = built[factory]
             set_search_params(index, params)
             faiss.omp_set_num_threads(args.threads)
-            qps1, _ = timed_search(index, single, 100, 1, args.repeats)
-            qps256, found = timed_search(index, queries, 100, 256, args.repeats)
+            rates1, _ = timed_search(index, single, 100, 1, args.repeats)
+            rates256, found = timed_search(index, queries, 100, 256, args.repeats)
+            qps1, qps256 = statistics.median(rates1), statistics.median(rates256)
             if exact is None:
                 exact = found  # Flat comes first: the reference
             row = {
@@ -113,11 +117,15 @@ def main() -> None:
                 "build_seconds": round(build_s, 2),
                 "qps_batch1": round(qps1, 1),
                 "qps_batch256": round(qps256, 1),
+                "qps_batch1_passes": [round(r, 1) for r in rates1],
+                "qps_batch256_passes": [round(r, 1) for r in rates256],
                 "recall@10": recall(found, exact, 10),
                 "recall@100": recall(found, exact, 100),
                 "queries": len(queries),
                 "search_threads": args.threads,
                 "build_threads": cores,
+                "bundle": str(args.bundle),
+                "vectors_sha256": vectors_sha,
             }
             rows.append(row)
         flat = next(r for r in rows if r["num_items"] == num_items and r["factory"] == "Flat")

@@ -241,7 +241,11 @@ class BatchIndexSampler(torch.utils.data.Sampler):
     cut when it would exceed `batch_targets` targets rather than after `batch_size` examples (it
     always holds at least one). Every optimizer step then averages its loss over about the same
     number of targets, as random batches do on average; fixed-size batches of similar length would
-    instead give each target of a short-sequence batch a larger share of its step.
+    instead give each target of a short-sequence batch a larger share of its step. Budget cuts give
+    a different number of batches in each shuffle, while Lightning reads `len()` once and validates
+    after that many batches (an epoch one batch short would skip its validation): every epoch is
+    therefore brought to epoch 0's count, splitting the batch with the most targets or merging the
+    adjacent pair with the fewest, so `len()` holds for every epoch.
     """
 
     def __init__(
@@ -263,6 +267,7 @@ class BatchIndexSampler(torch.utils.data.Sampler):
         self.targets = targets if lengths is not None and batch_targets else None
         self.batch_targets = int(batch_targets) if self.targets is not None else None
         self._cached: tuple[int, list[np.ndarray]] | None = None
+        self._budget_count: int | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -279,6 +284,22 @@ class BatchIndexSampler(torch.utils.data.Sampler):
         batches.append(order[start:])
         return batches
 
+    def _fixed_count(self, batches: list[np.ndarray]) -> list[np.ndarray]:
+        """`batches` (in length order) split or merged to epoch 0's number of budget batches."""
+        if self._budget_count is None:
+            self._budget_count = len(self._budget_batches(self._order(np.random.default_rng([self.seed, 0]))))
+        totals = [int(self.targets[b].sum()) for b in batches]
+        while len(batches) < self._budget_count:  # split the fullest batch that has two examples
+            i = max((j for j in range(len(batches)) if len(batches[j]) > 1), key=totals.__getitem__)
+            half = len(batches[i]) // 2
+            batches[i : i + 1] = [batches[i][:half], batches[i][half:]]
+            totals[i : i + 1] = [int(self.targets[b].sum()) for b in batches[i : i + 2]]
+        while len(batches) > self._budget_count:  # merge the adjacent pair with the fewest targets
+            i = min(range(len(batches) - 1), key=lambda j: totals[j] + totals[j + 1])
+            batches[i : i + 2] = [np.concatenate(batches[i : i + 2])]
+            totals[i : i + 2] = [totals[i] + totals[i + 1]]
+        return batches
+
     def _batches(self) -> list[np.ndarray]:
         if self._cached is not None and self._cached[0] == self.epoch:
             return self._cached[1]
@@ -286,16 +307,21 @@ class BatchIndexSampler(torch.utils.data.Sampler):
         self._cached = (self.epoch, batches)
         return batches
 
-    def _make_batches(self) -> list[np.ndarray]:
-        rng = np.random.default_rng([self.seed, self.epoch])
+    def _order(self, rng: np.random.Generator) -> np.ndarray:
+        """The epoch's example order: shuffled (training), then sorted by length within each pool."""
         order = rng.permutation(self.size) if self.shuffle else np.arange(self.size)
         if self.lengths is not None and self.shuffle:
             pools = [order[i : i + self.pool] for i in range(0, self.size, self.pool)]
             order = np.concatenate([pool[np.argsort(self.lengths[pool], kind="stable")] for pool in pools])
         elif self.lengths is not None:
             order = np.argsort(self.lengths, kind="stable")
+        return order
+
+    def _make_batches(self) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = self._order(rng)
         if self.batch_targets is not None and self.shuffle:
-            batches = self._budget_batches(order)
+            batches = self._fixed_count(self._budget_batches(order))
         else:
             batches = [order[i : i + self.batch_size] for i in range(0, self.size, self.batch_size)]
         if self.lengths is not None and self.shuffle:

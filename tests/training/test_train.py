@@ -109,6 +109,43 @@ def test_length_bucket_sampler_covers_every_window_once_per_epoch():
     assert not all(np.array_equal(a, b) for a, b in zip(batches, sampler))
 
 
+def test_target_budget_batches_keep_one_count_for_every_epoch():
+    # Cutting shuffled windows by target budget gives a different number of batches per shuffle;
+    # Lightning reads len() once and validates after that many batches, so an epoch one batch
+    # short skipped its validation (Amazon: 6 of 30 epochs). Every epoch must yield len() batches.
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 51, 2000)
+    targets = np.minimum(lengths, rng.integers(1, 50, 2000))
+    sampler = BatchIndexSampler(2000, 32, True, seed=0, lengths=lengths, targets=targets, batch_targets=100)
+    count = len(sampler)
+    raw = set()
+    for epoch in range(40):
+        sampler.set_epoch(epoch)
+        raw.add(len(sampler._budget_batches(sampler._order(np.random.default_rng([0, epoch])))))
+        batches = list(sampler)
+        assert len(batches) == len(sampler) == count, epoch
+        assert sorted(np.concatenate(batches).tolist()) == list(range(2000)) and min(map(len, batches)) >= 1
+        assert max(int(targets[b].sum()) for b in batches) <= 2 * 100
+    assert min(raw) < count < max(raw)  # both the split and the merge were exercised
+
+
+def test_every_epoch_is_validated_when_shuffles_cut_different_batch_counts(artifacts, tmp_path):
+    # On the tiny shop the default target budget cuts 31 or 32 batches depending on the shuffle
+    # (epoch 3: 31); before the fix that epoch ended one batch early and skipped its validation.
+    run(
+        artifacts,
+        tmp_path,
+        "model=gru",
+        "trainer.limit_train_batches=1.0",
+        "trainer.max_epochs=5",
+        "evaluate.early_stopping_patience=10",
+        "ranker.enabled=false",
+    )
+    info = json.loads((tmp_path / "metrics.json").read_text())["info"]
+    assert [p["epoch"] for p in info["learning_curve"]] == [0, 1, 2, 3, 4]
+    assert info["global_step"] == 5 * 32
+
+
 def test_resuming_continues_training_from_the_last_checkpoint(artifacts, tmp_path):
     run(artifacts, tmp_path / "first", "trainer.max_epochs=1")
     first = json.loads((tmp_path / "first" / "metrics.json").read_text())["info"]
