@@ -286,8 +286,11 @@ class BatchIndexSampler(torch.utils.data.Sampler):
 
     def _fixed_count(self, batches: list[np.ndarray]) -> list[np.ndarray]:
         """`batches` (in length order) split or merged to epoch 0's number of budget batches."""
-        if self._budget_count is None:
-            self._budget_count = len(self._budget_batches(self._order(np.random.default_rng([self.seed, 0]))))
+        if self._budget_count is None:  # epoch 0's batches are these when this is epoch 0
+            first = (
+                batches if self.epoch == 0 else self._budget_batches(self._order(np.random.default_rng([self.seed, 0])))
+            )
+            self._budget_count = len(first)
         totals = [int(self.targets[b].sum()) for b in batches]
         while len(batches) < self._budget_count:  # split the fullest batch that has two examples
             i = max((j for j in range(len(batches)) if len(batches[j]) > 1), key=totals.__getitem__)
