@@ -4,6 +4,7 @@
     python scripts/bench_recbole.py --datasets amazon_video_games --exclude-seen --recbole-models SASRec \
         --epochs 12 --patience 4 --intentrec-models gru@loss.exclude_seen=true,hybrid.enabled=true
     python scripts/bench_recbole.py --intentrec-models transformer transformer@data.bucket_by_length=true
+    python scripts/bench_recbole.py --datasets yoochoose --recbole-models --intentrec-models gru   # intentrec's side only
 
 RecBole 1.2.1 is a benchmark-only dependency: it is installed in its own venv (`--venv`, default
 artifacts/recbole/venv) by this script, never in the project's (it needs numpy<2, pandas<2 (pandas 3
@@ -24,8 +25,10 @@ breaks its token remapping), setuptools<81 and TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=
    HR@20, NDCG@20 on test (best validation checkpoint), training targets per second, seconds per
    epoch and training seconds to reach RecBole SASRec's best validation NDCG@10, with ratios.
 
-Results: JSON lines in benchmarks/results/recbole.jsonl, a markdown table per run in
-benchmarks/results/recbole_<time>.md (and printed).
+Results: JSON lines in benchmarks/results/recbole.jsonl (`--out`), a markdown table per run beside
+it, recbole_<time>.md (and printed). `--intentrec-overrides` apply to the split's preparation as well
+as to training, so RecBole always gets the split intentrec trains and tests on; a variant's own
+overrides (after `@`) reach training only and must not change the split.
 """
 
 from __future__ import annotations
@@ -232,9 +235,20 @@ def table(name: str, rows: list[dict], reference: dict | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["diginetica", "yoochoose"])
-    parser.add_argument("--recbole-models", nargs="+", default=["SASRec", "GRU4Rec"])
+    parser.add_argument(
+        "--recbole-models",
+        nargs="*",
+        default=["SASRec", "GRU4Rec"],
+        help="RecBole models to run; give none (`--recbole-models` alone) to re-measure intentrec's side only",
+    )
     parser.add_argument("--intentrec-models", nargs="+", default=["transformer", "gru"])
-    parser.add_argument("--intentrec-overrides", nargs="*", default=[], help="extra key=value for training.train")
+    parser.add_argument(
+        "--intentrec-overrides",
+        nargs="*",
+        default=[],
+        help="extra key=value for training.train, also applied when preparing the split RecBole is given "
+        "(so data.* and artifacts_dir overrides reach both libraries)",
+    )
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--max-len", type=int, default=50)
@@ -246,20 +260,25 @@ def main() -> None:
     )
     parser.add_argument("--venv", type=Path, default=REPO / "artifacts" / "recbole" / "venv")
     parser.add_argument("--work", type=Path, default=REPO / "artifacts" / "recbole" / "runs")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "recbole.jsonl")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "benchmarks" / "results" / "recbole.jsonl",
+        help="JSON lines appended here; the run's markdown table goes beside it (recbole_<time>.md)",
+    )
     args = parser.parse_args()
 
     from hydra import compose, initialize_config_dir
 
     from training.train import prepared_data
 
-    python = ensure_venv(args.venv)
+    python = ensure_venv(args.venv) if args.recbole_models else None
     stamp = time.strftime("%Y%m%d-%H%M%S")
     report = [f"## intentrec vs RecBole ({stamp}, seed {args.seed}, at most {args.epochs} epochs)", ""]
     all_rows = []
     for name in args.datasets:
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            data = prepared_data(compose("train", [f"data={name}"]))
+            data = prepared_data(compose("train", [f"data={name}", *args.intentrec_overrides]))
         work = args.work / stamp / name
         export_dir = work / "recbole_data" / name
         counts = export_split(data.directory, export_dir, name, args.max_len)
@@ -279,7 +298,8 @@ def main() -> None:
         all_rows += rows
     text = "\n".join(report)
     print(text)
-    md = REPO / "benchmarks" / "results" / f"recbole_{stamp}.md"
+    md = args.out.parent / f"recbole_{stamp}.md"
+    md.parent.mkdir(parents=True, exist_ok=True)
     md.write_text(text)
     common = {"benchmark": "recbole", "command": " ".join(sys.argv), **environment("torch", "numpy")}
     append_results(args.out, [{**row, **common} for row in all_rows])

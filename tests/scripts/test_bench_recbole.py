@@ -1,0 +1,63 @@
+"""scripts/bench_recbole.py with intentrec's side only (`--recbole-models` given no model), on the tiny shop:
+the split handed to RecBole is the one intentrec trains and tests on, and the results land beside `--out`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_intentrec_only_run_exports_the_split_it_tests_on(tmp_path):
+    out = tmp_path / "results" / "recbole.jsonl"
+    command = [
+        sys.executable,
+        str(REPO / "scripts" / "bench_recbole.py"),
+        "--datasets",
+        "synthetic",
+        "--recbole-models",
+        "--intentrec-models",
+        "gru@hybrid.enabled=true",
+        "--epochs",
+        "1",
+        "--max-len",
+        "20",
+        "--venv",
+        str(tmp_path / "recbole_venv"),
+        "--work",
+        str(tmp_path / "work"),
+        "--out",
+        str(out),
+        "--intentrec-overrides",
+        "debug=fast",
+        f"artifacts_dir={tmp_path / 'artifacts'}",
+    ]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    # No RecBole model asked for: its venv is not installed.
+    assert not (tmp_path / "recbole_venv").exists()
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["variant"] for r in rows][0] == "gru@hybrid.enabled=true"
+    assert len(rows) == 2 and rows[1]["variant"].startswith("gru@hybrid.enabled=true + co-occurrence (hybrid, weight ")
+    gru = rows[0]
+    assert gru["library"] == "intentrec" and gru["epochs"] == 1 and gru["seed"] == 0
+    assert "--recbole-models --intentrec-models" in gru["command"]
+    assert 0.0 <= gru["test"]["ndcg@10"] <= gru["test"]["hr@10"] <= 1.0
+
+    # The prepared split came from the overridden artifacts_dir, and RecBole's test file holds
+    # exactly the targets intentrec was tested on.
+    assert (tmp_path / "artifacts" / "data" / "synthetic").is_dir()
+    test_files = list((tmp_path / "work").glob("*/synthetic/recbole_data/synthetic/synthetic.test.inter"))
+    assert len(test_files) == 1
+    exported = test_files[0].read_text().splitlines()
+    assert exported[0] == "session_id:token\titem_id_list:token_seq\titem_id:token"
+    assert len(exported) - 1 == gru["targets"]["test"] == gru["test_targets"]
+    assert all(len(line.split("\t")[1].split()) <= 20 for line in exported[1:])
+
+    # The markdown table is written beside --out, not into the repository's results.
+    tables = list(out.parent.glob("recbole_*.md"))
+    assert len(tables) == 1 and "| intentrec | gru@hybrid.enabled=true |" in tables[0].read_text()
