@@ -205,11 +205,13 @@ def table(name: str, rows: list[dict], reference: dict | None) -> str:
     ]
     for r in rows:
         reach = r.get("seconds_to_reference")
+        # "-": SASRec's best was not reached; "n/a": no RecBole SASRec in this run to reach.
+        reached = "n/a" if reference is None else "-" if reach is None else f"{reach:.1f}"
         lines.append(
             f"| {r['library']} | {r['variant']} | "
             + " | ".join(f"{r['test'][m]:.4f}" for m in METRICS)
             + f" | {r['val_ndcg@10']:.4f} | {r['train_targets_per_second']:,.0f} | {r['seconds_per_epoch']:.1f} | "
-            f"{r['epochs']} | {'-' if reach is None else f'{reach:.1f}'} |"
+            f"{r['epochs']} | {reached} |"
         )
     if reference is not None:
         lines += ["", "Ratios against RecBole SASRec (same data, split, machine and run):", ""]
