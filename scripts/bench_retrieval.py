@@ -10,8 +10,8 @@ item vectors that are not in the catalogue. For each index: build seconds (train
 queries/s at batch 1 (one query per search call, `--threads` OpenMP threads: 1 is what each serving
 instance uses) and at batch 256, and recall@10 / recall@100 against the exact (Flat) results.
 Medians over `--repeats` timed passes (every pass's rate is kept too). Results: JSON lines in
-benchmarks/results/retrieval.jsonl, each with the sha256 of the bundle's item_embeddings.npy (its manifest's) (runs on
-different vectors differ in recall, not only in speed), and a printed table.
+benchmarks/results/retrieval.jsonl, each with the bundle manifest's sha256 of item_embeddings.npy
+(runs on different vectors differ in recall, not only in speed), and a printed table.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from scripts.bench_common import append_results, environment, noisy_copies, scal
 
 
 def catalogue(bundle_dir: Path, num_items: int, num_queries: int, noise: float, seed: int):
-
     from serving.bundle import load_bundle
 
     real = load_bundle(bundle_dir, verify=False).embeddings[1:].astype(np.float32)

@@ -291,6 +291,8 @@ class BatchIndexSampler(torch.utils.data.Sampler):
                 batches if self.epoch == 0 else self._budget_batches(self._order(np.random.default_rng([self.seed, 0])))
             )
             self._budget_count = len(first)
+        if len(batches) == self._budget_count:  # most epochs: nothing to split or merge
+            return batches
         totals = [int(self.targets[b].sum()) for b in batches]
         while len(batches) < self._budget_count:  # split the fullest batch that has two examples
             i = max((j for j in range(len(batches)) if len(batches[j]) > 1), key=totals.__getitem__)
