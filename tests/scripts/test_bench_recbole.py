@@ -64,3 +64,37 @@ def test_intentrec_only_run_exports_the_split_it_tests_on(tmp_path):
     row = next(line for line in tables[0].read_text().splitlines() if line.startswith("| intentrec | gru@hybrid"))
     # No SASRec ran, so "seconds to SASRec's best validation" is not applicable, not "not reached" ("-").
     assert row.endswith("| 1 | n/a |")
+
+
+def _row(library, variant, val, speed, curve, best_seconds=None):
+    row = {
+        "library": library,
+        "variant": variant,
+        "test": {m: 0.05 if library == "recbole" else 0.06 for m in ("hr@10", "ndcg@10", "mrr@10", "hr@20", "ndcg@20")},
+        "val_ndcg@10": val,
+        "train_targets_per_second": speed,
+        "seconds_per_epoch": 1.0,
+        "epochs": len(curve),
+        "curve": curve,
+    }
+    if best_seconds is not None:
+        row["best_epoch_train_seconds"] = best_seconds
+    return row
+
+
+def test_ratios_are_against_sasrec_if_it_ran_else_the_recbole_model_that_did():
+    sys.path.insert(0, str(REPO / "scripts"))
+    import bench_recbole
+
+    gru4rec = _row("recbole", "GRU4Rec", 0.04, 500.0, [[30.0, 0.03], [60.0, 0.04]], best_seconds=60.0)
+    sasrec = _row("recbole", "SASRec", 0.05, 400.0, [[40.0, 0.05]], best_seconds=40.0)
+    ours = _row("intentrec", "gru", 0.055, 5000.0, [[3.0, 0.041], [6.0, 0.055]])
+
+    assert bench_recbole.pick_reference([gru4rec, sasrec, ours]) is sasrec
+    assert bench_recbole.pick_reference([ours]) is None
+    reference = bench_recbole.pick_reference([gru4rec, ours])
+    assert reference is gru4rec
+    ours["seconds_to_reference"] = bench_recbole.seconds_to_reach(ours["curve"], reference["val_ndcg@10"])
+    text = bench_recbole.table("synthetic", [gru4rec, ours], reference)
+    assert "s to RecBole GRU4Rec's best val" in text
+    assert "10.0x the training targets/s, 1.200x the test NDCG@10, 20.0x faster to RecBole GRU4Rec's best" in text
