@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from scripts.bench_recbole import METRICS, pick_reference, seconds_to_reach, table
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -70,7 +72,7 @@ def _row(library, variant, val, speed, curve, best_seconds=None):
     row = {
         "library": library,
         "variant": variant,
-        "test": {m: 0.05 if library == "recbole" else 0.06 for m in ("hr@10", "ndcg@10", "mrr@10", "hr@20", "ndcg@20")},
+        "test": {m: 0.05 if library == "recbole" else 0.06 for m in METRICS},
         "val_ndcg@10": val,
         "train_targets_per_second": speed,
         "seconds_per_epoch": 1.0,
@@ -83,18 +85,15 @@ def _row(library, variant, val, speed, curve, best_seconds=None):
 
 
 def test_ratios_are_against_sasrec_if_it_ran_else_the_recbole_model_that_did():
-    sys.path.insert(0, str(REPO / "scripts"))
-    import bench_recbole
-
     gru4rec = _row("recbole", "GRU4Rec", 0.04, 500.0, [[30.0, 0.03], [60.0, 0.04]], best_seconds=60.0)
     sasrec = _row("recbole", "SASRec", 0.05, 400.0, [[40.0, 0.05]], best_seconds=40.0)
     ours = _row("intentrec", "gru", 0.055, 5000.0, [[3.0, 0.041], [6.0, 0.055]])
 
-    assert bench_recbole.pick_reference([gru4rec, sasrec, ours]) is sasrec
-    assert bench_recbole.pick_reference([ours]) is None
-    reference = bench_recbole.pick_reference([gru4rec, ours])
+    assert pick_reference([gru4rec, sasrec, ours]) is sasrec
+    assert pick_reference([ours]) is None
+    reference = pick_reference([gru4rec, ours])
     assert reference is gru4rec
-    ours["seconds_to_reference"] = bench_recbole.seconds_to_reach(ours["curve"], reference["val_ndcg@10"])
-    text = bench_recbole.table("synthetic", [gru4rec, ours], reference)
+    ours["seconds_to_reference"] = seconds_to_reach(ours["curve"], reference["val_ndcg@10"])
+    text = table("synthetic", [gru4rec, ours], reference)
     assert "s to RecBole GRU4Rec's best val" in text
     assert "10.0x the training targets/s, 1.200x the test NDCG@10, 20.0x faster to RecBole GRU4Rec's best" in text
