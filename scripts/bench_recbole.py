@@ -203,7 +203,8 @@ def pick_reference(rows: list[dict]) -> dict | None:
 
 
 def table(name: str, rows: list[dict], reference: dict | None) -> str:
-    ref_name = f"RecBole {reference['variant']}" if reference is not None else "RecBole SASRec"
+    # With no RecBole model in the run the column is all "n/a"; its header then names no model.
+    ref_name = f"RecBole {reference['variant']}" if reference is not None else "RecBole"
     lines = [
         f"### {name}",
         "",

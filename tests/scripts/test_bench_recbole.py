@@ -66,6 +66,7 @@ def test_intentrec_only_run_exports_the_split_it_tests_on(tmp_path):
     row = next(line for line in tables[0].read_text().splitlines() if line.startswith("| intentrec | gru@hybrid"))
     # No SASRec ran, so "seconds to SASRec's best validation" is not applicable, not "not reached" ("-").
     assert row.endswith("| 1 | n/a |")
+    assert "| s to RecBole's best val |" in tables[0].read_text()
 
 
 def _row(library, variant, val, speed, curve, best_seconds=None):
