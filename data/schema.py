@@ -21,6 +21,11 @@ import pyarrow as pa
 
 SCHEMA_VERSION = 1
 
+# Event times outside this window are almost certainly unit mistakes (seconds sent as ms or the
+# reverse); the collector and the recommend model refuse them alike.
+MIN_EVENT_TIME_MS = 946_684_800_000  # 2000-01-01
+MAX_EVENT_TIME_MS = 4_102_444_800_000  # 2100-01-01
+
 # Enumerations. Their order is the integer code used in prepared data (0 is reserved for
 # padding/unknown), so only append new values; never reorder.
 EVENT_TYPES: tuple[str, ...] = (

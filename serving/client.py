@@ -15,7 +15,11 @@
 
 Several requests in one call (`recommend([r1, r2])`) travel as rows of one inference request.
 A request the server refuses raises `ServingError` with the server's message (which input, which
-value, what is expected).
+value, what is expected) and `code`: "INVALID_ARGUMENT" for a request that can never succeed as sent
+(do not retry it), "UNAVAILABLE" / "DEADLINE_EXCEEDED" when the server cannot be reached in time,
+"INTERNAL" for a fault of the server (the same names over HTTP: 400 -> INVALID_ARGUMENT, 500 ->
+INTERNAL). In a call of several requests where only some are refused, the others are answered and
+each refused one comes back with no items and its message in `Recommendation.error`.
 """
 
 from __future__ import annotations
@@ -34,7 +38,19 @@ __all__ = ["AsyncClient", "Client", "Recommendation", "RecommendRequest", "Servi
 
 
 class ServingError(IntentrecError):
-    """The server refused a request or could not be reached."""
+    """The server refused a request or could not be reached; `code` says which (gRPC status names)."""
+
+    def __init__(self, message: str, code: str = "UNKNOWN"):
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def retryable(self) -> bool:
+        """Whether sending the same request again may succeed."""
+        return self.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
+
+
+HTTP_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 500: "INTERNAL", 503: "UNAVAILABLE"}
 
 
 @dataclass
@@ -42,6 +58,7 @@ class Recommendation:
     item_ids: list[str]
     scores: list[float]
     info: dict
+    error: str | None = None  # set when this request (a row of a batch) was refused; item_ids is then empty
 
 
 TRITON_TYPES = {
@@ -106,7 +123,7 @@ def recommend_arrays(requests: list[RecommendRequest]) -> dict[str, np.ndarray]:
     for name in ("device_type", "referrer", "region", "loyalty", "identity"):
         if any(getattr(r, name) for r in requests):
             arrays[name] = np.asarray([[(getattr(r, name) or "").encode()] for r in requests], dtype=object)
-    for name, dtype in (("now", np.int64), ("hour", np.int32), ("day_of_week", np.int32)):
+    for name, dtype in (("now", np.int64), ("hour", np.int64), ("day_of_week", np.int64)):
         if any(getattr(r, name) is not None for r in requests):
             values = [[-1 if getattr(r, name) is None else int(getattr(r, name))] for r in requests]
             arrays[name] = np.asarray(values, dtype=dtype)
@@ -114,7 +131,7 @@ def recommend_arrays(requests: list[RecommendRequest]) -> dict[str, np.ndarray]:
         if any(getattr(r, name) is not None for r in requests):
             values = [[np.nan if getattr(r, name) is None else float(getattr(r, name))] for r in requests]
             arrays[name] = np.asarray(values, dtype=np.float32)
-    arrays["k"] = np.asarray([[int(r.k)] for r in requests], np.int32)
+    arrays["k"] = np.asarray([[int(r.k)] for r in requests], np.int64)
     arrays["exclude_purchased"] = np.asarray([[bool(r.exclude_purchased)] for r in requests])
     arrays["exclude_in_cart"] = np.asarray([[bool(r.exclude_in_cart)] for r in requests])
     for name in ("past_purchases", "categories"):
@@ -127,7 +144,7 @@ def recommend_arrays(requests: list[RecommendRequest]) -> dict[str, np.ndarray]:
 def similar_arrays(item_ids: list[list[str]], ks: list[int]) -> dict[str, np.ndarray]:
     return {
         "item_ids": _rows([[str(i) for i in ids] for ids in item_ids], b"", object),
-        "k": np.asarray([[int(k)] for k in ks], np.int32),
+        "k": np.asarray([[int(k)] for k in ks], np.int64),
     }
 
 
@@ -169,7 +186,14 @@ class GrpcReply:
 
 def _grpc_error(model: str, error) -> ServingError:
     details = error.details() if hasattr(error, "details") else str(error)
-    return ServingError(f"{model}: {details}")
+    code = error.code().name if hasattr(error, "code") and error.code() is not None else "UNKNOWN"
+    return ServingError(f"{model}: {details}", code)
+
+
+def _http_error(model: str, error) -> ServingError:
+    status = error.status()
+    code = HTTP_CODES.get(int(status), "UNKNOWN") if status and str(status).isdigit() else "UNAVAILABLE"
+    return ServingError(f"{model}: {error.message()}", code)
 
 
 def _raw_infer_method(url: str, aio: bool):
@@ -187,11 +211,13 @@ def _replies(result) -> list[Recommendation]:
     out = []
     for row in range(ids.shape[0]):
         keep = [j for j in range(ids.shape[1]) if ids[row, j] not in (b"", "")]
+        details = json.loads(info[row, 0])
         out.append(
             Recommendation(
                 [ids[row, j].decode() if isinstance(ids[row, j], bytes) else str(ids[row, j]) for j in keep],
                 [float(scores[row, j]) for j in keep],
-                json.loads(info[row, 0]),
+                details,
+                details.get("error"),
             )
         )
     return out
@@ -220,7 +246,9 @@ class Client:
         try:
             return self.client.infer(model, [_tensor(self.module, name, v) for name, v in arrays.items()])
         except InferenceServerException as error:
-            raise ServingError(f"{model}: {error.message()}") from None
+            raise _http_error(model, error) from None
+        except OSError as error:
+            raise ServingError(f"{model}: cannot reach the server ({error})", "UNAVAILABLE") from None
 
     def recommend(self, requests: RecommendRequest | list[RecommendRequest]) -> Recommendation | list[Recommendation]:
         single = isinstance(requests, RecommendRequest)
@@ -272,7 +300,9 @@ class AsyncClient:
             inputs = [_tensor(self.module, name, v) for name, v in arrays.items()]
             return await self.client.infer(model, inputs, timeout=int(self.timeout_s))
         except InferenceServerException as error:
-            raise ServingError(f"{model}: {error.message()}") from None
+            raise _http_error(model, error) from None
+        except OSError as error:
+            raise ServingError(f"{model}: cannot reach the server ({error})", "UNAVAILABLE") from None
 
     async def recommend(self, requests):
         single = isinstance(requests, RecommendRequest)

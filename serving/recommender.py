@@ -26,6 +26,12 @@ it also runs in-process (tests, batch jobs). Per request:
 No known event at all (empty history, or only unknown ids): the most popular items that pass the
 rules and filters (`info.fallback = "popularity"`).
 
+Limits (`RequestLimits`, set per repository in conf/serving.yaml) bound what one request row may
+cost: events per row (`max_events`), the length of every string (`max_string_bytes`), the entries
+of `categories` and `past_purchases` (`max_list_items`, duplicates removed), and times
+(`timestamps`, `now`) between 2000 and 2100 in ms. A row past a limit is refused with the limit's
+name; unknown context values are echoed in `info.unknown_context` cut to `echo_chars` characters.
+
 With a profile store (`profile_store`, the event collector's store) a request may name the shopper
 instead of carrying events: `identity = "customer:c1"` (or `device:`/`session:`; a bare id is a
 customer). Before decoding, the shopper's stored events across linked devices (the most recent
@@ -45,6 +51,7 @@ import numpy as np
 
 from data.errors import DataError, IntentrecError
 from data.features import cooccurrence_scores, time_gap_buckets
+from data.schema import MAX_EVENT_TIME_MS, MIN_EVENT_TIME_MS
 from serving.bundle import check_index, load_bundle
 
 log = logging.getLogger(__name__)
@@ -70,6 +77,100 @@ def member(values: np.ndarray, pool) -> np.ndarray:
 
 class RequestError(IntentrecError):
     """A request that cannot be answered; the message names the input, the value and what is expected."""
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request row may carry (conf/serving.yaml); past a limit the row is refused, naming it."""
+
+    max_events: int = 1000  # events per row (the model reads the last max_seq_len; the rules read all)
+    max_string_bytes: int = 256  # any id, event type, context value, category or identity
+    max_list_items: int = 100  # entries of categories and of past_purchases
+    echo_chars: int = 32  # unknown values echoed back in info are cut to this many characters
+
+    def __post_init__(self):
+        for name in ("max_events", "max_string_bytes", "max_list_items", "echo_chars"):
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+                raise IntentrecError(f"{name}={value!r}; expected an integer of at least 1 (conf/serving.yaml).")
+
+    def events(self, count: int) -> None:
+        if count > self.max_events:
+            raise RequestError(
+                f"item_ids has {count} events; the limit is max_events={self.max_events} per request row. Send the "
+                f"most recent {self.max_events} events (older ones only matter for purchases: send those as "
+                "past_purchases)."
+            )
+
+    def items(self, name: str, count: int) -> None:
+        if count > self.max_list_items:
+            raise RequestError(
+                f"{name} has {count} entries; the limit is max_list_items={self.max_list_items}. Send fewer "
+                f"(the most recent {self.max_list_items})."
+            )
+
+    def strings(self, name: str, values) -> None:
+        """Refuse the first value of `values` (str or bytes) longer than max_string_bytes."""
+        for position, value in enumerate(values):
+            if value is not None and len(value) > self.max_string_bytes:
+                where = name if isinstance(values, _One) else f"{name}[{position}]"
+                raise RequestError(
+                    f"{where} is {len(value)} characters long ({self.echo(value)}); the limit is "
+                    f"max_string_bytes={self.max_string_bytes}."
+                )
+
+    def time(self, name: str, value: int) -> None:
+        if not MIN_EVENT_TIME_MS <= int(value) < MAX_EVENT_TIME_MS:
+            raise RequestError(
+                f"{name}={int(value)}; expected milliseconds since 1970 between {MIN_EVENT_TIME_MS} (2000-01-01) and "
+                f"{MAX_EVENT_TIME_MS} (2100-01-01) (a time in seconds must be multiplied by 1000)."
+            )
+
+    def echo(self, value) -> str:
+        """`value` as repr, cut to echo_chars characters."""
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        return repr(text) if len(text) <= self.echo_chars else repr(text[: self.echo_chars]) + "..."
+
+
+class _One(tuple):
+    """One scalar value passed to `RequestLimits.strings` (named without a position)."""
+
+
+def check_lengths(q: Query) -> int:
+    """The number of events; every per-event list must have one value per event."""
+    n = len(q.item_ids)
+    for name in ("event_types", "timestamps", "channels", "session_ids"):
+        values = getattr(q, name)
+        if values is not None and len(values) != n:
+            raise RequestError(f"{name} has {len(values)} values but item_ids has {n}; send one {name[:-1]} per event.")
+    return n
+
+
+def check_limits(q: Query, limits: RequestLimits) -> Query:
+    """Refuse a row past `limits`; returns it with duplicate categories and past purchases removed."""
+    from dataclasses import replace
+
+    limits.events(check_lengths(q))
+    for name in ("item_ids", "event_types", "channels", "session_ids", "past_purchases", "categories"):
+        values = getattr(q, name)
+        if values is not None:
+            if name in ("past_purchases", "categories"):
+                limits.items(name, len(values))
+            limits.strings(name, [v if isinstance(v, str | bytes) else str(v) for v in values])
+    for name in ("device_type", "referrer", "region", "loyalty", "identity"):
+        value = getattr(q, name)
+        if value is not None:
+            limits.strings(name, _One([value if isinstance(value, str | bytes) else str(value)]))
+    if q.timestamps is not None:
+        for position, stamp in enumerate(q.timestamps):
+            limits.time(f"timestamps[{position}]", stamp)
+    if q.now is not None:
+        limits.time("now", q.now)
+    categories = list(dict.fromkeys(q.categories))
+    past = list(dict.fromkeys(q.past_purchases))
+    if len(categories) != len(q.categories) or len(past) != len(q.past_purchases):
+        q = replace(q, categories=categories, past_purchases=past)
+    return q
 
 
 @dataclass
@@ -118,13 +219,15 @@ class Recommender:
         profile_store=None,
         complement_slots: int = 2,
         complement_window_hours: float = 24.0,
+        limits: RequestLimits | None = None,
     ):
         """`remote`: optional `run(model_name, feed) -> output` that runs `query_encoder` and `ranker`
         elsewhere (Triton BLS calls in the production repository); by default ONNX Runtime runs them here.
         `profile_store`: an `EventStore` or its URL (opened read-only on first use) for `Query.identity`.
         `complement_slots`: after a purchase (web or store) in the last `complement_window_hours`, each
         list holds at least that many items of the purchased item's complement categories
-        (`complements.json` of the bundle), placed last when the model ranked fewer; 0 turns the rule off."""
+        (`complements.json` of the bundle), placed last when the model ranked fewer; 0 turns the rule off.
+        `limits`: what one request row may carry (`RequestLimits`)."""
         import faiss
         import onnxruntime as ort
 
@@ -132,6 +235,7 @@ class Recommender:
 
         self.remote = remote
         self.profile_store = profile_store
+        self.limits = limits or RequestLimits()
         self.bundle = load_bundle(Path(bundle_dir), verify=verify)
         m = self.bundle.manifest
         self.embeddings = self.bundle.embeddings
@@ -234,19 +338,13 @@ class Recommender:
             return 0
         code = self.codes[table].get(str(value))
         if code is None:
-            info.setdefault("unknown_context", []).append(f"{name}={value!r}")
+            info.setdefault("unknown_context", []).append(f"{name}={self.limits.echo(value)}")
             return 0
         return code
 
     def decode(self, q: Query) -> dict:
         """Validate one request and turn it into model codes; raises RequestError naming the input."""
-        n = len(q.item_ids)
-        for name in ("event_types", "timestamps", "channels", "session_ids"):
-            values = getattr(q, name)
-            if values is not None and len(values) != n:
-                raise RequestError(
-                    f"{name} has {len(values)} values but item_ids has {n}; send one {name[:-1]} per event."
-                )
+        n = check_lengths(q)
         if not isinstance(q.k, int | np.integer) or not 1 <= int(q.k) <= MAX_K:
             raise RequestError(f"k={q.k!r}; expected an integer from 1 to {MAX_K}.")
         if q.hour is not None and not 0 <= int(q.hour) <= 23:
@@ -329,8 +427,9 @@ class Recommender:
             unknown = [c for c in q.categories if c not in self.category_items]
             if unknown:
                 examples = ", ".join(sorted(self.category_items)[:8])
+                shown = ", ".join(self.limits.echo(c) for c in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
                 raise RequestError(
-                    f"categories={unknown!r} not in the catalogue ({len(self.category_items)} categories, e.g. {examples})."
+                    f"categories=[{shown}] not in the catalogue ({len(self.category_items)} categories, e.g. {examples})."
                 )
             allowed = np.concatenate([self.category_items[c] for c in q.categories])
         if q.min_price is not None or q.max_price is not None:
@@ -633,6 +732,7 @@ class Recommender:
         for q in queries:
             try:
                 profile = None
+                q = check_limits(q, self.limits)
                 if q.identity:
                     q, profile = self.with_profile(q)
                 d = self.decode(q)
@@ -671,6 +771,12 @@ class Recommender:
         for ids, k in zip(item_ids, ks):
             if not isinstance(k, int | np.integer) or not 1 <= int(k) <= MAX_K:
                 results.append(RequestError(f"k={k!r}; expected an integer from 1 to {MAX_K}."))
+                continue
+            try:
+                self.limits.items("item_ids", len(ids))
+                self.limits.strings("item_ids", ids)
+            except RequestError as error:
+                results.append(error)
                 continue
             idx = np.asarray([self.item_index.get(str(i), 0) for i in ids], np.int64)
             info = {"unknown_items": int((idx == 0).sum()), "fallback": None}

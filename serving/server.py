@@ -3,10 +3,19 @@
     python -m serving.server --repository artifacts/triton/repository            # 127.0.0.1:8000 / :8001
     python -m serving.server model_repository=<export>/model_repository http_port=8000 grpc_port=8001 metrics_port=8002
     python -m serving.server --repository ... --http-port 8100 --grpc-port 8101 --address 0.0.0.0
+    python -m serving.server --repository ... --model-control off    # no load/unload API at all
 
 Binds 127.0.0.1 unless told otherwise, waits until the server and every model are ready, and shuts
 down cleanly on Ctrl-C or SIGTERM. Models load in explicit mode: all of them at start, and a new
-version is picked up with `serving.repository publish` (or the load API) without a restart.
+version is picked up with `serving.repository publish` without a restart.
+
+The APIs that change the server (model repository: load, unload, index; shared memory; trace and
+log settings) answer only requests that carry the header `intentrec-control-key` (over gRPC
+`triton-grpc-protocol-intentrec-control-key`) with the server's control key: `INTENTREC_CONTROL_KEY` when set, else the file `artifacts/triton/control.key`
+(`--control-key-file`; created with a random key and mode 0600 when missing). `publish` reads the same
+key. Health, metadata, model configuration, statistics and inference stay open (see docs/security.md).
+`--model-control off` starts Triton without model control: the models of the repository load at
+start and never change until a restart.
 
 The python backend runs our code with this interpreter: the backend stub in the pytriton wheel links
 the system libpython, so LD_LIBRARY_PATH starts with this interpreter's LIBDIR (otherwise models fail
@@ -21,6 +30,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -37,6 +47,51 @@ from serving.cli import key_value_flags
 log = logging.getLogger(__name__)
 
 DEFAULT_ADDRESS = "127.0.0.1"
+CONTROL_HEADER = "intentrec-control-key"  # lower case: gRPC metadata keys must be
+CONTROL_KEY_ENV = "INTENTREC_CONTROL_KEY"
+DEFAULT_CONTROL_KEY_FILE = REPO_ROOT / "artifacts" / "triton" / "control.key"
+# Triton API groups that change the server or reach its files; inference, health, metadata,
+# model-config and statistics stay open.
+RESTRICTED_APIS = ("model-repository", "shared-memory", "trace", "logging")
+MODEL_CONTROL = ("key", "off")
+
+
+def control_headers(key: str, protocol: str = "grpc") -> dict[str, str]:
+    """The header carrying `key`; Triton's gRPC frontend expects its `triton-grpc-protocol-` prefix."""
+    return {("triton-grpc-protocol-" if protocol == "grpc" else "") + CONTROL_HEADER: key}
+
+
+def control_key(path: Path | None = None, create: bool = False) -> str:
+    """The model-control key: $INTENTREC_CONTROL_KEY, else the key file (made with a random key when `create`)."""
+    from_env = os.environ.get(CONTROL_KEY_ENV, "").strip()
+    if from_env:
+        return from_env
+    path = Path(path or DEFAULT_CONTROL_KEY_FILE)
+    if not path.is_file():
+        if not create:
+            raise ConfigError(
+                f"no model-control key: {CONTROL_KEY_ENV} is not set and {path} does not exist; start the server "
+                f"first (python -m serving.server writes that file) or pass the file the server uses "
+                f"(--control-key-file), or set {CONTROL_KEY_ENV} to the server's key."
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draft = path.with_name(f".{path.name}.{os.getpid()}")
+        descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(secrets.token_hex(32) + "\n")
+        try:
+            os.link(draft, path)  # atomic: a server starting at the same time reads one key or the other whole
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    key = path.read_text().strip()
+    if not key or any(c.isspace() or not c.isprintable() for c in key):
+        raise ConfigError(
+            f"{path} holds no usable key (empty, or with spaces or control characters); delete it and "
+            "restart the server to make a new one."
+        )
+    return key
 
 
 def triton_home() -> Path:
@@ -107,7 +162,11 @@ class TritonServer:
         backend_root: Path | None = None,
         startup_timeout_s: float = 120.0,
         log_verbose: int = 0,
+        model_control: str = "key",
+        control_key_file: Path | None = None,
     ):
+        """`model_control`: "key" (the load/unload API answers requests carrying the control key) or
+        "off" (no model control: the repository's models load at start and stay)."""
         self.repository = Path(repository).resolve()
         if not self.repository.is_dir():
             raise ConfigError(
@@ -121,6 +180,12 @@ class TritonServer:
         self.backend_root = backend_root
         self.startup_timeout_s = startup_timeout_s
         self.log_verbose = log_verbose
+        if model_control not in MODEL_CONTROL:
+            raise ConfigError(f"model_control={model_control!r}; expected one of {list(MODEL_CONTROL)}.")
+        self.model_control = model_control
+        self.control_key_file = Path(control_key_file or DEFAULT_CONTROL_KEY_FILE)
+        # With model control off nobody is given the key: shared memory, trace and log settings stay closed too.
+        self.key = control_key(self.control_key_file, create=True) if model_control == "key" else secrets.token_hex(32)
         self.process: subprocess.Popen | None = None
 
     @property
@@ -131,8 +196,18 @@ class TritonServer:
     def grpc_url(self) -> str:
         return f"{self.address if self.address != '0.0.0.0' else DEFAULT_ADDRESS}:{self.grpc_port}"
 
+    def control_headers(self, protocol: str = "grpc") -> dict[str, str]:
+        """Headers that authorise the restricted APIs (model load/unload) on this server."""
+        return control_headers(self.key, protocol)
+
     def command(self) -> list[str]:
         home = triton_home()
+        restricted = ",".join(RESTRICTED_APIS)
+        if self.model_control == "key":
+            control = ["--model-control-mode=explicit", "--load-model=*"]
+        else:
+            control = ["--model-control-mode=none"]
+        key = self.key
         return [
             str(home / "bin" / "tritonserver"),
             f"--model-repository={self.repository}",
@@ -144,8 +219,9 @@ class TritonServer:
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
-            "--model-control-mode=explicit",
-            "--load-model=*",
+            *control,
+            f"--http-restricted-api={restricted}:{CONTROL_HEADER}={key}",
+            f"--grpc-restricted-protocol={restricted}:{CONTROL_HEADER}={key}",
             "--strict-readiness=true",
             "--exit-timeout-secs=15",
             f"--log-verbose={self.log_verbose}",
@@ -211,6 +287,8 @@ KEY_FLAGS = {
     "grpc_port": "--grpc-port",
     "metrics_port": "--metrics-port",
     "log_file": "--log-file",
+    "model_control": "--model-control",
+    "control_key_file": "--control-key-file",
 }
 
 
@@ -222,11 +300,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--log-file", type=Path, default=None)
+    parser.add_argument(
+        "--model-control",
+        default="key",
+        choices=MODEL_CONTROL,
+        help="key: load/unload only with the control key (publish holds it); off: no model control",
+    )
+    parser.add_argument(
+        "--control-key-file",
+        type=Path,
+        default=DEFAULT_CONTROL_KEY_FILE,
+        help=f"control key file (created when missing; ${CONTROL_KEY_ENV} overrides it)",
+    )
     args = parser.parse_args(key_value_flags(sys.argv[1:] if argv is None else argv, KEY_FLAGS))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         server = TritonServer(
-            args.repository, args.http_port, args.grpc_port, args.metrics_port, args.address, args.log_file
+            args.repository,
+            args.http_port,
+            args.grpc_port,
+            args.metrics_port,
+            args.address,
+            args.log_file,
+            model_control=args.model_control,
+            control_key_file=args.control_key_file,
         )
         stopping = []
 

@@ -2,16 +2,25 @@
 
 Each model version folder holds `model.py` (which imports the classes below) and `bundle/` (the
 export bundle of that version). Requests Triton batches together are answered with one ONNX call
-and one FAISS search; a request that fails validation gets its own error response and the others
-in the batch are answered normally. Nothing a client sends can raise out of `execute`.
+and one FAISS search. Nothing a client sends can raise out of `execute`.
 
 Inputs of `recommend` (first dimension: rows of the request, each row one shopper; "" pads ids):
   item_ids BYTES [-1], event_types BYTES [-1] (optional, default view), timestamps INT64 [-1]
   (optional, ms), channels, session_ids BYTES [-1] (optional); now INT64 [1]; device_type, referrer, region,
-  loyalty BYTES [1]; hour, day_of_week INT32 [1]; past_purchases BYTES [-1]; k INT32 [1];
+  loyalty BYTES [1]; hour, day_of_week INT64 [1]; past_purchases BYTES [-1]; k INT64 [1];
   exclude_purchased, exclude_in_cart BOOL [1]; categories BYTES [-1]; identity BYTES [1] (a shopper
   whose stored profile is read when the repository has a profile store); min_price, max_price FP32 [1] (all optional except item_ids).
 Outputs: item_ids BYTES [-1], scores FP32 [-1] (rows padded with "" / NaN to the longest), info BYTES [1] (JSON).
+Integers are INT64 so that no value a client sends (a JSON `k` of 4294967301) wraps into range.
+
+Errors, per request and per row (the contract the client relies on):
+- A request the model refuses (a value out of range, inputs whose shapes disagree, a row past a
+  limit of `RequestLimits`) fails with Triton's INVALID_ARG: gRPC `INVALID_ARGUMENT`, HTTP 400. The
+  message names the input, the value and what is expected; with several rows each refused row is
+  named (`row 2: k=0; ...`). Resending it unchanged can never succeed.
+- In a request of several rows where only some rows are refused, the good rows are answered and a
+  refused row comes back empty (ids "", scores NaN) with `info = {"error": "<message>"}`.
+- A fault of the server (a bug, a broken bundle) is INTERNAL: gRPC `INTERNAL`, HTTP 500.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ try:  # only inside the Triton python backend
 except ImportError:  # pragma: no cover - imported outside Triton for documentation and tests
     pb_utils = None
 
-from serving.recommender import Query, Recommender, RequestError
+from serving.recommender import Query, Recommender, RequestError, RequestLimits
 
 SEQUENCE_INPUTS = ("item_ids", "event_types", "timestamps", "channels", "session_ids")
 SCALAR_INPUTS = {
@@ -73,6 +82,21 @@ def _bls(model: str, feed: dict) -> np.ndarray:
     return pb_utils.get_output_tensor_by_name(response, OUTPUT_OF[model]).as_numpy()
 
 
+def _refused(message: str):
+    """The error a client caused: INVALID_ARG (gRPC INVALID_ARGUMENT, HTTP 400)."""
+    return pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
+
+
+def _fault(message: str):
+    """A fault of the server: INTERNAL (gRPC INTERNAL, HTTP 500)."""
+    return pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL)
+
+
+def _texts(values: np.ndarray) -> list[list[str]]:
+    """A (rows, n) BYTES tensor as lists of str (invalid UTF-8 replaced, not an error)."""
+    return [[_text(x) for x in row] for row in values.tolist()]
+
+
 class _Base:
     timing_stages = False
 
@@ -81,6 +105,10 @@ class _Base:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         bundle = Path(args["model_repository"]) / args["model_version"] / "bundle"
         kind = args.get("model_instance_kind", "CPU")
+        defaults = RequestLimits()
+        self.limits = RequestLimits(
+            **{name: int(params.get(name, getattr(defaults, name))) for name in RequestLimits.__dataclass_fields__}
+        )
         self.recommender = Recommender(
             bundle,
             threads=int(params.get("threads", "1")),
@@ -90,6 +118,7 @@ class _Base:
             profile_store=params.get("profile_store") or None,
             complement_slots=int(params.get("complement_slots", "2")),
             complement_window_hours=float(params.get("complement_window_hours", "24")),
+            limits=self.limits,
         )
         self.version = args["model_version"]
 
@@ -101,22 +130,26 @@ class _Base:
     def _respond(self, rows: list, server_ms: dict) -> object:
         """rows: Result per row (or RequestError) -> one response with padded outputs.
 
-        Each row's info carries `server_ms`: the execute call's milliseconds reading the requests
-        (`parse`) and in each pipeline stage, and the rows it answered together (`rows`)."""
-        errors = [r for r in rows if isinstance(r, RequestError)]
-        if errors:
-            message = "; ".join(f"row {i}: {r}" for i, r in enumerate(rows) if isinstance(r, RequestError))
-            return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
-        width = max([len(r.item_ids) for r in rows] + [1])
+        Every row refused: the request fails (INVALID_ARG). Some rows refused: those rows are empty and
+        their info is `{"error": ...}`. Each answered row's info carries `server_ms`: the execute call's
+        milliseconds reading the requests (`parse`) and in each pipeline stage, and the rows it answered
+        together (`rows`)."""
+        if all(isinstance(r, RequestError) for r in rows):
+            if len(rows) == 1:
+                return pb_utils.InferenceResponse(output_tensors=[], error=_refused(str(rows[0])))
+            message = "; ".join(f"row {i}: {r}" for i, r in enumerate(rows))
+            return pb_utils.InferenceResponse(output_tensors=[], error=_refused(message))
+        width = max([len(r.item_ids) for r in rows if not isinstance(r, RequestError)] + [1])
         ids = np.full((len(rows), width), b"", dtype=object)
         scores = np.full((len(rows), width), np.nan, dtype=np.float32)
+        info = np.empty((len(rows), 1), dtype=object)
         for i, r in enumerate(rows):
+            if isinstance(r, RequestError):
+                info[i, 0] = json.dumps({"error": str(r), "model_version": self.version}).encode()
+                continue
             ids[i, : len(r.item_ids)] = [x.encode() for x in r.item_ids]
             scores[i, : len(r.scores)] = r.scores
-        info = np.asarray(
-            [[json.dumps({**r.info, "model_version": self.version, "server_ms": server_ms}).encode()] for r in rows],
-            dtype=object,
-        )
+            info[i, 0] = json.dumps({**r.info, "model_version": self.version, "server_ms": server_ms}).encode()
         return pb_utils.InferenceResponse(
             output_tensors=[
                 pb_utils.Tensor("item_ids", ids),
@@ -127,8 +160,7 @@ class _Base:
 
     def execute(self, requests):
         started = time.perf_counter()
-        responses = []
-        parsed = []
+        parsed = []  # per request: a list with a row (or a row's RequestError) per row, or the request's RequestError
         for request in requests:
             try:
                 parsed.append(self._parse(request))
@@ -136,25 +168,25 @@ class _Base:
                 parsed.append(error)
             except Exception as error:  # a malformed request must not take the batch down
                 parsed.append(RequestError(f"could not read the request: {type(error).__name__}: {error}"))
-        flat = [row for p in parsed if not isinstance(p, RequestError) for row in p]
+        flat = [
+            row for p in parsed if not isinstance(p, RequestError) for row in p if not isinstance(row, RequestError)
+        ]
         parsed_at = time.perf_counter()
         try:
-            answers = self._answer(flat) if flat else []
+            answers = iter(self._answer(flat) if flat else [])
             server_ms = {"rows": len(flat), "parse": round((parsed_at - started) * 1000, 3)}
             server_ms.update(self.recommender.timing if self.timing_stages else {})
             server_ms["total"] = round((time.perf_counter() - started) * 1000, 3)
         except Exception:  # a bug: report it to every caller of the batch, keep serving
             message = "internal error: " + traceback.format_exc(limit=3)
-            return [
-                pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message)) for _ in requests
-            ]
-        cursor = 0
+            return [pb_utils.InferenceResponse(output_tensors=[], error=_fault(message)) for _ in requests]
+        responses = []
         for p in parsed:
             if isinstance(p, RequestError):
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(p))))
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=_refused(str(p))))
                 continue
-            responses.append(self._respond(answers[cursor : cursor + len(p)], server_ms))
-            cursor += len(p)
+            rows = [row if isinstance(row, RequestError) else next(answers) for row in p]
+            responses.append(self._respond(rows, server_ms))
         return responses
 
     def finalize(self):
@@ -164,12 +196,17 @@ class _Base:
 class RecommendModel(_Base):
     timing_stages = True  # recommend() records its stages in Recommender.timing
 
-    def _parse(self, request) -> list[Query]:
+    def _parse(self, request) -> list[Query | RequestError]:
+        """One Query per row, or the row's RequestError; a RequestError for the request as a whole.
+
+        Sizes are checked on the tensors' shapes before any value is decoded, so an oversized request
+        costs nothing to refuse."""
         inputs = self._inputs(request)
         ids = inputs.get("item_ids")
         if ids is None or ids.ndim != 2:
             raise RequestError("item_ids must be a BYTES tensor of shape [rows, events].")
         rows = ids.shape[0]
+        self.limits.events(ids.shape[1])
         sequences = {name: inputs.get(name) for name in SEQUENCE_INPUTS}
         for name, value in sequences.items():
             if value is not None and value.shape != ids.shape:
@@ -179,38 +216,59 @@ class RecommendModel(_Base):
         for name, value in scalars.items():
             if value is not None and value.shape[0] != rows:
                 raise RequestError(f"{name} has {value.shape[0]} rows; item_ids has {rows}.")
+        for name, value in lists.items():
+            if value is not None:
+                if value.shape[0] != rows:
+                    raise RequestError(f"{name} has {value.shape[0]} rows; item_ids has {rows}.")
+                self.limits.items(name, value.reshape(rows, -1).shape[1])
+        texts = {name: _texts(value) for name, value in sequences.items() if value is not None and name != "timestamps"}
+        stamps = sequences["timestamps"].tolist() if sequences["timestamps"] is not None else None
         queries = []
         for row in range(rows):
-            present = [j for j in range(ids.shape[1]) if _text(ids[row, j]) != ""]
-            q = Query(item_ids=[_text(ids[row, j]) for j in present])
-            if sequences["event_types"] is not None:
-                q.event_types = [_text(sequences["event_types"][row, j]) for j in present]
-            if sequences["timestamps"] is not None:
-                stamps = [int(sequences["timestamps"][row, j]) for j in present]
-                q.timestamps = stamps if any(t >= 0 for t in stamps) else None  # all -1: none for this row
-            if sequences["channels"] is not None:
-                q.channels = [_text(sequences["channels"][row, j]) for j in present]
-            if sequences["session_ids"] is not None:
-                q.session_ids = [_text(sequences["session_ids"][row, j]) for j in present]
-            for name, kind in SCALAR_INPUTS.items():
-                value = scalars[name]
-                if value is None:
-                    continue
-                item = value[row].reshape(-1)[0]
-                if kind is str:
-                    setattr(q, name, _text(item) or None)
-                elif name in ("now", "hour", "day_of_week") and int(item) < 0:
-                    continue  # -1: not given for this row (the default applies)
-                elif kind is float and np.isnan(item):
-                    continue  # NaN: no bound for this row
-                else:
-                    setattr(q, name, kind(item))
-            for name in LIST_INPUTS:
-                value = lists[name]
-                if value is not None:
-                    setattr(q, name, [_text(x) for x in value[row].reshape(-1) if _text(x) != ""])
-            queries.append(q)
+            try:
+                queries.append(self._row(row, texts, stamps, scalars, lists))
+            except RequestError as error:
+                queries.append(error)
         return queries
+
+    def _row(self, row: int, texts: dict, stamps: list | None, scalars: dict, lists: dict) -> Query:
+        item_row = texts["item_ids"][row]
+        present = [j for j, x in enumerate(item_row) if x != ""]
+        pick = (
+            (lambda values: values) if len(present) == len(item_row) else (lambda values: [values[j] for j in present])
+        )
+        q = Query(item_ids=pick(item_row))
+        for name in ("event_types", "channels", "session_ids"):
+            if name in texts:
+                setattr(q, name, pick(texts[name][row]))
+        if stamps is not None:
+            given = pick(stamps[row])
+            if any(t >= 0 for t in given):  # all -1: no times for this row
+                if any(t < 0 for t in given):
+                    at = next(j for j, t in enumerate(given) if t < 0)
+                    raise RequestError(
+                        f"timestamps[{at}]={given[at]} but other events of the row have times; send a time for "
+                        "every event of the row, or -1 for all of them."
+                    )
+                q.timestamps = given
+        for name, kind in SCALAR_INPUTS.items():
+            value = scalars[name]
+            if value is None:
+                continue
+            item = value[row].reshape(-1)[0]
+            if kind is str:
+                setattr(q, name, _text(item) or None)
+            elif name in ("now", "hour", "day_of_week") and int(item) == -1:
+                continue  # -1: not given for this row (the default applies); other values are checked
+            elif kind is float and np.isnan(item):
+                continue  # NaN: no bound for this row
+            else:
+                setattr(q, name, kind(item))
+        for name in LIST_INPUTS:
+            value = lists[name]
+            if value is not None:
+                setattr(q, name, [t for t in (_text(x) for x in value[row].reshape(-1)) if t != ""])
+        return q
 
     def _answer(self, queries):
         return self.recommender.recommend(queries)
@@ -222,13 +280,14 @@ class SimilarItemsModel(_Base):
         ids = inputs.get("item_ids")
         if ids is None or ids.ndim != 2:
             raise RequestError("item_ids must be a BYTES tensor of shape [rows, items].")
+        self.limits.items("item_ids", ids.shape[1])
         k = inputs.get("k")
-        rows = []
-        for row in range(ids.shape[0]):
-            rows.append(
-                ([_text(x) for x in ids[row] if _text(x) != ""], int(k[row].reshape(-1)[0]) if k is not None else 10)
-            )
-        return rows
+        if k is not None and k.shape[0] != ids.shape[0]:
+            raise RequestError(f"k has {k.shape[0]} rows; item_ids has {ids.shape[0]}.")
+        return [
+            ([x for x in row if x != ""], int(k[i].reshape(-1)[0]) if k is not None else 10)
+            for i, row in enumerate(_texts(ids))
+        ]
 
     def _answer(self, rows):
         return self.recommender.similar([r[0] for r in rows], [r[1] for r in rows])

@@ -341,11 +341,35 @@ class BatchIndexSampler(torch.utils.data.Sampler):
             batches = batches[self.rank :: self.world_size]
         return batches
 
+    def skip(self, epoch: int, batches: int) -> None:
+        """The next iteration of `epoch` starts after its first `batches` batches (a resumed mid-epoch run)."""
+        self._skip = (int(epoch), int(batches))
+
     def __iter__(self):
-        return iter(self._batches())
+        batches = self._batches()
+        skip = getattr(self, "_skip", None)
+        if skip is not None and skip[0] == self.epoch:
+            self._skip = None
+            return iter(batches[skip[1] :])
+        return iter(batches)
 
     def __len__(self) -> int:
         return len(self._batches())
+
+
+class ResumableLoader(torch.utils.data.DataLoader):
+    """The training DataLoader, checkpointed by Lightning: its epoch and how many of the epoch's batches
+    were trained (`consumed`, kept current by `training.train.TrainedBatches`). A run resumed from a
+    checkpoint written mid-epoch goes on with the batches of that epoch it had not trained, instead of
+    starting the epoch's order again (the order is a function of seed and epoch, so it is the same)."""
+
+    consumed = 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": int(self.sampler.epoch), "consumed": int(self.consumed)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.skip(state["epoch"], state["consumed"])
 
 
 class ArrayDataset(torch.utils.data.Dataset):
@@ -525,7 +549,7 @@ class SequenceDataModule(pl.LightningDataModule):
             targets=targets,
             batch_targets=budget,
         )
-        return torch.utils.data.DataLoader(
+        return (ResumableLoader if shuffle else torch.utils.data.DataLoader)(
             ArrayDataset(arrays),
             batch_size=None,
             sampler=sampler,

@@ -5,24 +5,28 @@
     python -m training.train model=popularity                  # baselines run through the same pipeline
     python -m training.train trainer=ddp                       # 2 processes (gloo on CPU, nccl on GPU)
     python -m training.train trainer=gpu                       # bf16 on a GPU
-    python -m training.train ckpt_path=<run>/checkpoints/last.ckpt   # resume
+    python -m training.train ckpt_path=<run>/checkpoints/last.ckpt   # resume (mid-epoch too)
     python -m training.train -m model=transformer,transformer_no_context,mean_pool seed=0,1,2
 
 Reads `<artifacts_dir>/data/<data.name>/` (prepared first when missing or made with another data
 config) and leaves in the run folder: `metrics.json` (`val/ndcg@10`, `test/hr@10`,
-`test/intent_shift/ndcg@10`, ...), `metrics.md`, `checkpoints/best.ckpt` and `last.ckpt`, and the
-logger's files.
+`test/intent_shift/ndcg@10`, ...), `metrics.md`, `checkpoints/best.ckpt` and `last.ckpt` (written at
+each validation and every `checkpoint.every_n_steps` steps), and the logger's files. A resumed run
+continues a mid-epoch checkpoint with the epoch's remaining batches and keeps the best-so-far.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from data.cli import config_dict
 from data.errors import ConfigError
@@ -122,8 +126,26 @@ def build_trainer(cfg, run_dir: Path, callbacks: list) -> pl.Trainer:
         logger=logger,
         callbacks=callbacks,
         use_distributed_sampler=False,
+        plugins=[AtomicCheckpointIO()],
         **trainer_cfg,
     )
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written whole or not at all: to a temporary file beside the target, then renamed over it.
+    A run killed while writing `last.ckpt` keeps the previous one instead of a truncated file."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draft = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            super().save_checkpoint(checkpoint, draft, storage_options)
+            with open(draft, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(draft, path)
+        finally:
+            draft.unlink(missing_ok=True)
 
 
 def train(cfg) -> dict:
@@ -176,19 +198,26 @@ def _run_model(cfg, data: PreparedData, datamodule: SequenceDataModule, run_dir:
     task = build_task(cfg, data, datamodule)
     task.set_eval_sets(datamodule.eval_sets)
     monitor = f"val/{cfg.evaluate.monitor}"
-    checkpoint = pl.callbacks.ModelCheckpoint(
+    checkpoint = BestCheckpoint(
         dirpath=str(run_dir / "checkpoints"),
         filename="best",
         monitor=monitor,
         mode="max",
         save_last=True,
         auto_insert_metric_name=False,
+        enable_version_counter=False,  # best.ckpt and last.ckpt are overwritten, never last-v1.ckpt
     )
-    stopping = pl.callbacks.EarlyStopping(
-        monitor=monitor, mode="max", patience=int(cfg.evaluate.early_stopping_patience)
+    stopping = pl.callbacks.EarlyStopping(  # judged after validations only (a run can end mid-epoch at max_steps)
+        monitor=monitor, mode="max", patience=int(cfg.evaluate.early_stopping_patience), check_on_train_epoch_end=False
     )
     throughput = TargetsPerSecond(monitor)
-    trainer = build_trainer(cfg, run_dir, [checkpoint, stopping, throughput])
+    callbacks = [checkpoint, stopping, throughput, TrainedBatches()]
+    every = int(cfg.checkpoint.every_n_steps)
+    if every < 0:
+        raise ConfigError(f"checkpoint.every_n_steps={every}; expected 0 (at validations only) or a step count.")
+    if every:
+        callbacks.append(StepCheckpoint(dirpath=str(run_dir / "checkpoints"), every_n_train_steps=every))
+    trainer = build_trainer(cfg, run_dir, callbacks)
     trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     best = checkpoint.best_model_path or None
     trainer.validate(task, datamodule=datamodule, ckpt_path=best, verbose=False)
@@ -224,6 +253,71 @@ def _run_model(cfg, data: PreparedData, datamodule: SequenceDataModule, run_dir:
         )
         metrics.update(hybrid)
     return metrics, trainer.is_global_zero
+
+
+class BestCheckpoint(pl.callbacks.ModelCheckpoint):
+    """`best.ckpt` by the monitored metric, and `last.ckpt` at each validation.
+
+    A run resumed into another folder (`ckpt_path=<old run>/checkpoints/last.ckpt`, a new run_dir)
+    keeps the best-so-far: the best score is carried over and the old best checkpoint is copied into
+    the new folder, so a later, worse epoch does not become `best.ckpt` (Lightning alone forgets the
+    score when the folder changes)."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved_in = state_dict.get("dirpath")
+        if saved_in is None or self.dirpath is None or Path(saved_in).resolve() == Path(self.dirpath).resolve():
+            return super().load_state_dict(state_dict)
+        old_best, score = Path(state_dict.get("best_model_path") or ""), state_dict.get("best_model_score")
+        if score is None or not old_best.is_file():
+            log.warning(
+                "resuming into %s: the previous best checkpoint %s is gone; the best is chosen among the epochs "
+                "trained from here",
+                self.dirpath,
+                old_best,
+            )
+            return
+        Path(self.dirpath).mkdir(parents=True, exist_ok=True)
+        new_best = Path(self.dirpath) / old_best.name
+        shutil.copy2(old_best, new_best)
+        self.best_model_score = score
+        self.best_model_path = self.kth_best_model_path = str(new_best)
+        self.kth_value = score
+        self.best_k_models = {str(new_best): score}
+        log.info(
+            "resuming into %s: best so far %s = %.4f (copied from %s)", self.dirpath, self.monitor, score, old_best
+        )
+
+
+class StepCheckpoint(pl.callbacks.ModelCheckpoint):
+    """`last.ckpt` every `every_n_train_steps` optimizer steps, mid-epoch, so a killed run loses at most
+    that many steps; the same file BestCheckpoint writes at validations (the newest wins)."""
+
+    def __init__(self, dirpath: str, every_n_train_steps: int):
+        super().__init__(
+            dirpath=dirpath,
+            filename="last",
+            monitor=None,
+            save_top_k=1,
+            every_n_train_steps=every_n_train_steps,
+            enable_version_counter=False,
+            save_on_train_epoch_end=False,
+        )
+
+    def state_dict(self) -> dict:
+        return {}  # nothing to carry: it only ever writes last.ckpt
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
+
+
+class TrainedBatches(pl.Callback):
+    """Keeps `ResumableLoader.consumed` equal to the batches of the epoch trained so far (what a
+    checkpoint must record; the loader itself has handed out one more, prefetched)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loader = trainer.train_dataloader
+        if hasattr(loader, "consumed"):
+            loader.consumed = batch_idx + 1
 
 
 class TargetsPerSecond(pl.Callback):

@@ -1,11 +1,15 @@
 """Event collector command line: serve the API, export events to Parquet, import a POS file.
 
     python -m serving.events serve store=sqlite:///artifacts/events/events.db port=8700
-    python -m serving.events serve store=redis://127.0.0.1:6379/0 token=secret
+    INTENTREC_COLLECTOR_TOKEN=... python -m serving.events serve store=redis://127.0.0.1:6379/0
+    python -m serving.events serve store=... host=0.0.0.0 token_file=/run/secrets/collector-token
     python -m serving.events export store=sqlite:///artifacts/events/events.db out=artifacts/events/export
     python -m serving.events import-pos file=pos.csv store=sqlite:///artifacts/events/events.db
 
-`serve` binds 127.0.0.1 unless told `host=`. `export` writes `<out>/events.parquet` in the canonical
+`serve` binds 127.0.0.1 unless told `host=`. The bearer token that every /v1 call must carry is read
+from the environment variable INTENTREC_COLLECTOR_TOKEN or from `token_file=` (never from the command
+line, which every local user can read in the process list); beyond loopback a token is required.
+`export` writes `<out>/events.parquet` in the canonical
 schema (what `python -m data.prepare data=generic data.format=parquet` reads). `import-pos` reads a
 point-of-sale export (CSV) and stores each line as a `store_purchase` event (see `serving.events.pos`).
 """
@@ -21,11 +25,53 @@ from pathlib import Path
 from serving.cli import key_value_flags
 
 DEFAULT_STORE = "sqlite:///artifacts/events/events.db"
+TOKEN_ENV = "INTENTREC_COLLECTOR_TOKEN"
+
+
+def collector_token(host: str, argv_token: str | None, token_file: Path | None) -> str | None:
+    """The bearer token from $INTENTREC_COLLECTOR_TOKEN or `token_file`; required beyond loopback.
+
+    Raises ConfigError for a token on the command line, an unreadable or empty file, or a host
+    other than loopback without a token."""
+    import ipaddress
+    import os
+
+    from data.errors import ConfigError
+
+    if argv_token is not None:
+        raise ConfigError(
+            f"token= on the command line is visible to every local user (ps); put the token in {TOKEN_ENV} "
+            "or in a file readable by this user only and pass token_file=<path>."
+        )
+    token = os.environ.get(TOKEN_ENV, "").strip() or None
+    if token_file is not None:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as error:
+            raise ConfigError(f"token_file={token_file}: cannot read it ({error.strerror}).") from None
+        if not token:
+            raise ConfigError(f"token_file={token_file} is empty; write the token into it.")
+    if token is not None and (not token.isascii() or any(c.isspace() for c in token)):
+        raise ConfigError("the collector token must be printable ASCII without spaces (it travels in an HTTP header).")
+    if token is None:
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ConfigError(
+                f"host={host} is reachable beyond this machine and no token is set: anyone could merge customers "
+                f"and read profiles. Set {TOKEN_ENV} or token_file=<path>, or bind 127.0.0.1."
+            )
+    return token
+
+
 KEY_FLAGS = {
     "store": "--store",
     "host": "--host",
     "port": "--port",
     "token": "--token",
+    "token_file": "--token-file",
     "catalogue": "--catalogue",
     "max_body_bytes": "--max-body-bytes",
     "max_batch_events": "--max-batch-events",
@@ -64,7 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", default=DEFAULT_STORE, help="sqlite:///<path> or redis://host:port/db")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8700)
-    parser.add_argument("--token", default=None, help="require 'Authorization: Bearer <token>' on /v1 calls")
+    parser.add_argument("--token", default=None, help=argparse.SUPPRESS)  # refused: see collector_token
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help=f"file holding the bearer token required on /v1 calls (or set {TOKEN_ENV})",
+    )
     parser.add_argument(
         "--catalogue", type=Path, default=None, help="items.parquet (or prepared data folder) for categories"
     )
@@ -80,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     from serving.events.store import open_store
 
     try:
+        token = collector_token(args.host, args.token, args.token_file) if args.command == "serve" else None
         store = open_store(args.store)
     except IntentrecError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -92,11 +145,17 @@ def main(argv: list[str] | None = None) -> int:
         settings = CollectorSettings(
             max_body_bytes=args.max_body_bytes,
             max_batch_events=args.max_batch_events,
-            token=args.token,
+            token=token,
             abandon_after_minutes=args.abandon_after_minutes,
         )
         app = create_app(store, settings, categories=_categories(args.catalogue))
         print(f"[collector] {store.url.split('@')[-1]} on http://{args.host}:{args.port}", flush=True)
+        if token is None:
+            print(
+                f"[collector] no token: any local process can post events, merge customers and read profiles; "
+                f"set {TOKEN_ENV} or token_file=<path> to require one",
+                flush=True,
+            )
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
         return 0
     if args.command == "export":
@@ -116,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(summary))
-    return 0 if not summary["rejected"] else 1
+    return 0 if not summary["rejected"] and not summary["conflicts"] else 1
 
 
 if __name__ == "__main__":

@@ -1,19 +1,24 @@
 """The event collector: a FastAPI app over an `EventStore`.
 
-    python -m serving.events serve store=sqlite:///artifacts/events.db port=8700
+    INTENTREC_COLLECTOR_TOKEN=$(cat token) python -m serving.events serve store=sqlite:///artifacts/events.db port=8700
     curl -s localhost:8700/openapi.json
 
 Endpoints (OpenAPI at /openapi.json, docs at /docs):
 - `POST /v1/events` `{"events": [...]}`: canonical events, idempotent by `event_id`. Each event is
   validated on its own; valid events are stored (durably, before the reply) and the reply lists every
-  rejected event with its index, field, value and reason. 413 when the body or the batch is too large,
-  400 when the body is not JSON, 422 when it is not `{"events": [...]}`, 503 when the store fails
-  (then nothing of the batch was acknowledged; resend it, duplicates are skipped).
+  rejected event with its index, field, value and reason. An `event_id` stored already with the same
+  payload counts as a duplicate; with a different payload it is a conflict: not stored, listed in
+  `conflicts` with the differing fields, and the reply is 409 (the batch's other events are stored).
+  413 when the body or the batch is too large, 400 when the body is not JSON or nests deeper than
+  `max_json_depth`, 422 when it is not `{"events": [...]}`, 503 when the store fails (then nothing of
+  the batch was acknowledged; resend it, duplicates are skipped).
 - `POST /v1/identify`: a login; links the device and session to the customer, merges customers.
 - `GET /v1/profile/{identity}`: `customer:<id>`, `device:<id>`, `session:<id>` (a bare id is looked
   up as a customer, then as a device).
-- `GET /healthz`.
-With a token configured, every `/v1` call needs `Authorization: Bearer <token>`.
+- `GET /healthz`: status, store kind and event count (no paths).
+Every request body, on every route, is cut off at `max_body_bytes` however it is sent (a declared
+length or chunks). With a token configured, every `/v1` call needs `Authorization: Bearer <token>`
+(see docs/security.md).
 """
 
 from __future__ import annotations
@@ -25,11 +30,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from serving.events.profile import build_profile
-from serving.events.schema import EventBatch, Identify, IngestResult, validate_events
+from serving.events.schema import EventBatch, Identify, IngestResult, _short, validate_events
 from serving.events.store import KINDS, EventStore, now_ms
 
 log = logging.getLogger(__name__)
@@ -37,8 +44,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class CollectorSettings:
-    max_body_bytes: int = 1 << 20  # 1 MiB
+    max_body_bytes: int = 1 << 20  # 1 MiB, on every route, whatever the transfer encoding
     max_batch_events: int = 1000
+    max_json_depth: int = 32  # nesting of objects and arrays (an event batch needs 3)
     token: str | None = None
     abandon_after_minutes: float = 30.0
     profile_recent: int = 50
@@ -46,6 +54,82 @@ class CollectorSettings:
 
 def _error(status: int, message: str, **extra) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int, declared: int | None = None):
+        size = f"request body of {declared} bytes exceeds" if declared is not None else "request body exceeds"
+        super().__init__(413, f"{size} the limit of {limit} bytes (max_body_bytes); split the batch")
+
+
+class Guard:
+    """ASGI middleware in front of every route: the bearer token on /v1, and the body-size limit.
+
+    The limit holds for every body: a declared Content-Length over it is refused before reading, and
+    the bytes actually received (chunked or streamed bodies too) are counted as they arrive, so no
+    more than max_body_bytes is ever read or kept."""
+
+    def __init__(self, app, settings: CollectorSettings):
+        self.app, self.settings = app, settings
+        self.token = settings.token.encode() if settings.token is not None else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        limit = self.settings.max_body_bytes
+        if self.token is not None and scope["path"].startswith("/v1/"):
+            header = headers.get(b"authorization", b"")
+            if not (header.startswith(b"Bearer ") and hmac.compare_digest(header[7:], self.token)):
+                response = JSONResponse(
+                    {"error": "missing or wrong bearer token; send 'Authorization: Bearer <token>'"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                return await response(scope, receive, send)
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                return await _error(400, f"Content-Length {_short(declared.decode('latin-1'))} is not a number")(
+                    scope, receive, send
+                )
+            if int(declared) > limit:
+                return await _error(413, BodyTooLarge(limit, int(declared)).detail)(scope, receive, send)
+        received, started = 0, False
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        async def watched(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except BodyTooLarge as error:  # raised outside a route (a route's own handler answers it there)
+            if not started:
+                await _error(413, error.detail)(scope, receive, send)
+
+
+def _too_deep(value, limit: int) -> bool:
+    """Whether objects/arrays nest deeper than `limit` (iterative: no recursion on hostile input)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def create_app(
@@ -58,47 +142,39 @@ def create_app(
         description="Real-time events, identity and profiles for intentrec (see serving/events/app.py).",
     )
     app.state.store = store
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if request.url.path.startswith("/v1/"):
-            if settings.token is not None:
-                header = request.headers.get("authorization", "")
-                if not (header.startswith("Bearer ") and hmac.compare_digest(header[7:], settings.token)):
-                    return JSONResponse(
-                        {"error": "missing or wrong bearer token; send 'Authorization: Bearer <token>'"},
-                        status_code=401,
-                        headers={"WWW-Authenticate": "Bearer"},
-                    )
-            declared = request.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
-                return _error(
-                    413,
-                    f"request body of {int(declared)} bytes exceeds the limit of {settings.max_body_bytes} bytes; "
-                    "split the batch",
-                )
-        return await call_next(request)
+    app.add_middleware(Guard, settings=settings)
 
     async def read_json(request: Request):
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > settings.max_body_bytes:
-                raise HTTPException(
-                    413, f"request body exceeds the limit of {settings.max_body_bytes} bytes; split the batch"
-                )
+        body = await request.body()  # Guard stops it at max_body_bytes
+        too_deep = HTTPException(
+            400, f"request body nests objects/arrays deeper than max_json_depth={settings.max_json_depth}"
+        )
         try:
-            return json.loads(body)
+            payload = json.loads(body)
+        except RecursionError:
+            raise too_deep from None
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise HTTPException(400, f"request body is not valid JSON: {error}") from None
+            raise HTTPException(400, f"request body is not valid JSON: {_short(str(error))}") from None
+        if _too_deep(payload, settings.max_json_depth):
+            raise too_deep
+        return payload
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, error: HTTPException):
         return _error(error.status_code, str(error.detail))
 
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, error: RequestValidationError):
+        # FastAPI's default reply echoes the whole input; name the field and the problem only.
+        problems = [
+            f"{'.'.join(str(part) for part in detail['loc'])}: {detail['msg']}" for detail in error.errors()[:10]
+        ]
+        return _error(422, "; ".join(problems))
+
     @app.post(
         "/v1/events",
         response_model=IngestResult,
+        responses={409: {"model": IngestResult, "description": "some event_ids were stored with another payload"}},
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -110,7 +186,11 @@ def create_app(
         received = now_ms()
         payload = await read_json(request)
         if not isinstance(payload, dict) or not isinstance(payload.get("events"), list) or set(payload) != {"events"}:
-            got = type(payload).__name__ if not isinstance(payload, dict) else f"an object with keys {sorted(payload)}"
+            got = (
+                type(payload).__name__
+                if not isinstance(payload, dict)
+                else f"an object with keys {_short(sorted(payload))}"
+            )
             return _error(422, f'expected {{"events": [event, ...]}}, got {got}')
         raw = payload["events"]
         if len(raw) > settings.max_batch_events:
@@ -126,10 +206,29 @@ def create_app(
             return _error(
                 503, f"event store failed ({type(error).__name__}: {error}); nothing was stored, resend the batch"
             )
-        return IngestResult(accepted=result.accepted, duplicates=result.duplicates, rejected=rejected)
+        reply = IngestResult(
+            accepted=result.accepted, duplicates=result.duplicates, rejected=rejected, conflicts=list(result.conflicts)
+        )
+        if result.conflicts:
+            log.warning("%d event_id conflicts, e.g. %s", len(result.conflicts), result.conflicts[0]["event_id"])
+            return JSONResponse(reply.model_dump(), status_code=409)
+        return reply
 
-    @app.post("/v1/identify")
-    async def identify(body: Identify):
+    @app.post(
+        "/v1/identify",
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": Identify.model_json_schema()}}}
+        },
+    )
+    async def identify(request: Request):
+        try:
+            body = Identify.model_validate(await read_json(request))
+        except ValidationError as error:
+            problems = [
+                f"{'.'.join(str(part) for part in detail['loc']) or 'body'}: {detail['msg']}"
+                for detail in error.errors(include_url=False)[:10]
+            ]
+            return _error(422, "; ".join(problems))
         merge = [c for c in body.merge_customer_ids if c]
         traits = {"loyalty_member": body.loyalty_member, "email": body.email}
         try:
@@ -150,7 +249,7 @@ def create_app(
         elif sep:
             return _error(
                 404 if kind in KINDS else 422,
-                f"identity {identity!r}: expected one of {[f'{k}:<id>' for k in KINDS]} or a bare id",
+                f"identity {_short(identity)!r}: expected one of {[f'{k}:<id>' for k in KINDS]} or a bare id",
             )
         else:
             kind, value = await run_in_threadpool(_guess_kind, store, identity)
@@ -165,13 +264,13 @@ def create_app(
             )
         )
         if found.customer_id is None and not found.recent_events:
-            return _error(404, f"no events or links for {kind}:{value}")
+            return _error(404, f"no events or links for {kind}:{_short(value)}")
         return found.as_dict()
 
     @app.get("/healthz")
     async def health():
         count = await run_in_threadpool(store.count)
-        return {"status": "ok", "store": store.url.split("@")[-1], "events": count}
+        return {"status": "ok", "store": store.url.partition(":")[0], "events": count}
 
     return app
 

@@ -35,8 +35,8 @@ def _number(text: str, kind):
         return text  # validation reports it with the field name
 
 
-def pos_events(path: str | Path) -> tuple[list[dict], list[dict]]:
-    """Parse the file: (valid events, rejects with line numbers)."""
+def pos_events(path: str | Path) -> tuple[list[dict], list[dict], list[int]]:
+    """Parse the file: (valid events, rejects with line numbers, the line of each valid event)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"POS file {path} does not exist; pass file=<path of the POS export (CSV)>")
@@ -77,11 +77,17 @@ def pos_events(path: str | Path) -> tuple[list[dict], list[dict]]:
         {"line": lines[r.index], "field": r.field, "value": r.value, "reason": r.reason, "file": str(path)}
         for r in rejected
     ]
-    return events, rejects
+    refused = {r.index for r in rejected}
+    return events, rejects, [line for index, line in enumerate(lines) if index not in refused]
 
 
 def import_pos(path: str | Path, store: EventStore) -> dict:
-    """Store the file's valid lines; returns counts and the rejected lines."""
-    events, rejects = pos_events(path)
+    """Store the file's valid lines; returns counts, the rejected lines and the conflicting ones (a line whose
+    receipt and position were imported before with other values: not stored)."""
+    events, rejects, lines = pos_events(path)
     result = store.append(events)
-    return {"accepted": result.accepted, "duplicates": result.duplicates, "rejected": rejects}
+    conflicts = [
+        {"line": lines[c["index"]], "event_id": c["event_id"], "fields": c["fields"], "file": str(path)}
+        for c in result.conflicts
+    ]
+    return {"accepted": result.accepted, "duplicates": result.duplicates, "rejected": rejects, "conflicts": conflicts}

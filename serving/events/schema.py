@@ -8,16 +8,14 @@ than dropped, so a misspelt field (`evnt_type`) is reported instead of silently 
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from data.schema import CHANNELS, DEVICE_TYPES, EVENT_TYPES, REFERRERS
+from data.schema import CHANNELS, DEVICE_TYPES, EVENT_TYPES, MAX_EVENT_TIME_MS, MIN_EVENT_TIME_MS, REFERRERS
 
-# Event times outside this window are almost certainly unit mistakes (seconds sent as ms or the reverse).
-MIN_EVENT_TIME_MS = 946_684_800_000  # 2000-01-01
-MAX_EVENT_TIME_MS = 4_102_444_800_000  # 2100-01-01
 ID_MAX_LENGTH = 200
 
 Id = Field(default=None, min_length=1, max_length=ID_MAX_LENGTH)
@@ -107,10 +105,23 @@ class Rejection(BaseModel):
     reason: str
 
 
+class Conflict(BaseModel):
+    index: int = Field(description="position of the event in the batch")
+    event_id: str
+    fields: dict[str, dict[str, Any]] = Field(description="each differing field: its stored and its sent value")
+
+
 class IngestResult(BaseModel):
     accepted: int = Field(description="new events stored durably")
-    duplicates: int = Field(description="events whose event_id was already stored (not stored again)")
+    duplicates: int = Field(
+        description="events whose event_id was already stored with the same payload (not stored again)"
+    )
     rejected: list[Rejection]
+    conflicts: list[Conflict] = Field(
+        default_factory=list,
+        description="events whose event_id was already stored with a different payload: not stored (HTTP 409); "
+        "an event_id names one event forever, so send the change as a new event with its own id",
+    )
 
 
 class Identify(BaseModel):
@@ -164,8 +175,30 @@ def validate_events(raw: list[Any], received_ms: int) -> tuple[list[dict], list[
         record = event.model_dump()
         if record["event_time"] is None:
             record["event_time"] = received_ms
+            record[TIME_DEFAULTED] = True
         events.append(record)
     return events, rejected
+
+
+# Set on an event whose event_time is the collector's clock: a resend gets another time, which is no
+# difference of payload. Stores keep only EVENT_FIELDS, so this key is never stored.
+TIME_DEFAULTED = "_event_time_defaulted"
+
+
+def differences(sent: dict, stored: dict) -> dict[str, dict]:
+    """{field: {"stored": ..., "sent": ...}} for every field in which a resent event differs from the stored one."""
+    out = {}
+    for name in EVENT_FIELDS:
+        if name == "event_time" and sent.get(TIME_DEFAULTED):
+            continue
+        a, b = stored.get(name), sent.get(name)
+        if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
+            same = math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)  # Redis keeps 14 digits
+        else:
+            same = a == b
+        if not same:
+            out[name] = {"stored": _short(a), "sent": _short(b)}
+    return out
 
 
 def _short(value: Any, limit: int = 80) -> Any:

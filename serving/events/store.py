@@ -33,7 +33,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from data.errors import ConfigError
-from serving.events.schema import EVENT_FIELDS
+from serving.events.schema import EVENT_FIELDS, differences
 
 KINDS = ("customer", "device", "session")
 PURCHASE_TYPES = ("purchase", "store_purchase")
@@ -45,8 +45,22 @@ def now_ms() -> int:
 
 @dataclass(frozen=True)
 class AppendResult:
-    accepted: int
-    duplicates: int
+    accepted: int  # new events stored
+    duplicates: int  # event_id already stored with the same payload
+    # event_id already stored with a different payload (not stored): {"index", "event_id", "fields"}
+    conflicts: tuple[dict, ...] = ()
+
+
+def _classify(events: list[dict], existing: Iterable[tuple[int, dict]]) -> tuple[int, tuple[dict, ...]]:
+    """(identical resends, conflicts) among the events whose event_id was stored already."""
+    duplicates, conflicts = 0, []
+    for index, stored in existing:
+        changed = differences(events[index], stored)
+        if changed:
+            conflicts.append({"index": index, "event_id": events[index]["event_id"], "fields": changed})
+        else:
+            duplicates += 1
+    return duplicates, tuple(conflicts)
 
 
 @dataclass(frozen=True)
@@ -89,7 +103,8 @@ class EventStore(ABC):
 
     @abstractmethod
     def append(self, events: list[dict]) -> AppendResult:
-        """Store new events atomically and durably; events whose event_id is stored already are skipped."""
+        """Store new events atomically and durably; events whose event_id is stored already are not stored
+        again: counted as duplicates when their payload is the same, returned as conflicts when it differs."""
 
     @abstractmethod
     def identify(
@@ -232,13 +247,17 @@ class SQLiteStore(EventStore):
 
     def append(self, events: list[dict]) -> AppendResult:
         received = now_ms()
-        accepted = 0
+        accepted, existing = 0, []
         with self.lock:
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                for event in events:
+                for index, event in enumerate(events):
                     cursor = self.db.execute(_INSERT, (*(event.get(f) for f in EVENT_FIELDS), received))
                     if cursor.rowcount != 1:
+                        row = self.db.execute(
+                            f"SELECT {', '.join(_COLUMNS)} FROM events WHERE event_id = ?", (event["event_id"],)
+                        ).fetchone()
+                        existing.append((index, dict(zip(_COLUMNS, row))))
                         continue
                     accepted += 1
                     if event.get("customer_id"):
@@ -247,7 +266,7 @@ class SQLiteStore(EventStore):
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
-        return AppendResult(accepted, len(events) - accepted)
+        return AppendResult(accepted, *_classify(events, existing))
 
     def identify(self, customer_id, device_id=None, session_id=None, merge_customer_ids=(), traits=None) -> str:
         at = now_ms()
@@ -389,9 +408,13 @@ _APPEND_LUA = (
     + """
 local p = ARGV[1]
 local accepted = 0
+local existing = {}
 for i = 2, #ARGV do
   local e = cjson.decode(ARGV[i])
-  if redis.call('HSETNX', p .. 'ids', e.event_id, 0) == 1 then
+  if redis.call('HSETNX', p .. 'ids', e.event_id, 0) == 0 then
+    existing[#existing + 1] = i - 2
+    existing[#existing + 1] = redis.call('HGET', p .. 'ev', redis.call('HGET', p .. 'ids', e.event_id))
+  else
     local seq = redis.call('INCR', p .. 'seq')
     redis.call('HSET', p .. 'ids', e.event_id, seq)
     e.seq = seq
@@ -409,7 +432,7 @@ for i = 2, #ARGV do
     accepted = accepted + 1
   end
 end
-return accepted
+return {accepted, existing}
 """
 )
 _IDENTIFY_LUA = (
@@ -490,8 +513,9 @@ class RedisStore(EventStore):
         if not events:
             return AppendResult(0, 0)
         payload = [json.dumps({k: v for k, v in e.items() if v is not None and k in EVENT_FIELDS}) for e in events]
-        accepted = int(self._append(args=[self.prefix, *payload]))
-        return AppendResult(accepted, len(events) - accepted)
+        accepted, existing = self._append(args=[self.prefix, *payload])
+        stored = [(int(existing[i]), self._event(existing[i + 1])) for i in range(0, len(existing), 2)]
+        return AppendResult(int(accepted), *_classify(events, stored))
 
     def identify(self, customer_id, device_id=None, session_id=None, merge_customer_ids=(), traits=None) -> str:
         traits = traits or {}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import threading
 import time
 
@@ -20,6 +22,7 @@ from serving.events.pos import import_pos
 from serving.events.profile import build_profile
 from serving.events.schema import validate_events
 from serving.events.store import RedisStore, SQLiteStore, open_store
+from tests.conftest import REPO_ROOT
 
 HOUR = 3_600_000
 T0 = 1_790_000_000_000  # 2026-09-21, a fixed clock for the tests
@@ -342,3 +345,170 @@ def test_no_acknowledged_event_is_lost_when_the_collector_is_killed_mid_ingestio
     missing = set(acknowledged) - stored
     assert not missing, f"{len(missing)} acknowledged events lost, e.g. {sorted(missing)[:3]}"
     assert health["events"] == len(stored) >= len(acknowledged)
+
+
+# ------------------------------------------------------------------------------------- hostile clients
+
+
+def raw_post(url: str, path: str, chunks, headers: dict[str, str]) -> tuple[int, bytes]:
+    """POST `chunks` with Transfer-Encoding: chunked over a plain socket; (status, body) of the reply,
+    read as soon as the server answers (it may answer before the body ends)."""
+    import select
+    import socket
+    from urllib.parse import urlparse
+
+    target = urlparse(url)
+    with socket.create_connection((target.hostname, target.port), timeout=10) as sock:
+        head = [f"POST {path} HTTP/1.1", f"Host: {target.netloc}", "Transfer-Encoding: chunked"]
+        head += [f"{k}: {v}" for k, v in headers.items()]
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+        for chunk in chunks:
+            if select.select([sock], [], [], 0)[0]:
+                break  # the server has answered
+            try:
+                sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        else:
+            sock.sendall(b"0\r\n\r\n")
+        reply = b""
+        while b"\r\n\r\n" not in reply or len(reply) < reply.index(b"\r\n\r\n") + 4 + _length(reply):
+            data = sock.recv(65536)
+            if not data:
+                break
+            reply += data
+    status = int(reply.split(b" ", 2)[1])
+    return status, reply.split(b"\r\n\r\n", 1)[1]
+
+
+def _length(reply: bytes) -> int:
+    for line in reply.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":", 1)[1])
+    return 0
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def collector(request, tmp_path, monkeypatch):
+    """The real collector process (uvicorn) on SQLite or Redis, a 20 kB body limit and a token from the environment."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'events.db'}"
+    else:
+        url = request.getfixturevalue("redis_server").url
+        import redis
+
+        redis.Redis.from_url(url).flushdb()
+    monkeypatch.setenv("INTENTREC_COLLECTOR_TOKEN", "s3cret")
+    with Collector(url, log_file=tmp_path / "collector.log", extra_args=("max_body_bytes=20000",)) as running:
+        with httpx.Client(base_url=running.url, headers={"Authorization": "Bearer s3cret"}, timeout=10) as client:
+            yield running, client, tmp_path
+
+
+def still_answers(client) -> None:
+    reply = client.post("/v1/events", json={"events": [event(f"ok-{time.monotonic_ns()}", "i1", device_id="d")]})
+    assert reply.status_code == 200 and reply.json()["accepted"] == 1
+
+
+def test_no_route_reads_a_chunked_body_past_the_limit(collector):
+    import psutil
+
+    running, client, _ = collector
+    process = psutil.Process(running.process.pid)
+    before = process.memory_info().rss
+    for path in ("/v1/identify", "/v1/events", "/v1/profile/c1", "/healthz"):
+        status, body = raw_post(
+            running.url, path, (b"x" * 65536 for _ in range(800)), {"Authorization": "Bearer s3cret"}
+        )  # 50 MiB offered
+        if path.startswith("/v1/profile") or path == "/healthz":
+            assert status == 405, (path, status, body[:200])  # GET routes answer without reading a body
+        else:
+            assert status == 413, (path, status, body[:200])
+            assert b"request body exceeds the limit of 20000 bytes (max_body_bytes)" in body and len(body) < 300
+        still_answers(client)
+    assert process.memory_info().rss - before < 30 * 2**20  # nothing near 50 MiB was buffered
+    declared = client.post("/v1/identify", content=b"{" + b" " * 30_000 + b"}")
+    assert declared.status_code == 413 and "of 30002 bytes exceeds the limit" in declared.json()["error"]
+
+
+def test_deeply_nested_json_is_a_clear_400_on_every_route(collector):
+    _, client, _ = collector
+    for path, body in (
+        ("/v1/events", b'{"events": ' + b"[" * 9000 + b"]" * 9000 + b"}"),  # past Python's recursion limit
+        ("/v1/identify", b'{"customer_id": "c1", "email": ' + b"[" * 40 + b"]" * 40 + b"}"),  # under it
+    ):
+        reply = client.post(path, content=body, headers={"content-type": "application/json"})
+        assert reply.status_code == 400, (path, reply.text[:200])
+        assert reply.json()["error"] == "request body nests objects/arrays deeper than max_json_depth=32"
+        still_answers(client)
+
+
+def test_a_resent_event_id_with_another_payload_is_a_409_conflict_and_the_stored_event_stays(collector):
+    _, client, _ = collector
+    first = client.post("/v1/events", json={"events": [event("c-1", "dress", device_id="d")]})
+    assert first.status_code == 200 and first.json()["accepted"] == 1
+    same = client.post("/v1/events", json={"events": [event("c-1", "dress", device_id="d")]})
+    assert same.status_code == 200 and same.json()["duplicates"] == 1
+    changed = client.post(
+        "/v1/events", json={"events": [event("c-1", "shoes", device_id="d"), event("c-2", "hat", device_id="d")]}
+    )
+    assert changed.status_code == 409
+    body = changed.json()
+    assert (body["accepted"], body["duplicates"]) == (1, 0)
+    assert body["conflicts"] == [
+        {"index": 0, "event_id": "c-1", "fields": {"item_id": {"stored": "dress", "sent": "shoes"}}}
+    ]
+    profile = client.get("/v1/profile/device:d").json()
+    assert [e["item_id"] for e in profile["recent_events"]] == ["dress", "hat"]
+    # No event_time: the collector's clock stamps it; the same payload resent later is still a duplicate.
+    untimed = {"event_id": "c-3", "item_id": "bag", "event_type": "view", "device_id": "d"}
+    assert client.post("/v1/events", json={"events": [untimed]}).json()["accepted"] == 1
+    time.sleep(0.01)
+    again = client.post("/v1/events", json={"events": [untimed]})
+    assert again.status_code == 200 and again.json()["duplicates"] == 1
+
+
+def test_health_names_no_path_and_validation_errors_do_not_echo_the_body(collector):
+    running, client, tmp_path = collector
+    health = httpx.get(running.url + "/healthz")
+    assert health.status_code == 200 and str(tmp_path) not in health.text and "events.db" not in health.text
+    assert health.json()["store"] in ("sqlite", "redis")
+    reply = client.post("/v1/identify", json={"device_id": "phone", "email": "e" * 300})
+    assert reply.status_code == 422 and "customer_id: Field required" in reply.json()["error"]
+    assert "e" * 100 not in reply.text
+    odd = httpx.post(
+        running.url + "/v1/events", json={"events": []}, headers={"Authorization": "Bearer s3cr\u00e9t".encode()}
+    )
+    assert odd.status_code == 401
+    still_answers(client)
+
+
+def test_the_token_comes_from_the_environment_or_a_file_never_the_command_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("INTENTREC_COLLECTOR_TOKEN", raising=False)
+    store = f"sqlite:///{tmp_path / 'e.db'}"
+
+    def serve(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "serving.events", "serve", f"store={store}", *args],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    on_argv = serve("token=s3cret")
+    assert on_argv.returncode == 2 and "Traceback" not in on_argv.stderr
+    assert "token= on the command line is visible to every local user" in on_argv.stderr
+    exposed = serve("host=0.0.0.0")
+    assert exposed.returncode == 2
+    assert "host=0.0.0.0 is reachable beyond this machine and no token is set" in exposed.stderr
+    empty = tmp_path / "empty-token"
+    empty.write_text("\n")
+    assert f"token_file={empty} is empty" in serve("host=0.0.0.0", f"token_file={empty}").stderr
+    secret = tmp_path / "token"
+    secret.write_text("from-a-file\n")
+    with Collector(store, log_file=tmp_path / "c.log", extra_args=(f"token_file={secret}",)) as running:
+        assert httpx.post(running.url + "/v1/events", json={"events": []}).status_code == 401
+        ok = httpx.post(
+            running.url + "/v1/events", json={"events": []}, headers={"Authorization": "Bearer from-a-file"}
+        )
+        assert ok.status_code == 200

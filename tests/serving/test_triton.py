@@ -18,7 +18,7 @@ import tritonclient.grpc as grpcclient
 
 from serving.bundle import add_items
 from serving.client import AsyncClient, Client, RecommendRequest, ServingError
-from serving.repository import add_version, build, production, validate_config
+from serving.repository import build, production, publish, validate_config
 from serving.server import TritonServer, free_port
 from tests.conftest import REPO_ROOT
 
@@ -186,8 +186,8 @@ def test_bad_requests_get_clear_errors_or_documented_fallbacks(client, server, c
     wrong.set_data_from_numpy(np.zeros((1, 2), np.float32))
     with pytest.raises(Exception, match=r"(?i)data-type|datatype|unexpected datatype"):
         raw.infer("recommend", [wrong])
-    k = grpcclient.InferInput("k", [1, 2], "INT32")
-    k.set_data_from_numpy(np.ones((1, 2), np.int32))
+    k = grpcclient.InferInput("k", [1, 2], "INT64")
+    k.set_data_from_numpy(np.ones((1, 2), np.int64))
     ids = grpcclient.InferInput("item_ids", [1, 1], "BYTES")
     ids.set_data_from_numpy(np.asarray([[shoes[0].encode()]], dtype=object))
     with pytest.raises(Exception, match=r"(?i)shape"):
@@ -216,8 +216,8 @@ def test_after_a_hundred_malformed_requests_the_server_still_answers(client, ser
         else:
             ids = grpcclient.InferInput("item_ids", [1, 1], "BYTES")
             ids.set_data_from_numpy(np.asarray([[b"\xff\xfe"]], dtype=object))
-            hour = grpcclient.InferInput("hour", [1, 1], "INT32")
-            hour.set_data_from_numpy(np.asarray([[99]], np.int32))
+            hour = grpcclient.InferInput("hour", [1, 1], "INT64")
+            hour.set_data_from_numpy(np.asarray([[99]], np.int64))
             bad.append([ids, hour])
     failures = 0
     for inputs in bad:
@@ -312,10 +312,7 @@ def test_a_new_version_loads_under_load_without_a_failed_request(bundle, catalog
         for t in threads:
             t.start()
         time.sleep(1.0)
-        version = add_version(repository, tmp_path / "v2")
-        raw = grpcclient.InferenceServerClient(server.grpc_url)
-        for model in ("recommend", "similar_items"):
-            raw.load_model(model)
+        version = publish(tmp_path / "v2", repository, server.grpc_url)
         deadline = time.monotonic() + 60
         while "2" not in seen and time.monotonic() < deadline:
             time.sleep(0.2)

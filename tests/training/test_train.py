@@ -163,6 +163,64 @@ def test_resuming_continues_training_from_the_last_checkpoint(artifacts, tmp_pat
     assert state["epoch"] == 1 and state["global_step"] == 10
 
 
+@pytest.mark.slow
+def test_a_run_killed_mid_epoch_resumes_with_the_batches_it_had_not_trained(artifacts, tmp_path):
+    import os
+    import signal
+    import time
+
+    whole = ["trainer.limit_train_batches=1.0", "ranker.enabled=false"]
+    run(artifacts, tmp_path / "whole", *whole)
+    steps = json.loads((tmp_path / "whole" / "metrics.json").read_text())["info"]["global_step"]
+    assert steps >= 10, "the tiny shop's epoch is too short to be killed part-way"
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "training.train", *FAST, *whole, f"artifacts_dir={artifacts}"]
+        + [f"run_dir={killed}", f"hydra.run.dir={killed}", "checkpoint.every_n_steps=1"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    last = killed / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(process.pid, signal.SIGKILL)  # as an OOM kill or a lost machine would
+    process.wait()
+    state = torch.load(last, map_location="cpu", weights_only=False)  # whole: written beside, then renamed
+    done = state["global_step"]
+    assert 1 <= done < steps and state["epoch"] == 0
+    assert state["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 0, "consumed": done}]
+    run(artifacts, tmp_path / "resumed", *whole, f"ckpt_path={last}")
+    info = json.loads((tmp_path / "resumed" / "metrics.json").read_text())["info"]
+    assert info["global_step"] == steps  # the epoch's other batches only, not the epoch again from its start
+    with open(tmp_path / "resumed" / "logs" / "metrics.csv") as handle:
+        validated = [row for row in csv.DictReader(handle) if row.get("val/ndcg@10")]
+    assert validated and validated[0]["epoch"] == "0"
+
+
+def test_a_run_resumed_into_a_new_folder_keeps_the_best_so_far(artifacts, tmp_path):
+    run(artifacts, tmp_path / "first", "trainer.max_epochs=1")
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    key = next(k for k in state["callbacks"] if k.startswith("BestCheckpoint"))
+    # Pretend the first run's best epoch scored higher than anything the resumed epoch can reach.
+    state["callbacks"][key]["best_model_score"] = torch.tensor(0.99)
+    torch.save(state, last)
+    run(artifacts, tmp_path / "resumed", f"ckpt_path={last}", "trainer.max_epochs=2")
+    best = tmp_path / "resumed" / "checkpoints" / "best.ckpt"
+    info = json.loads((tmp_path / "resumed" / "metrics.json").read_text())["info"]
+    assert info["best_checkpoint"] == str(best) and info["global_step"] == 10
+    assert torch.load(best, map_location="cpu", weights_only=False)["epoch"] == 0  # the first run's, copied over
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert float(resumed["callbacks"][key]["best_model_score"]) == pytest.approx(0.99)
+
+
+def test_a_negative_checkpoint_interval_is_a_clear_error(artifacts, tmp_path):
+    with pytest.raises(ConfigError, match=r"checkpoint.every_n_steps=-5; expected 0 \(at validations only\)"):
+        run(artifacts, tmp_path, "checkpoint.every_n_steps=-5")
+
+
 def test_exclude_seen_changes_the_protocol_not_the_model(artifacts, tmp_path):
     trained = run(artifacts, tmp_path / "train")
     ckpt = tmp_path / "train" / "checkpoints" / "best.ckpt"
