@@ -12,8 +12,9 @@ Part `flood` (the bundle's own catalogue), servers side by side on loopback, one
   Each level sends sequential good requests (`--seconds` at most, `--requests` at most) alone, then
   while a second process sends 64-row x 10,000-event requests back to back. Recorded: the good
   requests' p50/p99, the flood's requests and how they ended (answered, refused), errors.
-Part `scale` (`--items` items, IVF index as bench_serving builds it): sequential good requests on
-this code and on `--before`, alternated level by level.
+Part `scale` (`--items` items, IVF index as bench_serving builds it, reused while the source bundle is
+the same): sequential good requests on this code and on `--before`, alternated level by level.
+Part `limits`: in process, the microseconds `check_limits` adds to each request of the pool.
 Levels run in `--rounds` rounds over all servers (a drift of the machine hits all alike); the summary
 reports medians over the rounds with their min-max. Results: JSON lines in
 benchmarks/results/hardening.jsonl and a markdown summary beside them.
@@ -22,6 +23,7 @@ benchmarks/results/hardening.jsonl and a markdown summary beside them.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import multiprocessing
 import os
 import statistics
@@ -201,9 +203,26 @@ def worktree_of(rev: str, work: Path) -> Path:
     return path
 
 
+def limits_cost(bundle_dir: Path, passes: int = 20) -> dict:
+    """In process: microseconds `check_limits` adds to one request of the pool (median over passes)."""
+    from scripts.bench_serving import requests_pool
+    from serving.recommender import RequestLimits, check_limits
+
+    pool, _ = requests_pool(bundle_dir, 500, 1)
+    limits, per_request = RequestLimits(), []
+    for _ in range(passes):
+        started = time.perf_counter()
+        for query in pool:
+            check_limits(query, limits)
+        per_request.append((time.perf_counter() - started) / len(pool) * 1e6)
+    return {"check_limits_us": statistics.median(per_request), "requests": len(pool), "passes": passes}
+
+
 def summary_table(rows: list[dict]) -> list[str]:
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
+        if "part" not in row:
+            continue
         groups.setdefault((row["part"], row["num_items"], row["code"], row["flood"]), []).append(row)
     lines = [
         "| part | items | code | flood | good p50 ms (min-max) | good p99 ms (min-max) | good requests | flood requests: refused / answered | flood p50 ms | errors |",
@@ -231,7 +250,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=REPO / "artifacts" / "runs" / "demo" / "bundle")
     parser.add_argument("--before", default=None, help="git commit of the code to compare with (a worktree)")
-    parser.add_argument("--parts", nargs="+", default=["flood", "scale"], choices=["flood", "scale"])
+    parser.add_argument(
+        "--parts", nargs="+", default=["flood", "scale", "limits"], choices=["flood", "scale", "limits"]
+    )
     parser.add_argument("--items", type=int, default=1_000_000, help="catalogue of part scale")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0, help="per level, at most")
@@ -264,10 +285,19 @@ def main() -> None:
         plans.append(("flood", args.bundle, None))
     if "scale" in args.parts:
         plans.append(("scale", args.work / f"bundle_{args.items}", args.items))
+    if "limits" in args.parts:
+        rows.append({**limits_cost(args.bundle), "benchmark": "hardening_limits", **common})
+        print(f"[limits] check_limits per request: median {rows[-1]['check_limits_us']:.1f} us", flush=True)
     for part, bundle_dir, num_items in plans:
         if num_items is not None:
-            print(f"[bench] {num_items:,} items: building the bundle and index ...", flush=True)
-            scaled_bundle(args.bundle, bundle_dir, num_items, 0.3, "IVF{nlist},Flat", 32, 100_000, 0)
+            source = hashlib.sha256((args.bundle / "manifest.json").read_bytes()).hexdigest()
+            stamp = bundle_dir / "scaled_from.txt"
+            if stamp.is_file() and stamp.read_text() == f"{source} {num_items}":
+                print(f"[bench] {num_items:,} items: reusing {bundle_dir} (same source bundle)", flush=True)
+            else:
+                print(f"[bench] {num_items:,} items: building the bundle and index ...", flush=True)
+                scaled_bundle(args.bundle, bundle_dir, num_items, 0.3, "IVF{nlist},Flat", 32, 100_000, 0)
+                stamp.write_text(f"{source} {num_items}")
         pool, ids = requests_pool(bundle_dir, 500, 1)
         arrays = [recommend_arrays([q]) for q in pool]
         bodies = {False: [payload(a, False) for a in arrays], True: [payload(a, True) for a in arrays]}
@@ -322,6 +352,12 @@ def main() -> None:
         "",
         *summary_table(rows),
         "",
+        *[
+            f"check_limits in process: {row['check_limits_us']:.1f} us per request (median of {row['passes']} passes "
+            f"over {row['requests']} requests)"
+            for row in rows
+            if "check_limits_us" in row
+        ],
     ]
     summary.write_text("\n".join(lines))
     print("\n".join(lines))

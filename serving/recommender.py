@@ -79,6 +79,18 @@ class RequestError(IntentrecError):
     """A request that cannot be answered; the message names the input, the value and what is expected."""
 
 
+class Unavailable(RequestError):
+    """A service the request needs (the profile store) failed; the same request may succeed later."""
+
+
+def _where(url: str) -> str:
+    """A store URL without credentials or file paths: its scheme and host (what a client may see)."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(str(url))
+    return f"{parsed.scheme}://{parsed.hostname or ''}{':' + str(parsed.port) if parsed.port else ''}"
+
+
 @dataclass(frozen=True)
 class RequestLimits:
     """What one request row may carry (conf/serving.yaml); past a limit the row is refused, naming it."""
@@ -109,15 +121,17 @@ class RequestLimits:
                 f"(the most recent {self.max_list_items})."
             )
 
+    def string(self, where: str, value) -> None:
+        """Refuse a str or bytes `value` longer than max_string_bytes, naming it `where`."""
+        if value is not None and len(value) > self.max_string_bytes:
+            raise RequestError(
+                f"{where} is {len(value)} characters long ({self.echo(value)}); the limit is "
+                f"max_string_bytes={self.max_string_bytes}."
+            )
+
     def strings(self, name: str, values) -> None:
-        """Refuse the first value of `values` (str or bytes) longer than max_string_bytes."""
         for position, value in enumerate(values):
-            if value is not None and len(value) > self.max_string_bytes:
-                where = name if isinstance(values, _One) else f"{name}[{position}]"
-                raise RequestError(
-                    f"{where} is {len(value)} characters long ({self.echo(value)}); the limit is "
-                    f"max_string_bytes={self.max_string_bytes}."
-                )
+            self.string(f"{name}[{position}]", value)
 
     def time(self, name: str, value: int) -> None:
         if not MIN_EVENT_TIME_MS <= int(value) < MAX_EVENT_TIME_MS:
@@ -130,10 +144,6 @@ class RequestLimits:
         """`value` as repr, cut to echo_chars characters."""
         text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
         return repr(text) if len(text) <= self.echo_chars else repr(text[: self.echo_chars]) + "..."
-
-
-class _One(tuple):
-    """One scalar value passed to `RequestLimits.strings` (named without a position)."""
 
 
 def check_lengths(q: Query) -> int:
@@ -160,7 +170,7 @@ def check_limits(q: Query, limits: RequestLimits) -> Query:
     for name in ("device_type", "referrer", "region", "loyalty", "identity"):
         value = getattr(q, name)
         if value is not None:
-            limits.strings(name, _One([value if isinstance(value, str | bytes) else str(value)]))
+            limits.string(name, value if isinstance(value, str | bytes) else str(value))
     if q.timestamps is not None:
         for position, stamp in enumerate(q.timestamps):
             limits.time(f"timestamps[{position}]", stamp)
@@ -657,8 +667,8 @@ class Recommender:
             try:
                 self.profile_store = open_store(self.profile_store, readonly=True)
             except Exception as error:  # retried on the next request
-                raise RequestError(
-                    f"identity given but the profile store {self.profile_store!r} cannot be opened "
+                raise Unavailable(
+                    f"identity given but the profile store {_where(self.profile_store)} cannot be opened "
                     f"({type(error).__name__}: {error}); start the collector on that store or send the events"
                 ) from None
         if self.profile_store is None:
@@ -682,10 +692,16 @@ class Recommender:
                 f"identity={q.identity!r}; expected customer:<id>, device:<id>, session:<id> or a bare customer id."
             )
         store = self._store()
-        keys = store.identity_keys(kind, value)
-        stored = store.events_of(keys, limit=2 * self.max_seq_len)[::-1]  # oldest first
-        bought = store.events_of(keys, limit=4 * self.past, purchases_only=True)
-        traits = store.traits(keys.customer) if keys.customer else {}
+        try:
+            keys = store.identity_keys(kind, value)
+            stored = store.events_of(keys, limit=2 * self.max_seq_len)[::-1]  # oldest first
+            bought = store.events_of(keys, limit=4 * self.past, purchases_only=True)
+            traits = store.traits(keys.customer) if keys.customer else {}
+        except Exception as error:  # the store is down or unreachable: this request, not the server, fails
+            raise Unavailable(
+                f"the profile store {_where(store.url)} did not answer ({type(error).__name__}: "
+                f"{str(error)[:200]}); retry later, or send the shopper's events instead of identity"
+            ) from None
         n = len(q.item_ids)
         now = q.now if q.now is not None else int(time.time() * 1000)
         own_times = list(q.timestamps) if q.timestamps is not None else [now] * n

@@ -20,6 +20,9 @@ Errors, per request and per row (the contract the client relies on):
   named (`row 2: k=0; ...`). Resending it unchanged can never succeed.
 - In a request of several rows where only some rows are refused, the good rows are answered and a
   refused row comes back empty (ids "", scores NaN) with `info = {"error": "<message>"}`.
+- A service the request needs being down (the profile store, for a request naming a shopper) is
+  UNAVAILABLE: gRPC `UNAVAILABLE`, HTTP 503; the same request may succeed later. Rows of the same
+  request that do not need it are answered.
 - A fault of the server (a bug, a broken bundle) is INTERNAL: gRPC `INTERNAL`, HTTP 500.
 """
 
@@ -37,7 +40,7 @@ try:  # only inside the Triton python backend
 except ImportError:  # pragma: no cover - imported outside Triton for documentation and tests
     pb_utils = None
 
-from serving.recommender import Query, Recommender, RequestError, RequestLimits
+from serving.recommender import Query, Recommender, RequestError, RequestLimits, Unavailable
 
 SEQUENCE_INPUTS = ("item_ids", "event_types", "timestamps", "channels", "session_ids")
 SCALAR_INPUTS = {
@@ -85,6 +88,11 @@ def _bls(model: str, feed: dict) -> np.ndarray:
 def _refused(message: str):
     """The error a client caused: INVALID_ARG (gRPC INVALID_ARGUMENT, HTTP 400)."""
     return pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
+
+
+def _unavailable(message: str):
+    """A service the request needs is down: UNAVAILABLE (gRPC UNAVAILABLE, HTTP 503); a retry may succeed."""
+    return pb_utils.TritonError(message, pb_utils.TritonError.UNAVAILABLE)
 
 
 def _fault(message: str):
@@ -135,17 +143,19 @@ class _Base:
         milliseconds reading the requests (`parse`) and in each pipeline stage, and the rows it answered
         together (`rows`)."""
         if all(isinstance(r, RequestError) for r in rows):
-            if len(rows) == 1:
-                return pb_utils.InferenceResponse(output_tensors=[], error=_refused(str(rows[0])))
-            message = "; ".join(f"row {i}: {r}" for i, r in enumerate(rows))
-            return pb_utils.InferenceResponse(output_tensors=[], error=_refused(message))
+            message = str(rows[0]) if len(rows) == 1 else "; ".join(f"row {i}: {r}" for i, r in enumerate(rows))
+            retry = all(isinstance(r, Unavailable) for r in rows)
+            return pb_utils.InferenceResponse(output_tensors=[], error=(_unavailable if retry else _refused)(message))
         width = max([len(r.item_ids) for r in rows if not isinstance(r, RequestError)] + [1])
         ids = np.full((len(rows), width), b"", dtype=object)
         scores = np.full((len(rows), width), np.nan, dtype=np.float32)
         info = np.empty((len(rows), 1), dtype=object)
         for i, r in enumerate(rows):
             if isinstance(r, RequestError):
-                info[i, 0] = json.dumps({"error": str(r), "model_version": self.version}).encode()
+                retryable = isinstance(r, Unavailable)
+                info[i, 0] = json.dumps(
+                    {"error": str(r), "retryable": retryable, "model_version": self.version}
+                ).encode()
                 continue
             ids[i, : len(r.item_ids)] = [x.encode() for x in r.item_ids]
             scores[i, : len(r.scores)] = r.scores

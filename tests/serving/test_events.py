@@ -178,6 +178,11 @@ def test_pos_import_stores_store_purchases_once_and_reports_bad_lines(store, tmp
     assert summary["accepted"] == 2
     assert [(r["line"], r["field"]) for r in summary["rejected"]] == [(4, "event_time"), (5, "quantity")]
     assert import_pos(pos, store)["duplicates"] == 2
+    # The same receipt line exported again with another price: reported with its line, the stored one stays.
+    pos.write_text(pos.read_text().replace("mug,2,4.50", "mug,2,5.50"))
+    again = import_pos(pos, store)
+    assert (again["accepted"], again["duplicates"]) == (0, 1)
+    assert [(c["line"], c["fields"]) for c in again["conflicts"]] == [(3, {"price": {"stored": 4.5, "sent": 5.5}})]
     profile = build_profile(store, "customer", "c9", now=T0)
     assert [(p["item_id"], p["channel"], p["region"]) for p in profile.purchases] == [
         ("kettle", "store", "berlin-1"),

@@ -379,3 +379,33 @@ def test_the_control_key_file_is_private_to_its_owner(server):
         pytest.skip("INTENTREC_CONTROL_KEY is set: the server uses it instead of the file")
     assert key_file.is_file() and key_file.stat().st_mode & 0o077 == 0
     assert len(key_file.read_text().strip()) == 64
+
+
+def test_a_fault_of_the_server_is_internal_not_a_client_error_and_other_models_keep_serving(bundle, items, tmp_path):
+    import hashlib
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken, ignore=shutil.ignore_patterns("model_repository"))
+    # A ranker that loads but does not take the inputs the pipeline feeds it: every recommend fails inside.
+    scores = helper.make_tensor_value_info("retrieval_scores", TensorProto.FLOAT, ["B", "C"])
+    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", "C"])
+    graph = helper.make_graph([helper.make_node("Identity", ["retrieval_scores"], ["logits"])], "g", [scores], [logits])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), broken / "ranker.onnx")
+    manifest = json.loads((broken / "manifest.json").read_text())
+    if not manifest.get("ranker"):
+        pytest.skip("the test bundle has no ranker")
+    manifest["files"]["ranker.onnx"] = hashlib.sha256((broken / "ranker.onnx").read_bytes()).hexdigest()
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    repository = build(broken, tmp_path / "repository")
+    with TritonServer(
+        repository, None, None, None, log_file=tmp_path / "server.log", backend_root=tmp_path / "b"
+    ) as server:
+        for protocol, url in (("grpc", server.grpc_url), ("http", server.http_url)):
+            with Client(url, protocol) as client:
+                with pytest.raises(ServingError) as caught:
+                    client.recommend(RecommendRequest(item_ids=items["ids"][:3], k=5))
+                assert caught.value.code == "INTERNAL" and "internal error" in str(caught.value), caught.value.code
+                assert len(client.similar_items(items["ids"][:1], k=3).item_ids) == 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import httpx
 import numpy as np
@@ -321,3 +322,41 @@ def test_feedback_loop_ingest_export_prepare_train_export_serve(tmp_path):
         with Client(server.grpc_url) as client:
             reply = client.recommend(RecommendRequest(identity=f"customer:{customer}", k=5))
     assert len(reply.item_ids) == 5 and reply.info["profile"]["stored_events"] > 0 and reply.info["fallback"] is None
+
+
+def test_a_profile_store_outage_fails_only_the_rows_that_name_a_shopper_and_heals(bundle, catalogue, tmp_path):
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not installed (Debian package redis-server; ./scripts/test.sh installs it as root)")
+    redis_server = RedisServer(tmp_path / "redis").start()
+    repository = build(bundle, tmp_path / "repository", ServingOptions(profile_store=redis_server.url))
+    shoes = catalogue["top"]["shoes"][:3]
+    by_identity = RecommendRequest(identity="customer:c-outage", item_ids=shoes, k=5)
+    plain = RecommendRequest(item_ids=shoes, k=5)
+    try:
+        with TritonServer(
+            repository, None, None, None, log_file=tmp_path / "server.log", backend_root=tmp_path / "b"
+        ) as server:
+            with Client(server.grpc_url) as client, Client(server.http_url, "http") as http:
+                assert len(client.recommend(by_identity).item_ids) == 5
+                redis_server.stop()
+                for protocol_client in (client, http):
+                    with pytest.raises(ServingError) as caught:
+                        protocol_client.recommend(by_identity)
+                    assert caught.value.code == "UNAVAILABLE" and caught.value.retryable, caught.value.code
+                    assert f"the profile store redis://127.0.0.1:{redis_server.port} did not answer" in str(
+                        caught.value
+                    )
+                    assert str(tmp_path) not in str(caught.value)
+                answered, failed = client.recommend([plain, by_identity])
+                assert len(answered.item_ids) == 5 and answered.error is None
+                assert failed.item_ids == [] and "did not answer" in failed.error and failed.info["retryable"]
+                redis_server.start()  # same port and data: the next requests find it again
+                for _attempt in range(20):
+                    try:
+                        reply = client.recommend(by_identity)
+                        break
+                    except ServingError:
+                        time.sleep(0.25)
+                assert len(reply.item_ids) == 5 and reply.info["profile"]["identity"] == "customer:c-outage"
+    finally:
+        redis_server.stop()
