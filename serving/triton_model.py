@@ -29,6 +29,8 @@ Errors, per request and per row (the contract the client relies on):
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -187,8 +189,11 @@ class _Base:
             server_ms = {"rows": len(flat), "parse": round((parsed_at - started) * 1000, 3)}
             server_ms.update(self.recommender.timing if self.timing_stages else {})
             server_ms["total"] = round((time.perf_counter() - started) * 1000, 3)
-        except Exception:  # a bug: report it to every caller of the batch, keep serving
-            message = "internal error: " + traceback.format_exc(limit=3)
+        except Exception as error:  # a bug: report it to every caller of the batch, keep serving
+            # The traceback (file paths, code) goes to the server's log only; the caller gets an id to quote.
+            incident = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}-{id(error) % 10_000:04d}"
+            print(f"intentrec internal error {incident}:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+            message = f"internal error {incident} ({type(error).__name__}); the server's log has its traceback"
             return [pb_utils.InferenceResponse(output_tensors=[], error=_fault(message)) for _ in requests]
         responses = []
         for p in parsed:

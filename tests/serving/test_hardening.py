@@ -408,4 +408,8 @@ def test_a_fault_of_the_server_is_internal_not_a_client_error_and_other_models_k
                 with pytest.raises(ServingError) as caught:
                     client.recommend(RecommendRequest(item_ids=items["ids"][:3], k=5))
                 assert caught.value.code == "INTERNAL" and "internal error" in str(caught.value), caught.value.code
+                assert "Traceback" not in str(caught.value) and str(REPO_ROOT) not in str(caught.value)
+                incident = re.search(r"internal error (\S+) ", str(caught.value)).group(1)
                 assert len(client.similar_items(items["ids"][:1], k=3).item_ids) == 3
+        log = (tmp_path / "server.log").read_text()
+        assert f"intentrec internal error {incident}:" in log and "Traceback" in log
