@@ -14,7 +14,16 @@ import pandas as pd
 import pyarrow as pa
 
 from data.errors import FILE_COLUMN, LINE_COLUMN, DataError, RejectBook
-from data.schema import CUSTOMER_SCHEMA, ENUMS, EVENT_SCHEMA, EVENT_TYPES, ITEM_SCHEMA, conform
+from data.schema import (
+    CUSTOMER_SCHEMA,
+    ENUMS,
+    EVENT_SCHEMA,
+    EVENT_TYPES,
+    ITEM_SCHEMA,
+    MAX_EVENT_TIME_MS,
+    MIN_SOURCE_TIME_MS,
+    conform,
+)
 
 TIME_UNITS = ("s", "ms", "us", "ns", "iso")
 _UNIT_TO_MS = {"s": 1e3, "ms": 1.0, "us": 1e-3, "ns": 1e-6}
@@ -87,6 +96,23 @@ def parse_time(frame: pd.DataFrame, book: RejectBook, *, unit: str) -> None:
         ms = np.round(number.fillna(0).to_numpy(dtype="float64") * _UNIT_TO_MS[unit]).astype("int64")
         expected = f"a number of {unit} since 1970-01-01 UTC (data.time_unit={unit})"
     book.check(frame, bad, "event_time", expected, "Fix the timestamp, or set data.time_unit to the column's unit.")
+    book.check(
+        frame,
+        ~blank & ~bad & (ms < 0),
+        "event_time",
+        f"a time after 1970-01-01 (read as {unit} since then)",
+        "Fix the value, or set data.time_unit to the column's unit.",
+        values=raw,
+    )
+    outside = ~blank & ~bad & (ms >= 0) & ((ms < MIN_SOURCE_TIME_MS) | (ms >= MAX_EVENT_TIME_MS))
+    if outside.any():
+        first = int(np.flatnonzero(outside)[0])
+        book.warn(
+            f"{frame[FILE_COLUMN].iloc[first]}: {int(outside.sum())} time(s) before 1990 or after 2100, e.g. "
+            f"{book.row_label} {frame[LINE_COLUMN].iloc[first]}, column {book.column_text('event_time')}: "
+            f"{raw.iloc[first]!r} read as {unit} is {np.datetime64(int(ms[first]), 'ms')}Z. Kept; if that is a "
+            "unit mistake (seconds read as ms land in 1970), set data.time_unit to the column's unit."
+        )
     if blank.all():
         frame.drop(columns="event_time", inplace=True)
         return

@@ -8,11 +8,14 @@ with its reason and the counts land in `stats.json`.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+log = logging.getLogger(__name__)
 
 # Columns every raw frame carries so a bad value can be traced to its source line.
 FILE_COLUMN = "_source_file"
@@ -49,6 +52,20 @@ class RejectBook:
 
     strict: bool
     records: list[pd.DataFrame] = field(default_factory=list)
+    # canonical column -> the source file's own column name, so messages name the column the user has
+    source_names: dict[str, str] = field(default_factory=dict)
+    row_label: str = "line"  # "row" for tables without lines (Parquet); numbers are 1-based either way
+    # What the load noticed but kept (columns nothing maps, times that look like a unit mistake): logged,
+    # printed in the prepare summary and stored in stats.json.
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        log.warning("%s", message)
+        self.warnings.append(message)
+
+    def column_text(self, column: str) -> str:
+        source = self.source_names.get(column)
+        return f"'{source}' ({column})" if source and source != column else f"'{column}'"
 
     def check(
         self,
@@ -68,8 +85,8 @@ class RejectBook:
             first = bad_index[0]
             value = None if shown is None else shown.iloc[first]
             raise DataError(
-                f"{frame[FILE_COLUMN].iloc[first]}, line {frame[LINE_COLUMN].iloc[first]}, column "
-                f"'{column}': got {_short(value)}; expected {expected}. {fix} "
+                f"{frame[FILE_COLUMN].iloc[first]}, {self.row_label} {frame[LINE_COLUMN].iloc[first]}, column "
+                f"{self.column_text(column)}: got {_short(value)}; expected {expected}. {fix} "
                 f"({len(bad_index)} row(s) in this load have this problem; set data.strict=false to "
                 f"write them to rejects.csv and go on without them.)"
             )
@@ -80,6 +97,7 @@ class RejectBook:
                     "file": rows[FILE_COLUMN].astype(str).to_numpy(),
                     "line": rows[LINE_COLUMN].to_numpy(),
                     "column": column,
+                    "source_column": self.source_names.get(column, column),
                     "value": (shown.iloc[bad_index].astype(str).to_numpy() if shown is not None else ""),
                     "reason": f"expected {expected}",
                 }
@@ -103,7 +121,7 @@ class RejectBook:
 
     def table(self) -> pd.DataFrame:
         if not self.records:
-            return pd.DataFrame(columns=["file", "line", "column", "value", "reason"])
+            return pd.DataFrame(columns=["file", "line", "column", "source_column", "value", "reason"])
         return pd.concat(self.records, ignore_index=True)
 
     def summary(self) -> dict:

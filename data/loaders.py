@@ -34,7 +34,16 @@ from data.canonical import (
     items_from_events,
 )
 from data.errors import FILE_COLUMN, LINE_COLUMN, ConfigError, DataError, RejectBook
-from data.schema import CUSTOMER_SCHEMA, ENUMS, EVENT_SCHEMA, EVENT_TYPES, ITEM_SCHEMA, conform
+from data.schema import (
+    CUSTOMER_SCHEMA,
+    ENUMS,
+    EVENT_SCHEMA,
+    EVENT_TYPES,
+    ITEM_SCHEMA,
+    MAX_EVENT_TIME_MS,
+    MIN_SOURCE_TIME_MS,
+    conform,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,22 +82,72 @@ def _require_file(path: Path, key: str) -> Path:
 def read_delimited(
     path: Path, sep: str, *, key: str, header: bool = True, names: list[str] | None = None
 ) -> pd.DataFrame:
-    """Read a delimited text file as strings, with `_source_file` and 1-based `_source_line`."""
+    """Read a delimited text file as strings, with `_source_file` and 1-based `_source_line`.
+
+    An empty, binary or ragged file is a DataError that says what was found and what to do."""
     _require_file(path, key)
-    frame = pd.read_csv(
-        path,
-        sep=sep,
-        header=0 if header else None,
-        names=names,
-        dtype=str,
-        keep_default_na=False,
-        na_values=list(NA_VALUES),
-        skip_blank_lines=False,
-        engine="c",
-    )
+    if path.stat().st_size == 0:
+        raise DataError(f"{path} is empty (0 bytes); point {key} at the file that holds the events.")
+    with open(path, "rb") as handle:
+        head = handle.read(4096)
+    if head.startswith(b"PAR1"):
+        raise DataError(f"{path} is a Parquet file, not delimited text; set data.format=parquet.")
+    if b"\x00" in head:
+        raise DataError(
+            f"{path} is not a text file (it holds NUL bytes: binary or UTF-16 data); export it as UTF-8 "
+            "CSV, or set data.format to the file's format."
+        )
+    try:
+        frame = pd.read_csv(
+            path,
+            sep=sep,
+            header=0 if header else None,
+            names=names,
+            dtype=str,
+            keep_default_na=False,
+            na_values=list(NA_VALUES),
+            skip_blank_lines=False,
+            engine="c" if len(sep) == 1 or sep == r"\s+" else "python",
+        )
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path} has no header or rows; point {key} at the file that holds the events.") from None
+    except pd.errors.ParserError as error:
+        raise DataError(
+            f"{path}: {_parser_message(error)}; every line needs the header's number of fields "
+            f"(data.sep={sep!r}: is that the file's separator? A field with the separator in it must be quoted)."
+        ) from None
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"{path}: byte {error.start} is not UTF-8 ({error.reason}); re-export the file as UTF-8."
+        ) from None
     frame[FILE_COLUMN] = str(path)
     frame[LINE_COLUMN] = np.arange(len(frame), dtype=np.int64) + (2 if header else 1)
     return frame
+
+
+def _parser_message(error: Exception) -> str:
+    """pandas' tokenizer message ("Error tokenizing data. C error: Expected 3 fields in line 5, saw 4")
+    without its implementation prefix."""
+    text = str(error).strip()
+    return text.split("C error: ", 1)[-1].rstrip(". \n") if "C error: " in text else text.splitlines()[0]
+
+
+def read_parquet(path: Path, key: str) -> pa.Table:
+    """A Parquet file as an Arrow table; an empty, truncated or non-Parquet file is a DataError."""
+    _require_file(path, key)
+    if path.stat().st_size == 0:
+        raise DataError(f"{path} is empty (0 bytes); point {key} at the Parquet file that holds the data.")
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic != b"PAR1":
+        hint = "it looks like text: set data.format=csv" if magic.isascii() else "it is not a Parquet file"
+        raise DataError(f"{path} does not start with Parquet's magic bytes ({hint}).")
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise DataError(
+            f"{path} is not a readable Parquet file ({str(error).splitlines()[0]}); it may be truncated: write it again."
+        ) from None
 
 
 def _rename(frame: pd.DataFrame, mapping: Mapping[str, str | None], path: Path, key_prefix: str) -> pd.DataFrame:
@@ -349,29 +408,73 @@ def load_recbole(cfg: Mapping, book: RejectBook) -> LoadedData:
     )
 
 
+def resolve_columns(columns: list[str], mapping: Mapping[str, str | None]) -> tuple[dict, dict, list[str]]:
+    """(mapping, found, unused): the mapping with every unset key that the file names itself filled in
+    (a column called like the key or its canonical name, in any case: `timestamp` or `event_time`,
+    `user_id` or `customer_id`), the keys found that way, and the file's columns nothing maps."""
+    mapping = {key: mapping.get(key) for key in GENERIC_KEYS}
+    by_name = {}
+    for column in columns:
+        by_name.setdefault(column.lower(), column)
+    taken = {v for v in mapping.values() if v}
+    targets = {GENERIC_KEYS[k] for k, v in mapping.items() if v}
+    found = {}
+    for key, value in mapping.items():
+        if value or GENERIC_KEYS[key] in targets:
+            continue
+        for name in dict.fromkeys((key, GENERIC_KEYS[key])):
+            column = by_name.get(name)
+            if column is not None and column not in taken:
+                mapping[key] = found[key] = column
+                taken.add(column)
+                targets.add(GENERIC_KEYS[key])
+                break
+    unused = [c for c in columns if c not in taken]
+    return mapping, found, unused
+
+
 def load_table(cfg: Mapping, book: RejectBook) -> LoadedData:
-    """Generic CSV or Parquet with `data.columns.<key>: <source column>`; no timestamp = file order."""
+    """Generic CSV or Parquet. Columns named like a mapping key or its canonical name are used without
+    mapping; others are mapped with `data.columns.<key>: <source column>`; the rest are listed in a
+    warning. No timestamp = file order."""
     path = Path(cfg["path"]).resolve()
     if cfg["format"] == "csv":
         frame = read_delimited(path, cfg.get("sep", ","), key="data.path")
     else:
-        _require_file(path, "data.path")
-        frame = pq.read_table(path).to_pandas().astype("string")
+        frame = read_parquet(path, "data.path").to_pandas().astype("string")
         frame[FILE_COLUMN] = str(path)
-        frame[LINE_COLUMN] = np.arange(len(frame), dtype=np.int64)  # Parquet: 0-based row number
-    mapping = {k: v for k, v in (cfg.get("columns") or {}).items()}
-    unknown = sorted(set(mapping) - set(GENERIC_KEYS))
+        frame[LINE_COLUMN] = np.arange(1, len(frame) + 1, dtype=np.int64)  # 1-based row number
+        book.row_label = "row"
+    given = {k: v for k, v in (cfg.get("columns") or {}).items()}
+    unknown = sorted(set(given) - set(GENERIC_KEYS))
     if unknown:
         raise ConfigError(f"data.columns has unknown key(s) {unknown}; expected keys from {sorted(GENERIC_KEYS)}.")
+    source_columns = [c for c in frame.columns if c not in (FILE_COLUMN, LINE_COLUMN)]
+    mapping, found, unused = resolve_columns(source_columns, given)
     if not mapping.get("item_id"):
         raise ConfigError(
-            "data.columns.item_id is not set; name the file's item id column, e.g. data.columns.item_id=item_id."
+            f"data.columns.item_id is not set and {path.name} has no column named item_id; name the file's item "
+            f"id column, e.g. data.columns.item_id=sku (columns found: {source_columns})."
+        )
+    if found:
+        log.info("%s: columns used by their names: %s", path.name, ", ".join(f"{c} -> {k}" for k, c in found.items()))
+    if unused:
+        book.warn(
+            f"{path.name}: column(s) {unused} are not used. Map one with data.columns.<key>=<column> (keys: "
+            f"{', '.join(sorted(GENERIC_KEYS))}); python -m data.prepare ... explain=true shows the mapping "
+            "without writing anything."
         )
     frame = _rename(frame, mapping, path, "data.columns")
+    book.source_names = {GENERIC_KEYS[k]: v for k, v in mapping.items() if v}
     return _finish(
         [frame],
         [path],
         book,
+        notes={
+            "columns": {v: GENERIC_KEYS[k] for k, v in mapping.items() if v},
+            "columns_found_by_name": sorted(found.values()),
+            "columns_not_used": unused,
+        },
         numeric_ids=bool(cfg.get("numeric_ids", False)),
         time_unit=cfg.get("time_unit", "s"),
         event_type_map=dict(cfg.get("event_type_map") or {}),
@@ -387,13 +490,13 @@ def load_canonical(folder: Path, book: RejectBook | None = None) -> LoadedData:
     """
     folder = Path(folder).resolve()
     events_path = _require_file(folder / "events.parquet", "data.path (events.parquet in the folder)")
-    events = pq.read_table(events_path)
+    events = read_parquet(events_path, "data.path")
     events = validate_canonical(_cast(events, EVENT_SCHEMA, events_path), str(events_path))
     files = [events_path]
     tables = {}
     for name, schema in (("items", ITEM_SCHEMA), ("customers", CUSTOMER_SCHEMA)):
         path = folder / f"{name}.parquet"
-        tables[name] = _cast(pq.read_table(path), schema, path) if path.is_file() else None
+        tables[name] = _cast(read_parquet(path, "data.path"), schema, path) if path.is_file() else None
         if tables[name] is not None:
             files.append(path)
     return LoadedData(
@@ -447,12 +550,18 @@ def validate_canonical(events: pa.Table, source: str) -> pa.Table:
         checks.append(("price", pc.fill_null(pc.less(events["price"], 0), False), "a number >= 0"))
     if "quantity" in names:
         checks.append(("quantity", pc.fill_null(pc.less(events["quantity"], 1), False), "an integer >= 1"))
+    if "event_time" in names:
+        ms = pc.cast(events["event_time"], pa.int64())
+        checks.append(("event_time", pc.fill_null(pc.less(ms, 0), False), "a time after 1970-01-01"))
+        outside = pc.or_(pc.less(ms, MIN_SOURCE_TIME_MS), pc.greater_equal(ms, MAX_EVENT_TIME_MS))
+        if pc.any(pc.fill_null(outside, False)).as_py():
+            log.warning("%s: some event times are before 1990 or after 2100; a unit mistake in the writer?", source)
     for column, bad, expected in checks:
         if pc.any(bad).as_py():
             row = int(pc.index(bad, True).as_py())
             value = events[column][row].as_py()
             raise DataError(
-                f"{source}, row {row}, column '{column}': got {'an empty value' if value is None else repr(value)}; "
+                f"{source}, row {row + 1}, column '{column}': got {'an empty value' if value is None else repr(value)}; "
                 f"expected {expected}. Fix the writer of this file ({int(pc.sum(bad).as_py())} row(s) affected)."
             )
     return events

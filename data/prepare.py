@@ -8,6 +8,11 @@
     python -m data.prepare data=generic data.path=events.csv data.format=csv \
         data.columns.user_id=user data.columns.item_id=item data.columns.timestamp=ts
     python -m data.prepare data=diginetica data.split.type=temporal data.split.test_days=7
+    python -m data.prepare data=generic data.path=events.csv explain=true   # what the load finds; writes nothing
+
+Columns of a CSV or Parquet file named like a mapping key or its canonical name (`user_id`,
+`customer_id`, `session_id`, `item_id`, `timestamp` or `event_time`, `event_type`, `category_id`,
+`price`, ...; any case) are used without mapping; every column nothing maps is listed in a warning.
 
 Writes `<artifacts_dir>/data/<data.name>/`:
 
@@ -461,6 +466,9 @@ def _first_only(mask: np.ndarray, row_of: np.ndarray) -> np.ndarray:
     return out
 
 
+ITEM_CORE_COLUMNS = ("item_id", "category_id", "brand", "price", "first_available")
+
+
 def item_features(flat: Flat, meta: dict, items: pa.Table | None, train_counts: np.ndarray, num_price_buckets: int):
     """Contiguous item ids by descending frequency, with category/brand/price features."""
     counts = np.bincount(flat.item, minlength=len(meta["item_values"]))
@@ -493,12 +501,20 @@ def item_features(flat: Flat, meta: dict, items: pa.Table | None, train_counts: 
 
     # Categorical item features: category, brand, and any optional string attribute of the catalogue
     # (e.g. color, price_tier). Codes follow the sorted values, so they are stable across runs.
-    extra = [
-        f.name
-        for f in (items.schema if items is not None else [])
-        if f.name not in ("item_id", "category_id", "brand", "price")
-        and (pa.types.is_string(f.type) or pa.types.is_boolean(f.type))
-    ]
+    def categorical(kind: pa.DataType) -> bool:
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_boolean(kind)
+
+    others = [f for f in (items.schema if items is not None else []) if f.name not in ITEM_CORE_COLUMNS]
+    extra = [f.name for f in others if categorical(f.type)]
+    skipped = [f"{f.name} ({f.type})" for f in others if not categorical(f.type)]
+    if skipped:
+        log.warning(
+            "items table: attribute column(s) %s are not used; item attributes are embedded when they are "
+            "strings or booleans (cast a code column to string to use it)",
+            skipped,
+        )
     vocab["attributes"] = {}
     for column in ("category_id", "brand", *extra):
         values = item_column(column).cast(pa.string())
@@ -620,6 +636,7 @@ def prepare(loaded: LoadedData, cfg: Mapping, out_dir: Path, *, name: str, extra
         "split": {**split_info, **split_stats},
         "filters": filter_report,
         "rejects": {**loaded.rejects.summary(), "file": "rejects.csv" if loaded.rejects.count else None},
+        "warnings": list(loaded.rejects.warnings),
         "source_files": [
             {"path": str(p), "sha256": sha256_file(p), "bytes": p.stat().st_size} for p in loaded.source_files
         ],
@@ -740,6 +757,8 @@ def format_stats(stats: dict, out_dir: Path) -> str:
         lines.append(f"  time range: {stats['time_range'][0]} .. {stats['time_range'][1]}")
     if stats["rejects"]["problems"]:
         lines.append(f"  rejects: {stats['rejects']['rows']:,} rows -> {out_dir / 'rejects.csv'}")
+    for warning in stats.get("warnings", []):
+        lines.append(f"  warning: {warning}")
     if "shop" in stats:
         lines.append(
             f"  synthetic shop: {stats['shop']['dir']} (generated/reused in {stats['shop']['generate_seconds']}s; ground truth in truth/)"
@@ -748,7 +767,64 @@ def format_stats(stats: dict, out_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def explain(cfg, rows: int = 5) -> str:
+    """What a load of `cfg.data` finds, without writing anything: the column mapping (given, found by
+    name, not used), the event types, counts, warnings and the first events as the model will see them."""
+    from data.cli import config_dict
+    from data.loaders import load, load_canonical
+    from data.synthetic import generate, shop_config, shop_dir_for
+
+    data_cfg = config_dict(cfg, "data")
+    if data_cfg.get("format") == "synthetic":
+        shop = shop_config(data_cfg)
+        shop_dir = shop_dir_for(Path(cfg.artifacts_dir), shop)
+        generate(shop, shop_dir)
+        loaded = load_canonical(shop_dir)
+    else:
+        loaded = load(data_cfg)
+    events = loaded.events.drop_columns([c for c in loaded.events.column_names if c.startswith("_")])
+    notes = loaded.notes
+    lines = [f"data={data_cfg['name']} (format {data_cfg.get('format')}): {', '.join(map(str, loaded.source_files))}"]
+    if "columns" in notes:
+        found = set(notes.get("columns_found_by_name", []))
+        lines.append("  columns (file -> canonical):")
+        for source, canonical in notes["columns"].items():
+            how = "by its name" if source in found else "data.columns"
+            lines.append(f"    {source:<24} -> {canonical:<14} ({how})")
+        if notes.get("columns_not_used"):
+            lines.append(f"  not used: {notes['columns_not_used']} (map with data.columns.<key>=<column>)")
+    else:
+        lines.append(f"  columns: {events.column_names}")
+    if "event_type" in events.column_names:
+        counts = pc.value_counts(events["event_type"]).to_pylist()
+        lines.append(
+            "  event types: "
+            + ", ".join(f"{d['values']} {d['counts']:,}" for d in sorted(counts, key=lambda d: -d["counts"]))
+        )
+    lines.append(
+        f"  {events.num_rows:,} events, {len(pc.unique(events['item_id'])):,} items"
+        + (f"; {loaded.rejects.count:,} problems set aside (data.strict=false)" if loaded.rejects.count else "")
+    )
+    if loaded.items is not None:
+        attributes = [
+            f"{c} ({len(pc.unique(loaded.items[c].drop_null()))} values)"
+            for c in loaded.items.column_names
+            if c != "item_id" and pc.any(pc.is_valid(loaded.items[c])).as_py()
+        ]
+        lines.append(f"  item attributes: {', '.join(attributes) or 'none'}")
+    lines += [f"  warning: {w}" for w in loaded.rejects.warnings]
+    lines.append(f"  first {min(rows, events.num_rows)} events as the model will see them:")
+    shown = [c for c in events.column_names if pc.any(pc.is_valid(events[c])).as_py()]
+    head = events.select(shown).slice(0, rows).to_pandas()
+    lines += ["    " + line for line in head.to_string(index=False).splitlines()]
+    lines.append("  nothing was written (explain=true); run without it to prepare.")
+    return "\n".join(lines)
+
+
 def _cli(cfg) -> None:
+    if cfg.get("explain"):
+        print(explain(cfg))
+        return
     stats = run(cfg)
     print(format_stats(stats, Path(cfg.artifacts_dir) / "data" / stats["name"]))
 

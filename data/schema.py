@@ -25,6 +25,8 @@ SCHEMA_VERSION = 1
 # reverse); the collector and the recommend model refuse them alike.
 MIN_EVENT_TIME_MS = 946_684_800_000  # 2000-01-01
 MAX_EVENT_TIME_MS = 4_102_444_800_000  # 2100-01-01
+# Loaded datasets may be older (MovieLens-100k is from 1997); before 1990 is still a unit mistake.
+MIN_SOURCE_TIME_MS = 631_152_000_000  # 1990-01-01
 
 # Enumerations. Their order is the integer code used in prepared data (0 is reserved for
 # padding/unknown), so only append new values; never reorder.

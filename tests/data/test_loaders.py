@@ -208,7 +208,7 @@ def test_generic_parquet_reads_the_same_mapping(tmp_path):
         }
     )
     assert loaded.events["item_id"].to_pylist() == ["1", "2", "1"]
-    assert loaded.events["event_id"].to_pylist() == ["e.parquet:0", "e.parquet:1", "e.parquet:2"]
+    assert loaded.events["event_id"].to_pylist() == ["e.parquet:1", "e.parquet:2", "e.parquet:3"]  # 1-based rows
 
 
 def test_sequence_lines_explode_into_ordered_events(tmp_path):
@@ -247,7 +247,7 @@ def test_missing_mapped_column_names_the_file_key_and_columns_found(tmp_path):
 def test_unparsable_timestamp_names_line_column_and_value(tmp_path):
     path = write(tmp_path, "e.csv", "user,item,ts\n1,2,100\n1,3,yesterday\n")
     with pytest.raises(
-        DataError, match=r"e\.csv, line 3, column 'event_time': got 'yesterday'; expected a number of s since"
+        DataError, match=r"e\.csv, line 3, column 'ts' \(event_time\): got 'yesterday'; expected a number of s since"
     ):
         generic(path, columns={"timestamp": "ts"})
 
@@ -262,7 +262,7 @@ def test_unknown_event_type_lists_allowed_values_and_the_mapping_fix(tmp_path):
     path = write(tmp_path, "e.csv", "user,item,type\n1,2,view\n1,3,wishlist\n")
     with pytest.raises(
         DataError,
-        match=r"line 3, column 'event_type': got 'wishlist'; expected one of \['view', .*data\.event_type_map",
+        match=r"line 3, column 'type' \(event_type\): got 'wishlist'; expected one of \['view', .*data\.event_type_map",
     ):
         generic(path, columns={"event_type": "type"})
 
@@ -285,7 +285,7 @@ def test_non_numeric_id_in_a_numeric_format_names_line_and_value(tmp_path):
 def test_missing_item_id_names_the_line(tmp_path):
     path = write(tmp_path, "e.csv", "user,item\n1,2\n1,\n")
     with pytest.raises(
-        DataError, match=r"e\.csv, line 3, column 'item_id': got an empty value; expected a non-empty id"
+        DataError, match=r"e\.csv, line 3, column 'item' \(item_id\): got an empty value; expected a non-empty id"
     ):
         generic(path)
 
@@ -374,7 +374,8 @@ def test_non_strict_load_writes_every_bad_row_to_rejects_and_counts_them(tmp_pat
             {"e.csv": "user,item\n1,2\n"},
             {"format": "csv", "columns": {"user_id": "user"}},
             ConfigError,
-            r"data\.columns\.item_id is not set; name the file's item id column",
+            r"data\.columns\.item_id is not set and e\.csv has no column named item_id; name the file's item id "
+            r"column, e\.g\. data\.columns\.item_id=sku \(columns found: \['user', 'item'\]\)",
         ),
         (
             {"e.csv": "item\n2\n"},
@@ -386,13 +387,13 @@ def test_non_strict_load_writes_every_bad_row_to_rejects_and_counts_them(tmp_pat
             {"e.csv": "user,item,q\n1,2,1.5\n"},
             {"format": "csv", "columns": {"user_id": "user", "item_id": "item", "quantity": "q"}},
             DataError,
-            r"line 2, column 'quantity': got '1\.5'; expected an integer >= 1",
+            r"line 2, column 'q' \(quantity\): got '1\.5'; expected an integer >= 1",
         ),
         (
             {"e.csv": "user,item,dev\n1,2,phone\n"},
             {"format": "csv", "columns": {"user_id": "user", "item_id": "item", "device_type": "dev"}},
             DataError,
-            r"line 2, column 'device_type': got 'phone'; expected one of \['desktop', 'mobile', 'tablet'\]",
+            r"line 2, column 'dev' \(device_type\): got 'phone'; expected one of \['desktop', 'mobile', 'tablet'\]",
         ),
         (
             {
@@ -448,7 +449,7 @@ def test_a_canonical_parquet_shop_with_a_bad_enum_names_row_and_column(tmp_path)
     pq.write_table(conform(events, EVENT_SCHEMA), tmp_path / "events.parquet")
     with pytest.raises(
         DataError,
-        match=r"events\.parquet, row 1, column 'event_type': got 'click'; expected one of \['view'.*Fix the writer of this file \(1 row\(s\) affected\)",
+        match=r"events\.parquet, row 2, column 'event_type': got 'click'; expected one of \['view'.*Fix the writer of this file \(1 row\(s\) affected\)",
     ):
         load_canonical(tmp_path)
 
@@ -503,3 +504,175 @@ def test_a_canonical_column_of_the_wrong_type_names_column_and_type(tmp_path):
         match=r"events\.parquet: column 'event_time' has type string, which does not convert to the canonical timestamp\[ms, tz=UTC\]",
     ):
         load_canonical(tmp_path)
+
+
+# --- columns found, not lost; malformed files --------------------------------------------------
+
+SHOP_CSV = (
+    "User_ID,session_id,item_id,timestamp,event_type,category_id,price,colour\n"
+    "u1,s1,i1,1700000000,view,shoes,9.5,red\n"
+    "u1,s1,i2,1700000060,purchase,bags,20,blue\n"
+)
+
+
+def test_canonical_column_names_are_used_without_mapping_and_the_rest_are_listed(tmp_path):
+    loaded = load({"format": "csv", "path": str(write(tmp_path, "shop.csv", SHOP_CSV)), "columns": {}})
+    events = loaded.events.to_pydict()
+    assert events["customer_id"] == ["u1", "u1"] and events["session_id"] == ["s1", "s1"]
+    assert events["event_type"] == ["view", "purchase"] and events["price"] == [9.5, 20.0]
+    assert [t.timestamp() for t in events["event_time"]] == [1_700_000_000, 1_700_000_060]
+    assert loaded.items.to_pydict()["category_id"] == ["shoes", "bags"]
+    assert loaded.notes["columns_found_by_name"] == sorted(
+        ["User_ID", "session_id", "item_id", "timestamp", "event_type", "category_id", "price"]
+    )
+    assert loaded.notes["columns_not_used"] == ["colour"]
+    assert any("shop.csv: column(s) ['colour'] are not used" in w for w in loaded.rejects.warnings)
+
+
+def test_an_explicit_mapping_wins_over_a_column_named_like_the_key(tmp_path):
+    path = write(tmp_path, "e.csv", "user,item_id,other_item\nu,a,b\nu,c,d\n")
+    loaded = load({"format": "csv", "path": str(path), "columns": {"user_id": "user", "item_id": "other_item"}})
+    assert loaded.events["item_id"].to_pylist() == ["b", "d"]
+    assert loaded.notes["columns_not_used"] == ["item_id"]
+
+
+def test_the_readme_event_type_map_override_composes_without_a_plus():
+    cfg = compose_config(
+        "prepare", ["data=generic", "data.path=x.csv", "data.event_type_map={click: view, cart: add_to_cart}"]
+    )
+    assert dict(cfg.data.event_type_map) == {"click": "view", "cart": "add_to_cart"}
+
+
+def test_a_time_before_1970_is_refused_and_one_before_1990_is_flagged(tmp_path):
+    path = write(tmp_path, "e.csv", "user_id,item_id,timestamp\nu,a,1700000000\nu,b,-5\n")
+    with pytest.raises(
+        DataError,
+        match=r"e\.csv, line 3, column 'timestamp' \(event_time\): got '-5'; expected a time after 1970-01-01",
+    ):
+        load({"format": "csv", "path": str(path), "columns": {}})
+    path = write(tmp_path, "ms.csv", "user_id,item_id,timestamp\nu,a,1700000000\nu,b,1700000001\n")
+    loaded = load({"format": "csv", "path": str(path), "time_unit": "ms", "columns": {}})
+    assert loaded.events.num_rows == 2
+    (warning,) = loaded.rejects.warnings
+    assert "ms.csv: 2 time(s) before 1990 or after 2100, e.g. line 2, column 'timestamp' (event_time)" in warning
+    assert "'1700000000' read as ms is 1970-01-20T16:13:20.000Z" in warning and "set data.time_unit" in warning
+
+
+def _parquet_bytes(tmp_path) -> bytes:
+    pq.write_table(pa.table({"user_id": ["u"] * 50, "item_id": [f"i{i}" for i in range(50)]}), tmp_path / "ok.parquet")
+    return (tmp_path / "ok.parquet").read_bytes()
+
+
+MALFORMED = [
+    ("empty.csv", lambda t: b"", "csv", r"empty\.csv is empty \(0 bytes\); point data\.path at the file"),
+    (
+        "ragged.csv",
+        lambda t: b"user_id,item_id\nu,a\nu,b,extra,more\n",
+        "csv",
+        r"ragged\.csv: Expected 2 fields in line 3, saw 4; every line needs the header's number of fields",
+    ),
+    ("binary.csv", lambda t: bytes(range(256)) * 8, "csv", r"binary\.csv is not a text file \(it holds NUL bytes"),
+    (
+        "latin1.csv",
+        lambda t: "user_id,item_id\nu,caf\xe9\n".encode("latin-1"),
+        "csv",
+        r"latin1\.csv: byte \d+ is not UTF-8 .*re-export the file as UTF-8",
+    ),
+    ("table.csv", _parquet_bytes, "csv", r"table\.csv is a Parquet file, not delimited text; set data\.format=parquet"),
+    ("empty.parquet", lambda t: b"", "parquet", r"empty\.parquet is empty \(0 bytes\)"),
+    (
+        "truncated.parquet",
+        lambda t: _parquet_bytes(t)[:300],
+        "parquet",
+        r"truncated\.parquet is not a readable Parquet file \(.*\); it may be truncated",
+    ),
+    (
+        "text.parquet",
+        lambda t: b"user_id,item_id\nu,a\n",
+        "parquet",
+        r"text\.parquet does not start with Parquet's magic bytes \(it looks like text: set data\.format=csv\)",
+    ),
+]
+
+
+@pytest.mark.parametrize("name, content, fmt, message", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_a_malformed_file_is_a_clear_error(tmp_path, name, content, fmt, message):
+    path = tmp_path / name
+    path.write_bytes(content(tmp_path))
+    with pytest.raises(DataError, match=message):
+        load({"format": fmt, "path": str(path), "columns": {}})
+
+
+def test_prepare_on_a_malformed_file_prints_the_error_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    (tmp_path / "empty.csv").write_bytes(b"")
+    result = subprocess.run(
+        [sys.executable, "-m", "data.prepare", "data=generic", f"data.path={tmp_path / 'empty.csv'}"]
+        + [f"artifacts_dir={tmp_path / 'a'}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "empty.csv is empty (0 bytes)" in result.stderr
+
+
+def test_explain_shows_the_mapping_event_types_and_first_rows_and_writes_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    path = write(tmp_path, "shop.csv", SHOP_CSV)
+    result = subprocess.run(
+        [sys.executable, "-m", "data.prepare", "data=generic", f"data.path={path}", "explain=true"]
+        + [f"artifacts_dir={tmp_path / 'a'}", f"hydra.run.dir={tmp_path / 'h'}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "User_ID                  -> customer_id    (by its name)" in out
+    assert "not used: ['colour']" in out and "event types: view 1, purchase 1" in out
+    assert "item attributes: category_id (2 values)" in out
+    assert "first 2 events as the model will see them:" in out and "purchase   20.0" in out
+    assert not (tmp_path / "a" / "data").exists()
+
+
+def test_a_large_string_item_attribute_is_embedded_and_a_numeric_one_is_named_in_a_warning(tmp_path, caplog):
+    shop = tmp_path / "shop"
+    shop.mkdir()
+    events = pa.table(
+        {
+            "event_id": [f"e{i}" for i in range(12)],
+            "event_time": pa.array([1_700_000_000_000 + i * 60_000 for i in range(12)], pa.timestamp("ms", tz="UTC")),
+            "customer_id": ["u1"] * 6 + ["u2"] * 6,
+            "item_id": ["a", "b", "c", "a", "b", "c"] * 2,
+            "event_type": ["view"] * 12,
+        }
+    )
+    pq.write_table(events, shop / "events.parquet")
+    items = pa.table(
+        {
+            "item_id": ["a", "b", "c"],
+            "colour": pa.array(["red", "blue", "red"], pa.large_string()),  # what pandas 3 writes
+            "weight_g": [100, 200, 300],
+        }
+    )
+    pq.write_table(items, shop / "items.parquet")
+    cfg = compose_config(
+        "prepare",
+        ["data=generic", "data.format=canonical", f"data.path={shop}", f"artifacts_dir={tmp_path / 'a'}"],
+    )
+    with caplog.at_level("WARNING"):
+        run(cfg)
+    vocab = json.loads((tmp_path / "a" / "data" / "generic" / "vocab.json").read_text())
+    assert vocab["item_attributes"]["colour"] == ["<unknown>", "blue", "red"]
+    assert "attribute column(s) ['weight_g (int64)'] are not used" in caplog.text
