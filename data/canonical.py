@@ -104,15 +104,16 @@ def parse_time(frame: pd.DataFrame, book: RejectBook, *, unit: str) -> None:
         "Fix the value, or set data.time_unit to the column's unit.",
         values=raw,
     )
-    outside = ~blank & ~bad & (ms >= 0) & ((ms < MIN_SOURCE_TIME_MS) | (ms >= MAX_EVENT_TIME_MS))
-    if outside.any():
-        first = int(np.flatnonzero(outside)[0])
-        book.warn(
-            f"{frame[FILE_COLUMN].iloc[first]}: {int(outside.sum())} time(s) before 1990 or after 2100, e.g. "
-            f"{book.row_label} {frame[LINE_COLUMN].iloc[first]}, column {book.column_text('event_time')}: "
-            f"{raw.iloc[first]!r} read as {unit} is {np.datetime64(int(ms[first]), 'ms')}Z. Kept; if that is a "
-            "unit mistake (seconds read as ms land in 1970), set data.time_unit to the column's unit."
-        )
+    flag_times(
+        book,
+        np.where(~blank & ~bad, ms, -1),
+        lambda i: (
+            frame[FILE_COLUMN].iloc[i],
+            f"{book.row_label} {frame[LINE_COLUMN].iloc[i]}, column {book.column_text('event_time')}: "
+            f"{raw.iloc[i]!r} read as {unit}",
+        ),
+        "if that is a unit mistake (seconds read as ms land in 1970), set data.time_unit to the column's unit.",
+    )
     if blank.all():
         frame.drop(columns="event_time", inplace=True)
         return
@@ -125,6 +126,19 @@ def parse_time(frame: pd.DataFrame, book: RejectBook, *, unit: str) -> None:
         values=raw,
     )
     frame["event_time"] = ms
+
+
+def flag_times(book: RejectBook, ms: np.ndarray, describe, fix: str) -> None:
+    """Warn about, and keep, times (ms; negative = none) from 1970 on but before 1990 or from 2100: most
+    likely a unit mistake. `describe(i)` gives (file, row i and its value) for the message."""
+    outside = (ms >= 0) & ((ms < MIN_SOURCE_TIME_MS) | (ms >= MAX_EVENT_TIME_MS))
+    if outside.any():
+        first = int(np.flatnonzero(outside)[0])
+        source, detail = describe(first)
+        book.warn(
+            f"{source}: {int(outside.sum())} time(s) before 1990 or after 2100, e.g. {detail} is "
+            f"{np.datetime64(int(ms[first]), 'ms')}Z. Kept; {fix}"
+        )
 
 
 def parse_enum(

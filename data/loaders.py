@@ -31,19 +31,11 @@ from data.canonical import (
     LoadedData,
     canonicalize,
     events_table,
+    flag_times,
     items_from_events,
 )
 from data.errors import FILE_COLUMN, LINE_COLUMN, ConfigError, DataError, RejectBook
-from data.schema import (
-    CUSTOMER_SCHEMA,
-    ENUMS,
-    EVENT_SCHEMA,
-    EVENT_TYPES,
-    ITEM_SCHEMA,
-    MAX_EVENT_TIME_MS,
-    MIN_SOURCE_TIME_MS,
-    conform,
-)
+from data.schema import CUSTOMER_SCHEMA, ENUMS, EVENT_SCHEMA, EVENT_TYPES, ITEM_SCHEMA, conform
 
 log = logging.getLogger(__name__)
 
@@ -489,9 +481,10 @@ def load_canonical(folder: Path, book: RejectBook | None = None) -> LoadedData:
     the canonical schema; values are checked row by row like any other source.
     """
     folder = Path(folder).resolve()
+    book = book or RejectBook(strict=True)
     events_path = _require_file(folder / "events.parquet", "data.path (events.parquet in the folder)")
     events = read_parquet(events_path, "data.path")
-    events = validate_canonical(_cast(events, EVENT_SCHEMA, events_path), str(events_path))
+    events = validate_canonical(_cast(events, EVENT_SCHEMA, events_path), str(events_path), book)
     files = [events_path]
     tables = {}
     for name, schema in (("items", ITEM_SCHEMA), ("customers", CUSTOMER_SCHEMA)):
@@ -504,7 +497,7 @@ def load_canonical(folder: Path, book: RejectBook | None = None) -> LoadedData:
         items=tables["items"],
         customers=tables["customers"],
         source_files=files,
-        rejects=book or RejectBook(strict=True),
+        rejects=book,
         notes={"canonical_dir": str(folder)},
     )
 
@@ -522,8 +515,9 @@ def _cast(table: pa.Table, schema: pa.Schema, path: Path) -> pa.Table:
     return conform(table, schema)
 
 
-def validate_canonical(events: pa.Table, source: str) -> pa.Table:
-    """Row checks on a canonical table: required ids, enumerations, prices and quantities."""
+def validate_canonical(events: pa.Table, source: str, book: RejectBook | None = None) -> pa.Table:
+    """Row checks on a canonical table: required ids, enumerations, prices, quantities, times (before 1970
+    refused; before 1990 or from 2100 flagged in `book`)."""
     names = events.column_names
     if "item_id" not in names:
         raise DataError(f"{source}: has no 'item_id' column; columns found: {names}.")
@@ -553,9 +547,6 @@ def validate_canonical(events: pa.Table, source: str) -> pa.Table:
     if "event_time" in names:
         ms = pc.cast(events["event_time"], pa.int64())
         checks.append(("event_time", pc.fill_null(pc.less(ms, 0), False), "a time after 1970-01-01"))
-        outside = pc.or_(pc.less(ms, MIN_SOURCE_TIME_MS), pc.greater_equal(ms, MAX_EVENT_TIME_MS))
-        if pc.any(pc.fill_null(outside, False)).as_py():
-            log.warning("%s: some event times are before 1990 or after 2100; a unit mistake in the writer?", source)
     for column, bad, expected in checks:
         if pc.any(bad).as_py():
             row = int(pc.index(bad, True).as_py())
@@ -564,6 +555,13 @@ def validate_canonical(events: pa.Table, source: str) -> pa.Table:
                 f"{source}, row {row + 1}, column '{column}': got {'an empty value' if value is None else repr(value)}; "
                 f"expected {expected}. Fix the writer of this file ({int(pc.sum(bad).as_py())} row(s) affected)."
             )
+    if "event_time" in names and book is not None:
+        flag_times(
+            book,
+            pc.cast(events["event_time"], pa.int64()).fill_null(-1).to_numpy(),
+            lambda i: (source, f"row {i + 1}, column 'event_time'"),
+            "a unit mistake in the writer of this file?",
+        )
     return events
 
 

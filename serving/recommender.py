@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.errors import DataError, IntentrecError
+from data.errors import ConfigError, DataError, IntentrecError
 from data.features import cooccurrence_scores, time_gap_buckets
 from data.schema import MAX_EVENT_TIME_MS, MIN_EVENT_TIME_MS
 from serving.bundle import check_index, load_bundle
@@ -104,7 +104,7 @@ class RequestLimits:
         for name in ("max_events", "max_string_bytes", "max_list_items", "echo_chars"):
             value = getattr(self, name)
             if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-                raise IntentrecError(f"{name}={value!r}; expected an integer of at least 1 (conf/serving.yaml).")
+                raise ConfigError(f"{name}={value!r}; expected an integer of at least 1 (conf/serving.yaml).")
 
     def events(self, count: int) -> None:
         if count > self.max_events:
@@ -130,15 +130,21 @@ class RequestLimits:
             )
 
     def strings(self, name: str, values) -> None:
-        for position, value in enumerate(values):
-            self.string(f"{name}[{position}]", value)
+        if max(map(len, values), default=0) > self.max_string_bytes:  # one C-level pass; the loop names it
+            for position, value in enumerate(values):
+                self.string(f"{name}[{position}]", value)
 
-    def time(self, name: str, value: int) -> None:
-        if not MIN_EVENT_TIME_MS <= int(value) < MAX_EVENT_TIME_MS:
-            raise RequestError(
-                f"{name}={int(value)}; expected milliseconds since 1970 between {MIN_EVENT_TIME_MS} (2000-01-01) and "
-                f"{MAX_EVENT_TIME_MS} (2100-01-01) (a time in seconds must be multiplied by 1000)."
-            )
+    def times(self, name: str, values, indexed: bool = True) -> None:
+        """Refuse the first of `values` (ms) outside 2000-2100, naming it `name[position]` (`name` unindexed)."""
+        if min(values, default=MIN_EVENT_TIME_MS) >= MIN_EVENT_TIME_MS and max(values, default=0) < MAX_EVENT_TIME_MS:
+            return
+        for position, value in enumerate(values):
+            if not MIN_EVENT_TIME_MS <= int(value) < MAX_EVENT_TIME_MS:
+                where = f"{name}[{position}]" if indexed else name
+                raise RequestError(
+                    f"{where}={int(value)}; expected milliseconds since 1970 between {MIN_EVENT_TIME_MS} (2000-01-01) "
+                    f"and {MAX_EVENT_TIME_MS} (2100-01-01) (a time in seconds must be multiplied by 1000)."
+                )
 
     def echo(self, value) -> str:
         """`value` as repr, cut to echo_chars characters."""
@@ -161,21 +167,19 @@ def check_limits(q: Query, limits: RequestLimits) -> Query:
     from dataclasses import replace
 
     limits.events(check_lengths(q))
+    limits.items("past_purchases", len(q.past_purchases))
+    limits.items("categories", len(q.categories))
     for name in ("item_ids", "event_types", "channels", "session_ids", "past_purchases", "categories"):
         values = getattr(q, name)
         if values is not None:
-            if name in ("past_purchases", "categories"):
-                limits.items(name, len(values))
-            limits.strings(name, [v if isinstance(v, str | bytes) else str(v) for v in values])
+            limits.strings(name, [str(v) for v in values])  # ids may come as numbers in process
     for name in ("device_type", "referrer", "region", "loyalty", "identity"):
         value = getattr(q, name)
-        if value is not None:
-            limits.string(name, value if isinstance(value, str | bytes) else str(value))
+        limits.string(name, None if value is None else str(value))
     if q.timestamps is not None:
-        for position, stamp in enumerate(q.timestamps):
-            limits.time(f"timestamps[{position}]", stamp)
+        limits.times("timestamps", q.timestamps)
     if q.now is not None:
-        limits.time("now", q.now)
+        limits.times("now", [q.now], indexed=False)
     categories = list(dict.fromkeys(q.categories))
     past = list(dict.fromkeys(q.past_purchases))
     if len(categories) != len(q.categories) or len(past) != len(q.past_purchases):
@@ -664,12 +668,14 @@ class Recommender:
         if isinstance(self.profile_store, str):
             from serving.events.store import open_store
 
+            url = self.profile_store
             try:
-                self.profile_store = open_store(self.profile_store, readonly=True)
+                self.profile_store = open_store(url, readonly=True)
             except Exception as error:  # retried on the next request
+                detail = str(error).replace(url, _where(url))  # the store's own message may repeat the URL
                 raise Unavailable(
-                    f"identity given but the profile store {_where(self.profile_store)} cannot be opened "
-                    f"({type(error).__name__}: {error}); start the collector on that store or send the events"
+                    f"identity given but the profile store {_where(url)} cannot be opened "
+                    f"({type(error).__name__}: {detail}); start the collector on that store or send the events"
                 ) from None
         if self.profile_store is None:
             raise RequestError(

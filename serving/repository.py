@@ -103,16 +103,14 @@ class ServingOptions:
     profile_store: str | None = None  # event store URL that `recommend` reads for requests naming a shopper
     complement_slots: int = 2  # places of each list for complements of a recent purchase (0: off)
     complement_window_hours: float = 24.0  # how recent a purchase must be for complement slots
-    max_events: int = 1000  # events per request row; more is refused (the model reads the last max_seq_len)
-    max_string_bytes: int = 256  # length of any id, context value, category or identity in a request
-    max_list_items: int = 100  # entries of categories, past_purchases (and similar_items' item_ids) per row
-    echo_chars: int = 32  # unknown values echoed back in replies and errors are cut to this many characters
+    # Request limits per row (RequestLimits documents each; conf/serving.yaml sets them).
+    max_events: int = RequestLimits.max_events
+    max_string_bytes: int = RequestLimits.max_string_bytes
+    max_list_items: int = RequestLimits.max_list_items
+    echo_chars: int = RequestLimits.echo_chars
 
     def limits(self) -> RequestLimits:
-        try:
-            return RequestLimits(**{name: getattr(self, name) for name in RequestLimits.__dataclass_fields__})
-        except IntentrecError as error:
-            raise ConfigError(str(error)) from None
+        return RequestLimits(**{name: getattr(self, name) for name in RequestLimits.__dataclass_fields__})
 
     def __post_init__(self):
         self.limits()

@@ -115,9 +115,8 @@ class _Base:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         bundle = Path(args["model_repository"]) / args["model_version"] / "bundle"
         kind = args.get("model_instance_kind", "CPU")
-        defaults = RequestLimits()
-        self.limits = RequestLimits(
-            **{name: int(params.get(name, getattr(defaults, name))) for name in RequestLimits.__dataclass_fields__}
+        limits = RequestLimits(
+            **{name: int(params.get(name, getattr(RequestLimits, name))) for name in RequestLimits.__dataclass_fields__}
         )
         self.recommender = Recommender(
             bundle,
@@ -128,7 +127,7 @@ class _Base:
             profile_store=params.get("profile_store") or None,
             complement_slots=int(params.get("complement_slots", "2")),
             complement_window_hours=float(params.get("complement_window_hours", "24")),
-            limits=self.limits,
+            limits=limits,
         )
         self.version = args["model_version"]
 
@@ -221,7 +220,7 @@ class RecommendModel(_Base):
         if ids is None or ids.ndim != 2:
             raise RequestError("item_ids must be a BYTES tensor of shape [rows, events].")
         rows = ids.shape[0]
-        self.limits.events(ids.shape[1])
+        self.recommender.limits.events(ids.shape[1])
         sequences = {name: inputs.get(name) for name in SEQUENCE_INPUTS}
         for name, value in sequences.items():
             if value is not None and value.shape != ids.shape:
@@ -235,7 +234,7 @@ class RecommendModel(_Base):
             if value is not None:
                 if value.shape[0] != rows:
                     raise RequestError(f"{name} has {value.shape[0]} rows; item_ids has {rows}.")
-                self.limits.items(name, value.reshape(rows, -1).shape[1])
+                self.recommender.limits.items(name, value.reshape(rows, -1).shape[1])
         texts = {name: _texts(value) for name, value in sequences.items() if value is not None and name != "timestamps"}
         stamps = sequences["timestamps"].tolist() if sequences["timestamps"] is not None else None
         queries = []
@@ -295,7 +294,7 @@ class SimilarItemsModel(_Base):
         ids = inputs.get("item_ids")
         if ids is None or ids.ndim != 2:
             raise RequestError("item_ids must be a BYTES tensor of shape [rows, items].")
-        self.limits.items("item_ids", ids.shape[1])
+        self.recommender.limits.items("item_ids", ids.shape[1])
         k = inputs.get("k")
         if k is not None and k.shape[0] != ids.shape[0]:
             raise RequestError(f"k has {k.shape[0]} rows; item_ids has {ids.shape[0]}.")

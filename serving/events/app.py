@@ -30,7 +30,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -87,17 +86,13 @@ class Guard:
                     headers={"WWW-Authenticate": "Bearer"},
                 )
                 return await response(scope, receive, send)
-        declared = headers.get(b"content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                return await _error(400, f"Content-Length {_short(declared.decode('latin-1'))} is not a number")(
-                    scope, receive, send
-                )
-            if int(declared) > limit:
-                return await _error(413, BodyTooLarge(limit, int(declared)).detail)(scope, receive, send)
-        received, started = 0, False
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:  # the server (h11) refuses a malformed length itself
+            return await _error(413, BodyTooLarge(limit, int(declared)).detail)(scope, receive, send)
+        received = 0
 
         async def counted():
+            # Raised inside the route that reads the body, where the app's HTTPException handler answers it.
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
@@ -106,16 +101,7 @@ class Guard:
                     raise BodyTooLarge(limit)
             return message
 
-        async def watched(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counted, watched)
-        except BodyTooLarge as error:  # raised outside a route (a route's own handler answers it there)
-            if not started:
-                await _error(413, error.detail)(scope, receive, send)
+        await self.app(scope, counted, send)
 
 
 def _too_deep(value, limit: int) -> bool:
@@ -162,14 +148,6 @@ def create_app(
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, error: HTTPException):
         return _error(error.status_code, str(error.detail))
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_request: Request, error: RequestValidationError):
-        # FastAPI's default reply echoes the whole input; name the field and the problem only.
-        problems = [
-            f"{'.'.join(str(part) for part in detail['loc'])}: {detail['msg']}" for detail in error.errors()[:10]
-        ]
-        return _error(422, "; ".join(problems))
 
     @app.post(
         "/v1/events",

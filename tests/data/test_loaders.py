@@ -676,3 +676,32 @@ def test_a_large_string_item_attribute_is_embedded_and_a_numeric_one_is_named_in
     vocab = json.loads((tmp_path / "a" / "data" / "generic" / "vocab.json").read_text())
     assert vocab["item_attributes"]["colour"] == ["<unknown>", "blue", "red"]
     assert "attribute column(s) ['weight_g (int64)'] are not used" in caplog.text
+
+
+def test_a_canonical_table_refuses_times_before_1970_and_flags_ones_before_1990(tmp_path):
+    from data.loaders import load_canonical
+
+    def shop(times_ms):
+        folder = tmp_path / f"shop{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        events = pa.table(
+            {
+                "event_id": [f"e{i}" for i in range(len(times_ms))],
+                "event_time": pa.array(times_ms, pa.timestamp("ms", tz="UTC")),
+                "customer_id": ["u"] * len(times_ms),
+                "item_id": ["a"] * len(times_ms),
+                "event_type": ["view"] * len(times_ms),
+            }
+        )
+        pq.write_table(events, folder / "events.parquet")
+        return folder
+
+    with pytest.raises(
+        DataError, match=r"events\.parquet, row 2, column 'event_time': got .*; expected a time after 1970"
+    ):
+        load_canonical(shop([1_700_000_000_000, -5_000]))
+    loaded = load_canonical(shop([1_700_000_000_000, 500_000_000_000, 600_000_000_000]))
+    (warning,) = loaded.rejects.warnings
+    assert (
+        "events.parquet: 2 time(s) before 1990 or after 2100, e.g. row 2, column 'event_time' is 1985-11-05" in warning
+    )

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from data.errors import ConfigError, DataError
 from data.loaders import load_canonical
+from serving.events.__main__ import collector_token
 from serving.events.app import CollectorSettings, create_app
 from serving.events.export import export_events
 from serving.events.local import Collector, RedisServer
@@ -500,6 +501,12 @@ def test_the_token_comes_from_the_environment_or_a_file_never_the_command_line(t
             timeout=60,
         )
 
+    with pytest.raises(ConfigError, match=r"token_file=.*missing-token: cannot read it \(No such file or directory\)"):
+        collector_token("127.0.0.1", None, tmp_path / "missing-token")
+    monkeypatch.setenv("INTENTREC_COLLECTOR_TOKEN", "caf\u00e9")
+    with pytest.raises(ConfigError, match=r"the collector token must be printable ASCII without spaces"):
+        collector_token("127.0.0.1", None, None)
+    monkeypatch.delenv("INTENTREC_COLLECTOR_TOKEN")
     on_argv = serve("token=s3cret")
     assert on_argv.returncode == 2 and "Traceback" not in on_argv.stderr
     assert "token= on the command line is visible to every local user" in on_argv.stderr

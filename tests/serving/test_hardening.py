@@ -212,12 +212,13 @@ def test_every_client_mistake_is_invalid_argument_with_its_message_and_the_serve
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_a_wrong_datatype_is_refused_by_the_config_as_a_client_error(protocol, clients, items):
+    expected = "StatusCode.INVALID_ARGUMENT" if protocol == "grpc" else "400"
     status, message = refused(clients[protocol], protocol, "recommend", {"item_ids": np.zeros((1, 2), np.float32)})
-    assert status in ("StatusCode.INVALID_ARGUMENT", "400") and "item_ids" in message, (status, message)
+    assert status == expected and "item_ids" in message, (status, message)
     status, message = refused(
         clients[protocol], protocol, "recommend", {"item_ids": ids(items["ids"][:1]), "k": one(3, np.int32)}
     )
-    assert status in ("StatusCode.INVALID_ARGUMENT", "400") and "INT64" in message, (status, message)
+    assert status == expected and "INT64" in message, (status, message)
     answered(clients[protocol], protocol, items["ids"][0])
 
 
@@ -413,3 +414,42 @@ def test_a_fault_of_the_server_is_internal_not_a_client_error_and_other_models_k
                 assert len(client.similar_items(items["ids"][:1], k=3).item_ids) == 3
         log = (tmp_path / "server.log").read_text()
         assert f"intentrec internal error {incident}:" in log and "Traceback" in log
+
+
+# ------------------------------------------------------------------------- configuration and set-up errors
+
+
+def test_limits_control_keys_and_repositories_refuse_bad_settings_by_name(bundle, tmp_path, monkeypatch):
+    from data.errors import ConfigError
+    from serving.repository import add_version, serving_options
+    from serving.server import control_key
+
+    (tmp_path / "serving.yaml").write_text("max_events: 0\n")
+    with pytest.raises(ConfigError, match=r"max_events=0; expected an integer of at least 1 \(conf/serving\.yaml\)"):
+        serving_options(tmp_path / "serving.yaml")
+    (tmp_path / "not-a-repository").mkdir()
+    with pytest.raises(ConfigError, match=r"not-a-repository is not a model repository of intentrec \(no recommend/"):
+        add_version(tmp_path / "not-a-repository", bundle)
+    assert list((tmp_path / "not-a-repository").iterdir()) == []
+    monkeypatch.delenv("INTENTREC_CONTROL_KEY", raising=False)
+    missing = tmp_path / "none.key"
+    with pytest.raises(
+        ConfigError, match=rf"no model-control key: INTENTREC_CONTROL_KEY is not set and {missing} does"
+    ):
+        control_key(missing)
+    (tmp_path / "spaced.key").write_text("two words\n")
+    with pytest.raises(ConfigError, match=r"spaced\.key holds no usable key \(empty, or with spaces"):
+        control_key(tmp_path / "spaced.key")
+    with pytest.raises(ConfigError, match=r"model_control='maybe'; expected one of \['key', 'off'\]"):
+        TritonServer(tmp_path, model_control="maybe", control_key_file=tmp_path / "k")
+
+
+def test_a_profile_store_that_cannot_be_opened_is_unavailable_naming_only_its_host(bundle, items):
+    from serving.recommender import Query, Recommender, Unavailable
+
+    port = free_port()
+    recommender = Recommender(bundle, profile_store=f"redis://:secret@127.0.0.1:{port}/0")
+    (result,) = recommender.recommend([Query(item_ids=items["ids"][:2], identity="customer:c1")])
+    assert isinstance(result, Unavailable)
+    assert f"identity given but the profile store redis://127.0.0.1:{port} cannot be opened" in str(result)
+    assert "secret" not in str(result)
