@@ -50,6 +50,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from data import item_content
 from data.canonical import SPLIT_COLUMN, LoadedData
 from data.errors import ConfigError, DataError
 from data.schema import CHANNELS, DEVICE_TYPES, EVENT_TYPES, REFERRERS, SCHEMA_VERSION
@@ -89,6 +90,24 @@ TRAINING_KEYS = frozenset(
 
 def preparation_config(cfg: Mapping) -> dict:
     return {k: v for k, v in dict(cfg).items() if k not in TRAINING_KEYS}
+
+
+def drop_generator_keys(cfg) -> None:
+    """Keys only the synthetic shop's generator reads (`data.num_events` from `debug=fast`, `data.seed`, ...)
+    are removed from a data config of any other format (in place), so they neither change its hash nor travel
+    into its records."""
+    from dataclasses import fields
+
+    from omegaconf import open_dict
+
+    from data.synthetic import ShopConfig
+
+    if cfg.data.get("format") == "synthetic":
+        return
+    with open_dict(cfg):
+        for field in fields(ShopConfig):
+            if field.name in cfg.data:
+                del cfg.data[field.name]
 
 
 def config_hash(cfg: Mapping) -> str:
@@ -469,8 +488,13 @@ def _first_only(mask: np.ndarray, row_of: np.ndarray) -> np.ndarray:
 ITEM_CORE_COLUMNS = ("item_id", "category_id", "brand", "price", "first_available")
 
 
-def item_features(flat: Flat, meta: dict, items: pa.Table | None, train_counts: np.ndarray, num_price_buckets: int):
-    """Contiguous item ids by descending frequency, with category/brand/price features."""
+def item_features(
+    flat: Flat, meta: dict, items: pa.Table | None, train_counts: np.ndarray, num_price_buckets: int, content: dict
+):
+    """Contiguous item ids by descending frequency, with category/brand/price and attribute features
+    (`content`: data.items settings, see data.item_content)."""
+    from data.item_content import encode_values, fit, kind_of
+
     counts = np.bincount(flat.item, minlength=len(meta["item_values"]))
     present = np.flatnonzero(counts)
     raw_ids = meta["item_values"][present]
@@ -499,36 +523,41 @@ def item_features(flat: Flat, meta: dict, items: pa.Table | None, train_counts: 
             return pa.nulls(len(present), pa.string())
         return pc.if_else(pa.array(found), items[column].combine_chunks().take(pa.array(np.maximum(lookup, 0))), None)
 
-    # Categorical item features: category, brand, and any optional string attribute of the catalogue
-    # (e.g. color, price_tier). Codes follow the sorted values, so they are stable across runs.
-    def categorical(kind: pa.DataType) -> bool:
-        if pa.types.is_dictionary(kind):
-            kind = kind.value_type
-        return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_boolean(kind)
-
+    # Item features: category, brand, and every other attribute of the items table by its kind
+    # (data.item_content): categorical codes follow the sorted values, so they are stable across runs.
     others = [f for f in (items.schema if items is not None else []) if f.name not in ITEM_CORE_COLUMNS]
-    extra = [f.name for f in others if categorical(f.type)]
-    skipped = [f"{f.name} ({f.type})" for f in others if not categorical(f.type)]
+    skipped = [f"{f.name} ({f.type})" for f in others if kind_of(f.type) is None]
     if skipped:
         log.warning(
-            "items table: attribute column(s) %s are not used; item attributes are embedded when they are "
-            "strings or booleans (cast a code column to string to use it)",
+            "items table: attribute column(s) %s are not used; item attributes are strings, booleans, numbers or lists",
             skipped,
         )
-    vocab["attributes"] = {}
-    for column in ("category_id", "brand", *extra):
-        values = item_column(column).cast(pa.string())
-        encoded = pc.dictionary_encode(values)
-        uniques = encoded.dictionary.to_numpy(zero_copy_only=False).astype(str)
-        rank = np.append(np.argsort(np.argsort(uniques)), -1)  # index -1 (unknown) -> rank -1 -> code 0
-        raw_codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+    vocab.update(attributes={}, attribute_kinds={}, attribute_edges={})
+    for column, kind in [
+        ("category_id", "categorical"),
+        ("brand", "categorical"),
+        *((f.name, kind_of(f.type)) for f in others if kind_of(f.type) is not None),
+    ]:
+        values = item_column(column)
+        if kind == "categorical":
+            values = values.cast(pa.string())
+        fitted = fit(values, kind, num_buckets=int(content["num_buckets"]), max_values=int(content["max_values"]))
+        codes = encode_values(values, kind, fitted.get("values"), fitted.get("edges"), fitted.get("width", 1))
         name = column.removesuffix("_id")
         table[column] = values
-        table[f"{name}_idx"] = (rank[raw_codes] + 1).astype(np.int32)
-        if column in extra:
-            vocab["attributes"][name] = ["<unknown>", *sorted(uniques.tolist())]
+        if kind == "multi":
+            table[f"{name}_idx"] = pa.array([row[row > 0].tolist() for row in codes], pa.list_(pa.int32()))
         else:
-            vocab[name] = sorted(uniques.tolist())
+            table[f"{name}_idx"] = codes.astype(np.int32)
+        if column in ("category_id", "brand"):
+            vocab[name] = fitted["values"][1:]
+            continue
+        vocab["attribute_kinds"][name] = kind
+        if kind == "numeric":
+            vocab["attribute_edges"][name] = fitted["edges"]
+            vocab["attributes"][name] = ["<unknown>", *(f"bucket {b}" for b in range(1, len(fitted["edges"]) + 2))]
+        else:
+            vocab["attributes"][name] = fitted["values"]
     price = (
         item_column("price").cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
         if (items is not None and "price" in items.column_names)
@@ -569,7 +598,7 @@ def prepare(loaded: LoadedData, cfg: Mapping, out_dir: Path, *, name: str, extra
     in_train = _slice_mask(train_start, train_end, len(flat))
     train_counts = np.bincount(flat.item[in_train], minlength=len(meta["item_values"]))
     items_table, item_index, item_vocab = item_features(
-        flat, meta, loaded.items, train_counts, int(cfg.get("num_price_buckets", 10))
+        flat, meta, loaded.items, train_counts, int(cfg.get("num_price_buckets", 10)), item_content.settings(cfg)
     )
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -619,6 +648,9 @@ def prepare(loaded: LoadedData, cfg: Mapping, out_dir: Path, *, name: str, extra
         "brands": ["<unknown>", *item_vocab["brand"]],
         "price_bucket_edges": item_vocab["price_bucket_edges"],
         "item_attributes": item_vocab["attributes"],
+        "item_attribute_kinds": item_vocab["attribute_kinds"],
+        "item_attribute_edges": item_vocab["attribute_edges"],
+        "item_list_sep": item_content.settings(cfg)["list_sep"],
     }
     (out_dir / "vocab.json").write_text(json.dumps(vocab, indent=1))
     if loaded.rejects.count:
@@ -685,43 +717,55 @@ def _sequence_loyalty(meta: dict, customers: pa.Table | None) -> np.ndarray:
     return codes
 
 
-def run(cfg) -> dict:
-    """Prepare the dataset of a composed `prepare` config; returns `stats.json` content.
-
-    Plain function so tests and other stages call it with a composed config; `main` wraps it.
-    """
-    from data.cli import config_dict
+def load_source(data_cfg: dict, artifacts: Path) -> tuple[LoadedData, dict]:
+    """The events (and items) of a data config: the synthetic shop generated (or reused) or the
+    format's loader, with the item content of `data.items.path` joined in. Returns (loaded, stats extras)."""
     from data.loaders import load, load_canonical
     from data.synthetic import generate, shop_config, shop_dir_for
 
-    data_cfg = config_dict(cfg, "data")
-    artifacts = Path(cfg.artifacts_dir)
-    name = data_cfg["name"]
-    event_type_counts = None
+    extra: dict = {}
     if data_cfg.get("format") == "synthetic":
         shop = shop_config(data_cfg)
         shop_dir = shop_dir_for(artifacts, shop)
         started = time.perf_counter()
         manifest = generate(shop, shop_dir)
-        generate_seconds = round(time.perf_counter() - started, 3)
         loaded = load_canonical(shop_dir)
         loaded.notes["truth_dir"] = str(shop_dir / "truth")
-        extra = {
-            "shop": {
-                "dir": str(shop_dir),
-                "fingerprint": manifest["fingerprint"],
-                "counts": manifest["counts"],
-                "generate_seconds": generate_seconds,
-            }
+        extra["shop"] = {
+            "dir": str(shop_dir),
+            "fingerprint": manifest["fingerprint"],
+            "counts": manifest["counts"],
+            "generate_seconds": round(time.perf_counter() - started, 3),
         }
     else:
         loaded = load(data_cfg)
-        extra = {}
+    catalogue = item_content.read_items(data_cfg)
+    if catalogue is not None:
+        table, report = catalogue
+        loaded.items = item_content.attach(loaded.items, table)
+        loaded.source_files = [*loaded.source_files, Path(report["file"])]
+        extra["items_file"] = report
+    return loaded, extra
+
+
+def run(cfg, out_dir: Path | None = None) -> dict:
+    """Prepare the dataset of a composed `prepare` config into `out_dir` (default
+    `<artifacts_dir>/data/<data.name>`); returns `stats.json` content.
+
+    Plain function so tests and other stages call it with a composed config; `main` wraps it.
+    """
+    from data.cli import config_dict
+
+    drop_generator_keys(cfg)
+    data_cfg = config_dict(cfg, "data")
+    artifacts = Path(cfg.artifacts_dir)
+    name = data_cfg["name"]
+    loaded, extra = load_source(data_cfg, artifacts)
     event_type_counts = (
         pc.value_counts(loaded.events["event_type"]).to_pylist() if "event_type" in loaded.events.column_names else []
     )
     extra["event_type_counts"] = {d["values"]: int(d["counts"]) for d in event_type_counts}
-    out_dir = artifacts / "data" / name
+    out_dir = Path(out_dir) if out_dir is not None else artifacts / "data" / name
     stats = prepare(loaded, data_cfg, out_dir, name=name, extra_stats=extra)
     if data_cfg.get("format") not in ("synthetic", "canonical"):
         # The source as canonical Parquet, so any later tool (or data.format=canonical) reads one format.
@@ -771,17 +815,9 @@ def explain(cfg, rows: int = 5) -> str:
     """What a load of `cfg.data` finds, without writing anything: the column mapping (given, found by
     name, not used), the event types, counts, warnings and the first events as the model will see them."""
     from data.cli import config_dict
-    from data.loaders import load, load_canonical
-    from data.synthetic import generate, shop_config, shop_dir_for
 
     data_cfg = config_dict(cfg, "data")
-    if data_cfg.get("format") == "synthetic":
-        shop = shop_config(data_cfg)
-        shop_dir = shop_dir_for(Path(cfg.artifacts_dir), shop)
-        generate(shop, shop_dir)
-        loaded = load_canonical(shop_dir)
-    else:
-        loaded = load(data_cfg)
+    loaded, _ = load_source(data_cfg, Path(cfg.artifacts_dir))
     events = loaded.events.drop_columns([c for c in loaded.events.column_names if c.startswith("_")])
     notes = loaded.notes
     lines = [f"data={data_cfg['name']} (format {data_cfg.get('format')}): {', '.join(map(str, loaded.source_files))}"]
@@ -806,12 +842,7 @@ def explain(cfg, rows: int = 5) -> str:
         + (f"; {loaded.rejects.count:,} problems set aside (data.strict=false)" if loaded.rejects.count else "")
     )
     if loaded.items is not None:
-        attributes = [
-            f"{c} ({len(pc.unique(loaded.items[c].drop_null()))} values)"
-            for c in loaded.items.column_names
-            if c != "item_id" and pc.any(pc.is_valid(loaded.items[c])).as_py()
-        ]
-        lines.append(f"  item attributes: {', '.join(attributes) or 'none'}")
+        lines.append(f"  item attributes: {', '.join(describe_attributes(loaded.items)) or 'none'}")
     lines += [f"  warning: {w}" for w in loaded.rejects.warnings]
     lines.append(f"  first {min(rows, events.num_rows)} events as the model will see them:")
     shown = [c for c in events.column_names if pc.any(pc.is_valid(events[c])).as_py()]
@@ -819,6 +850,21 @@ def explain(cfg, rows: int = 5) -> str:
     lines += ["    " + line for line in head.to_string(index=False).splitlines()]
     lines.append("  nothing was written (explain=true); run without it to prepare.")
     return "\n".join(lines)
+
+
+def describe_attributes(items: pa.Table) -> list[str]:
+    """`name (kind, N values)` of each item attribute column holding any value."""
+    from data.item_content import kind_of
+
+    out = []
+    for name in items.column_names:
+        column = items[name]
+        if name == "item_id" or not pc.any(pc.is_valid(column)).as_py():
+            continue
+        kind = kind_of(column.type)
+        values = pc.list_flatten(column) if kind == "multi" else column
+        out.append(f"{name} ({kind}, {len(pc.unique(values.drop_null()))} values)")
+    return out
 
 
 def _cli(cfg) -> None:

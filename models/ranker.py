@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from models.towers import feature_vectors
+
 
 @dataclass
 class RankerConfig:
@@ -32,11 +34,21 @@ class Ranker(nn.Module):
         cfg: RankerConfig.
         embedding_dim: D of the retrieval towers.
         context_sizes: vocabulary size of each of the K context fields (including loyalty).
-        feature_sizes: vocabulary size of each of the F candidate feature codes.
+        feature_sizes: vocabulary size of each candidate feature.
+        feature_widths: columns of each feature in the candidate codes (more than 1: a bag, embedded as
+            the mean of its codes); default 1 each.
     """
 
-    def __init__(self, cfg: RankerConfig, embedding_dim: int, context_sizes: list[int], feature_sizes: list[int]):
+    def __init__(
+        self,
+        cfg: RankerConfig,
+        embedding_dim: int,
+        context_sizes: list[int],
+        feature_sizes: list[int],
+        feature_widths: list[int] | None = None,
+    ):
         super().__init__()
+        self.feature_widths = list(feature_widths) if feature_widths else [1] * len(feature_sizes)
         self.context = nn.ModuleList(nn.Embedding(size, cfg.feature_dim) for size in context_sizes)
         self.features = nn.ModuleList(nn.Embedding(size, cfg.feature_dim) for size in feature_sizes)
         width = 3 * embedding_dim + cfg.feature_dim * (len(context_sizes) + len(feature_sizes)) + 1
@@ -70,7 +82,7 @@ class Ranker(nn.Module):
         q = query.unsqueeze(1).expand(B, C, -1)
         context = torch.cat([emb(context_codes[:, i]) for i, emb in enumerate(self.context)], dim=-1)
         parts = [q, candidates, q * candidates, context.unsqueeze(1).expand(B, C, -1)]
-        parts += [emb(candidate_codes[..., i]) for i, emb in enumerate(self.features)]
+        parts += feature_vectors(self.features, self.feature_widths, candidate_codes)
         parts.append(retrieval_scores.unsqueeze(-1))
         x0 = torch.cat(parts, dim=-1)  # (B, C, width)
         x = x0

@@ -10,6 +10,24 @@ import torch
 from torch import nn
 
 
+def feature_vectors(embeddings: nn.ModuleList, widths: list[int], codes: torch.Tensor) -> list[torch.Tensor]:
+    """One (..., d) vector per item feature from codes (..., sum(widths)): feature f reads its `widths[f]`
+    columns; a single code is its embedding row, a bag (width > 1) the mean of its known codes' rows
+    (code 0 = none; a bag without any known code gives row 0, as a single unknown code does)."""
+    out, start = [], 0
+    for embedding, width in zip(embeddings, widths):
+        if width == 1:
+            out.append(embedding(codes[..., start]))
+        else:
+            bag = codes[..., start : start + width]
+            known = (bag > 0).unsqueeze(-1).to(embedding.weight.dtype)
+            count = known.sum(-2)
+            mean = (embedding(bag) * known).sum(-2) / count.clamp(min=1)
+            out.append(mean + (count == 0).to(mean.dtype) * embedding.weight[0])
+        start += width
+    return out
+
+
 class ItemTower(nn.Module):
     """Item embedding = id embedding + sum of content-feature embeddings.
 
@@ -22,7 +40,9 @@ class ItemTower(nn.Module):
         num_items: real items (ids 1..num_items).
         embedding_dim: D.
         feature_codes: (N, F) int64 codes, 0 = unknown; None for no content features.
-        feature_sizes: vocabulary size of each of the F features.
+        feature_sizes: vocabulary size of each feature.
+        feature_widths: columns of each feature in `feature_codes` (1: one code; more: a bag of codes,
+            embedded as their mean); default 1 each, F = sum of the widths.
         use_id: include the id embedding.
         id_dropout: probability of dropping an item's id embedding in training.
     """
@@ -35,8 +55,10 @@ class ItemTower(nn.Module):
         feature_sizes: list[int],
         use_id: bool = True,
         id_dropout: float = 0.0,
+        feature_widths: list[int] | None = None,
     ):
         super().__init__()
+        self.feature_widths = list(feature_widths) if feature_widths else [1] * len(feature_sizes)
         if not use_id and feature_codes is None:
             raise ValueError("ItemTower needs the id embedding or content features (or both).")
         self.num_items = num_items
@@ -46,7 +68,7 @@ class ItemTower(nn.Module):
         self.id_dropout = id_dropout
         self.id_embedding = nn.Embedding(num_items + 1, embedding_dim, padding_idx=0) if use_id else None
         if feature_codes is not None:
-            assert feature_codes.shape == (num_items + 1, len(feature_sizes))
+            assert feature_codes.shape == (num_items + 1, sum(self.feature_widths))
             self.register_buffer("feature_codes", feature_codes.long(), persistent=True)
             self.feature_embeddings = nn.ModuleList(
                 nn.Embedding(size, embedding_dim, padding_idx=0) for size in feature_sizes
@@ -78,8 +100,8 @@ class ItemTower(nn.Module):
             out = self.id_embedding(item_ids) * keep.unsqueeze(-1)
         if self.feature_codes is not None:
             codes = self.feature_codes[item_ids]  # (..., F)
-            for index, embedding in enumerate(self.feature_embeddings):
-                out = out + embedding(codes[..., index])
+            for vector in feature_vectors(self.feature_embeddings, self.feature_widths, codes):
+                out = out + vector
         return out
 
     def all_items(self) -> torch.Tensor:

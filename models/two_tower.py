@@ -65,6 +65,7 @@ class Vocabulary:
     num_channels: int
     context_sizes: dict[str, int]
     feature_sizes: list[int]
+    feature_widths: list[int] | None = None  # columns of each item feature's codes (bags); None = 1 each
 
 
 class TwoTower(nn.Module):
@@ -83,6 +84,7 @@ class TwoTower(nn.Module):
             vocab.feature_sizes if use_content else [],
             use_id=cfg.item_features != "content",
             id_dropout=cfg.id_dropout,
+            feature_widths=vocab.feature_widths if use_content else None,
         )
         self.steps = StepEmbedding(cfg.embedding_dim, vocab.num_event_types, vocab.num_gap_buckets, vocab.num_channels)
         self.encoder = ENCODERS[cfg.encoder](

@@ -21,20 +21,21 @@ python -m data.prepare "${DATA[@]}"
 
 echo "[demo] 2/7 train the default model (${EPOCHS} epochs at most, early stopping on val NDCG@10)"
 rm -rf "$RUN"
-python -m training.train "${DATA[@]}" trainer.max_epochs="$EPOCHS" trainer.enable_progress_bar=false \
-  seed="$SEED" hydra.run.dir="$RUN/train"
+PREPARED=artifacts/data/synthetic
+python -m training.train data_dir="$PREPARED" trainer.max_epochs="$EPOCHS" trainer.enable_progress_bar=false \
+  seed="$SEED" run_dir="$RUN/train"
 
 echo "[demo] 3/7 evaluate the best checkpoint again from disk (full-catalogue ranking)"
-python -m training.evaluate "${DATA[@]}" ckpt_path="$RUN/train/checkpoints/best.ckpt" hydra.run.dir="$RUN/evaluate"
+python -m training.evaluate ckpt_path="$RUN/train/checkpoints/best.ckpt" run_dir="$RUN/evaluate"
 
 echo "[demo] 4/7 the popularity baseline through the same pipeline"
-python -m training.train "${DATA[@]}" model=popularity hydra.run.dir="$RUN/popularity"
+python -m training.train data_dir="$PREPARED" model=popularity run_dir="$RUN/popularity"
 
 echo "[demo] 5/7 export: ONNX query encoder and ranker, item table, FAISS index (recall checked against exact search)"
-python -m serving.export "${DATA[@]}" ckpt_path="$RUN/train/checkpoints/best.ckpt" export.out_dir="$RUN/bundle"
+python -m serving.export ckpt_path="$RUN/train/checkpoints/best.ckpt" export.out_dir="$RUN/bundle"
 
 echo "[demo] 6/7 serve on Triton and send example requests"
-python scripts/serving_demo.py --bundle "$RUN/bundle" --data-dir artifacts/data/synthetic
+python scripts/serving_demo.py --bundle "$RUN/bundle" --data-dir "$PREPARED"
 
 echo "[demo] 7/7 personalization platform: collector + event store -> recommend by identity, store purchase, abandoned cart, campaign"
 python scripts/platform_demo.py --bundle "$RUN/bundle"

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data.errors import ConfigError, DataError
+from data.item_content import code_matrix, encode_values, list_column, pad_column, table_arrays
 from data.prepare import sha256_file as sha256
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,7 @@ class Bundle:
         return int(self.manifest["dim"])
 
     def padded(self, column: str, fill=0) -> np.ndarray:
-        values = self.items[column]
-        return np.concatenate([np.asarray([fill], dtype=values.dtype if values.dtype != object else object), values])
+        return pad_column(self.items[column], fill)
 
     def items_by_category(self) -> tuple[dict[str, str], dict[str, list[str]]]:
         """(item id -> category, category -> item ids from the most to the least trained on)."""
@@ -88,11 +88,11 @@ class Bundle:
         return dict(zip(ids, categories)), top
 
     def feature_codes(self) -> np.ndarray:
-        """(N + 1, F) content codes in the model's feature order; row 0 padding."""
+        """(N + 1, F) content codes in the model's feature order (bags over their widths); row 0 padding."""
         columns = self.manifest["feature_columns"]
         if not columns:
             return np.zeros((self.num_items + 1, 0), np.int64)
-        return np.stack([self.padded(c).astype(np.int64) for c in columns], axis=1)
+        return code_matrix([self.padded(c) for c in columns], feature_widths(self.manifest))[0]
 
 
 def write_manifest(directory: Path, manifest: dict) -> dict:
@@ -132,7 +132,7 @@ def load_bundle(directory: Path, verify: bool = True) -> Bundle:
             f"{directory / 'item_embeddings.npy'} has shape {embeddings.shape} {embeddings.dtype}; {path} says "
             f"num_items={manifest['num_items']}, dim={manifest['dim']}, so expected {expected} float32."
         )
-    items = {k: np.asarray(v) for k, v in pq.read_table(directory / "items.parquet").to_pydict().items()}
+    items = table_arrays(pq.read_table(directory / "items.parquet"))
     if len(items["item_idx"]) != manifest["num_items"]:
         raise DataError(
             f"{directory / 'items.parquet'} has {len(items['item_idx'])} rows; {path} says num_items={manifest['num_items']}."
@@ -148,33 +148,39 @@ def check_index(bundle: Bundle, index) -> None:
         )
 
 
-def encode_item_features(manifest: dict, table: pa.Table) -> np.ndarray:
-    """(M, F) content codes of new catalogue rows (canonical item columns), with the training vocabulary.
+def feature_widths(manifest: dict) -> list[int]:
+    return list(manifest.get("feature_widths") or [1] * len(manifest["feature_columns"]))
 
-    Values never seen in training get code 0 (unknown), as in preparation.
-    """
+
+def encode_item_features(manifest: dict, table: pa.Table) -> np.ndarray:
+    """(M, F) content codes of new catalogue rows (canonical item columns and attributes), with the training
+    vocabulary and the rules of data.item_content. Values never seen in training get code 0 (unknown)."""
     vocab = manifest["vocab"]
     columns = manifest["feature_columns"]
-    codes = np.zeros((table.num_rows, len(columns)), np.int64)
-    for j, column in enumerate(columns):
-        if column == "price_bucket":
-            if "price" not in table.column_names:
-                continue
-            price = table["price"].cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
-            edges = np.asarray(vocab["price_bucket_edges"], dtype=float)
-            codes[:, j] = np.where(np.isnan(price), 0, np.searchsorted(edges, price, side="right") + 1)
-            continue
+    widths = feature_widths(manifest)
+    blocks = []
+    for column, width in zip(columns, widths):
         name = column.removesuffix("_idx")
-        source_column = {"category": "category_id"}.get(name, name)
+        source = {"category": "category_id", "price_bucket": "price"}.get(name, name)
+        kind = {"category": "categorical", "brand": "categorical", "price_bucket": "numeric"}.get(name)
+        kind = kind or vocab.get("item_attribute_kinds", {}).get(name, "categorical")
+        if source not in table.column_names:
+            blocks.append(np.zeros((table.num_rows, width), np.int64))
+            continue
         values = {"category": vocab.get("categories"), "brand": vocab.get("brands")}.get(name)
         if values is None:
             values = vocab.get("item_attributes", {}).get(name, ["<unknown>"])
-        if source_column not in table.column_names:
-            continue
-        lookup = {value: code for code, value in enumerate(values) if code > 0}
-        raw = table[source_column].cast(pa.string()).to_pylist()
-        codes[:, j] = [lookup.get(value, 0) for value in raw]
-    return codes
+        edges = (
+            vocab["price_bucket_edges"] if name == "price_bucket" else vocab.get("item_attribute_edges", {}).get(name)
+        )
+        raw = table[source]
+        if kind == "multi" and not pa.types.is_list(raw.type):
+            raw = pa.array(
+                [None if v is None else str(v).split(vocab.get("item_list_sep", "|")) for v in raw.to_pylist()]
+            )
+        codes = encode_values(raw, kind, values, edges, width)
+        blocks.append(codes.reshape(table.num_rows, width))
+    return np.concatenate(blocks, axis=1) if blocks else np.zeros((table.num_rows, 0), np.int64)
 
 
 def add_items(bundle_dir: Path, items_file: Path, out_dir: Path) -> dict:
@@ -219,8 +225,13 @@ def add_items(bundle_dir: Path, items_file: Path, out_dir: Path) -> dict:
     codes = encode_item_features(bundle.manifest, table)
     tables = np.load(tables_path)
     vectors = np.zeros((len(new_ids), bundle.dim), np.float32)
-    for j, column in enumerate(bundle.manifest["feature_columns"]):
-        vectors += tables[column][codes[:, j]]
+    start = 0
+    for column, width in zip(bundle.manifest["feature_columns"], feature_widths(bundle.manifest)):
+        # As the item tower: a code's row, or the mean over a bag's known codes (row 0, zero, when none).
+        block = codes[:, start : start + width]
+        known = (block > 0)[..., None]
+        vectors += (tables[column][block] * known).sum(axis=1) / np.maximum(known.sum(axis=1), 1)
+        start += width
     if bundle.manifest["model"]["similarity"] == "cosine":
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     out_dir = Path(out_dir)
@@ -242,11 +253,21 @@ def add_items(bundle_dir: Path, items_file: Path, out_dir: Path) -> dict:
         "train_count": np.zeros(len(new_ids), np.int64),
         "added": np.ones(len(new_ids), bool),
     }
-    for j, column in enumerate(bundle.manifest["feature_columns"]):
-        new_rows[column] = codes[:, j]
+    start = 0
+    for column, width in zip(bundle.manifest["feature_columns"], feature_widths(bundle.manifest)):
+        block = codes[:, start : start + width]
+        start += width
+        if columns[column].dtype == object:  # a bag: its known codes
+            new_rows[column] = np.empty(len(block), object)
+            new_rows[column][:] = [row[row > 0] for row in block]
+        else:
+            new_rows[column] = block[:, 0]
     for name in columns:
-        columns[name] = np.concatenate([columns[name], np.asarray(new_rows[name]).astype(columns[name].dtype)])
-    pq.write_table(pa.table(columns), out_dir / "items.parquet")
+        added = np.asarray(new_rows[name])
+        columns[name] = np.concatenate(
+            [columns[name], added if columns[name].dtype == object else added.astype(columns[name].dtype)]
+        )
+    pq.write_table(pa.table({k: list_column(v) for k, v in columns.items()}), out_dir / "items.parquet")
     index = faiss.read_index(str(Path(bundle_dir) / "index.faiss"))
     index.add(np.ascontiguousarray(vectors))
     set_search_params(index, bundle.manifest["index"].get("search_params", {}))

@@ -1,9 +1,12 @@
 """Export a trained checkpoint into a serving bundle: ONNX query encoder and ranker, item table, FAISS index.
 
-    python -m serving.export ckpt_path=<run>/checkpoints/best.ckpt data=<name> hydra.run.dir=<out>
-    python -m serving.export ckpt_path=... data=<name> index=ivf index.search_params.nprobe=64 \
+    python -m serving.export ckpt_path=<run>/checkpoints/best.ckpt export.out_dir=<out>
+    python -m serving.export ckpt_path=... index=ivf index.search_params.nprobe=64 \
         export.out_dir=artifacts/exports/my_bundle       # index: flat | ivf | hnsw | ivf_pq (conf/index/)
-    python -m serving.export ckpt_path=... data=<name> 'index.factory="IVF1024,PQ32"'   # any index_factory string
+    python -m serving.export ckpt_path=... 'index.factory="IVF1024,PQ32"'   # any index_factory string
+
+The data, `data.max_seq_len`, `data.past_purchases`, `seed` and `ranker.*` are the checkpoint's
+(training.run_settings); the manifest records them.
 
 The bundle layout is in `serving.bundle`; `<out>/model_repository/` is a Triton model repository
 serving it (`export.model_repository=false` skips it). The index's recall@10 and recall@100 against exact search,
@@ -27,6 +30,7 @@ from data import REPO_ROOT
 from data.cli import config_dict
 from data.errors import ConfigError
 from data.features import NUM_GAP_BUCKETS
+from data.item_content import list_column
 from data.prepare import SESSION_GAP_MS
 from models.context import CONTEXT_FIELDS
 from serving.bundle import library_versions, write_manifest
@@ -46,6 +50,9 @@ VOCAB_KEYS = (
     "brands",
     "price_bucket_edges",
     "item_attributes",
+    "item_attribute_kinds",
+    "item_attribute_edges",
+    "item_list_sep",
 )
 
 
@@ -132,6 +139,16 @@ def validation_queries(task, cfg, data, count: int) -> np.ndarray:
     )
 
 
+def item_categories(data) -> np.ndarray:
+    """Each item's category as a string, "" where it has none (or the data has no categories)."""
+    if "category_id" not in data.items:
+        return np.full(data.num_items, "", dtype=object)
+    import pandas as pd
+
+    values = np.asarray(data.items["category_id"], dtype=object)
+    return np.where(pd.isna(values), "", values.astype(str)).astype(object)
+
+
 def category_complements(data, top: int = 5) -> dict:
     """Which categories shoppers move to next: within-session transitions between different categories.
 
@@ -143,8 +160,8 @@ def category_complements(data, top: int = 5) -> dict:
     """
     from training.datamodule import read_split
 
-    categories = data.items["category_id"].astype(str) if "category_id" in data.items else None
-    if categories is None:
+    categories = item_categories(data)
+    if not categories.any():
         return {"method": "no categories in the catalogue", "next": {}}
     split = read_split(data.directory / "train.parquet")
     view = data.vocab_json["event_types"].index("view")
@@ -170,20 +187,28 @@ def category_complements(data, top: int = 5) -> dict:
     return {"method": "within-session view-to-view transitions to another category, training split", "next": following}
 
 
+def default_out_dir(cfg, data) -> Path:
+    """`<artifacts_dir>/exports/<data name>/<time>`."""
+    return Path(cfg.artifacts_dir) / "exports" / data.stats["name"] / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
 def export(cfg) -> dict:
     """Write the bundle for `cfg.ckpt_path`; returns its manifest."""
-    from training.evaluate import checkpoint_path, load_checkpoint
-    from training.ranking import RankerTask
-    from training.train import _hydra_run_dir, prepared_data
+    import onnx
+    from omegaconf import open_dict
 
-    ckpt = checkpoint_path(cfg.get("ckpt_path"), "python -m serving.export")
+    from training.evaluate import open_run
+    from training.ranking import RankerTask
+
+    ckpt, task, data, forced = open_run(cfg, "python -m serving.export")
+    task = task.eval()
     options = config_dict(cfg, "export")
     index_cfg = config_dict(cfg, "index")
-    out = Path(options["out_dir"]) if options.get("out_dir") else _hydra_run_dir()
+    out = Path(options["out_dir"]) if options.get("out_dir") else default_out_dir(cfg, data)
+    with open_dict(cfg):
+        cfg.export.out_dir = str(out)
     hybrid = _hybrid_settings(options.get("hybrid", "auto"), run_metrics(ckpt), ckpt)
     ranker_ckpt = _ranker_path(options.get("ranker_ckpt"), ckpt, hybrid)
-    data = prepared_data(cfg)
-    task = load_checkpoint(ckpt, data).eval()
     model = task.model
     if int(cfg.data.max_seq_len) > model.cfg.max_seq_len:
         raise ConfigError(
@@ -203,21 +228,21 @@ def export(cfg) -> dict:
     items = {
         "item_idx": np.arange(1, data.num_items + 1, dtype=np.int64),
         "item_id": data.items["item_id"].astype(str),
-        "category": data.items["category_id"].astype(str)
-        if "category_id" in data.items
-        else np.full(data.num_items, ""),
+        "category": item_categories(data),
         "price": data.items["price"].astype(np.float64),
         "train_count": data.items["train_count"].astype(np.int64),
         "added": np.zeros(data.num_items, bool),
     }
     for column in columns:
-        items[column] = data.items[column].astype(np.int64)
+        values = data.items[column]
+        items[column] = list_column(values) if values.dtype == object else values.astype(np.int64)
     pq.write_table(pa.table(items), out / "items.parquet")
+    _, _, widths = data.feature_codes()
     if codes is not None:
-        if codes.shape[1] != len(columns):
+        if len(model.item_tower.feature_embeddings) != len(columns):
             raise ConfigError(
-                f"{ckpt} reads {codes.shape[1]} item features but {data.directory} has {len(columns)} ({columns}); "
-                "export with the data config it was trained on."
+                f"{ckpt} reads {len(model.item_tower.feature_embeddings)} item features but {data.directory} has "
+                f"{len(columns)} ({columns}); export with the data config it was trained on."
             )
         tables = {
             c: e.weight.detach().numpy().astype(np.float32)
@@ -253,12 +278,15 @@ def export(cfg) -> dict:
         ).eval()
         context_sizes = list(ranker.hparams.context_sizes)
         feature_sizes = list(ranker.hparams.feature_sizes)
-        export_ranker(ranker.ranker, out / "ranker.onnx", D, feature_sizes, context_sizes)
+        export_ranker(
+            ranker.ranker, out / "ranker.onnx", D, feature_sizes, context_sizes, list(ranker.ranker.feature_widths)
+        )
         ranker_info = {
             "checkpoint": str(ranker_ckpt),
             "num_candidates": int(cfg.ranker.num_candidates),
             "context_fields": [*CONTEXT_FIELDS, "loyalty"],
             "feature_sizes": feature_sizes,
+            "inputs": [i.name for i in onnx.load(str(out / "ranker.onnx")).graph.input],
         }
 
     # FAISS index over rows 1..N, with recall measured on the model's own validation queries.
@@ -303,6 +331,7 @@ def export(cfg) -> dict:
         "num_gap_buckets": NUM_GAP_BUCKETS,
         "session_gap_s": SESSION_GAP_MS // 1000,
         "feature_columns": columns,
+        "feature_widths": widths,
         "vocab": {key: data.vocab_json[key] for key in VOCAB_KEYS if key in data.vocab_json},
         "index": {
             "factory": resolve_factory(str(index_cfg["factory"]), len(vectors)),
@@ -314,6 +343,8 @@ def export(cfg) -> dict:
         },
         "ranker": ranker_info,
         "hybrid": hybrid,
+        "settings": task.hparams.get("settings"),
+        "forced": forced,
     }
     manifest = write_manifest(out, manifest)
     log.info("bundle written to %s", out)
@@ -326,10 +357,8 @@ def export(cfg) -> dict:
 
 
 def _cli(cfg) -> None:
-    from training.train import _hydra_run_dir
-
     manifest = export(cfg)
-    out = Path(cfg.export.out_dir) if cfg.export.get("out_dir") else _hydra_run_dir()
+    out = Path(cfg.export.out_dir)
     index = manifest["index"]
     print(f"bundle: {out}")
     if (out / "model_repository").is_dir():

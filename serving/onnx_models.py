@@ -76,8 +76,8 @@ def example_query_inputs(B: int, T: int, P: int, D: int, sizes: dict[str, int], 
     past_lengths = torch.randint(0, P + 1, (B,), generator=g)
     past_mask = (torch.arange(P)[None, :] < past_lengths[:, None]).long()
 
-    def codes(size, shape):
-        return torch.randint(1, max(size, 2), shape, generator=g)
+    def codes(size, shape):  # real codes start at 1; a vocabulary of size 1 has only 0 (unknown)
+        return torch.randint(min(1, size - 1), max(size, 1), shape, generator=g)
 
     steps = [codes(sizes[name], (B, T)) * mask for name in ("event_types", "gap_buckets", "channels")]
     steps.append(torch.randint(0, 2, (B, T), generator=g) * mask)
@@ -118,18 +118,39 @@ def _export(module, inputs: tuple, path: Path, input_names, output: str, axes: d
         )
 
 
-def example_ranker_inputs(B: int, C: int, D: int, feature_sizes: list[int], context_sizes: list[int], generator=None):
+def example_ranker_inputs(
+    B: int,
+    C: int,
+    D: int,
+    feature_sizes: list[int],
+    context_sizes: list[int],
+    generator=None,
+    feature_widths: list[int] | None = None,
+):
     g = generator or torch.Generator().manual_seed(1)
-    codes = torch.stack([torch.randint(0, max(s, 1), (B, C), generator=g) for s in feature_sizes], dim=-1)
-    codes = codes if feature_sizes else torch.zeros(B, C, 0, dtype=torch.long)
-    context = torch.stack([torch.randint(0, max(s, 1), (B,), generator=g) for s in context_sizes], dim=-1)
+    widths = list(feature_widths) if feature_widths else [1] * len(feature_sizes)
+    codes = torch.zeros(B, C, sum(widths), dtype=torch.long)
+    start = 0
+    for size, width in zip(feature_sizes, widths):
+        codes[:, :, start : start + width] = torch.randint(0, max(size, 1), (B, C, width), generator=g)
+        start += width
+    context = torch.zeros(B, len(context_sizes), dtype=torch.long)
+    for f, size in enumerate(context_sizes):
+        context[:, f] = torch.randint(0, max(size, 1), (B,), generator=g)
     scores = torch.sort(torch.randn(B, C, generator=g), dim=1, descending=True).values
     return torch.randn(B, D, generator=g), torch.randn(B, C, D, generator=g), codes, context, scores
 
 
-def export_ranker(ranker, path: Path, embedding_dim: int, feature_sizes: list[int], context_sizes: list[int]) -> None:
+def export_ranker(
+    ranker,
+    path: Path,
+    embedding_dim: int,
+    feature_sizes: list[int],
+    context_sizes: list[int],
+    feature_widths: list[int] | None = None,
+) -> None:
     scorer = RankerScorer(ranker)
-    inputs = example_ranker_inputs(2, 8, embedding_dim, feature_sizes, context_sizes)
+    inputs = example_ranker_inputs(2, 8, embedding_dim, feature_sizes, context_sizes, feature_widths=feature_widths)
     axes = {
         "query": {0: "B"},
         "candidates": {0: "B", 1: "C"},

@@ -272,6 +272,7 @@ class Recommender:
         self.item_ids = np.concatenate([[""], self.bundle.items["item_id"].astype(str)]).astype(object)
         self.categories = self.bundle.padded("category", "").astype(str)
         self.prices = self.bundle.padded("price", np.nan).astype(np.float64)
+        self.priced = bool(np.isfinite(self.prices[1:]).any())
         self.complement_slots = int(complement_slots)
         self.complement_window_ms = int(float(complement_window_hours) * 3_600_000)
         complements_path = self.bundle.directory / "complements.json"
@@ -322,6 +323,8 @@ class Recommender:
             if m.get("ranker") and ranker_path.is_file()
             else None
         )
+        # The inputs export recorded (a ranker without item features has no candidate_codes input).
+        self.ranker_inputs = (m.get("ranker") or {}).get("inputs")
         self.num_candidates = int(m["ranker"]["num_candidates"]) if m.get("ranker") else 50
         self.web = self.codes["channels"].get("web", 0)
         self.timing: dict[str, float] = {}  # the last recommend() batch's milliseconds per stage
@@ -439,6 +442,11 @@ class Recommender:
         allowed = None
         if q.categories:
             unknown = [c for c in q.categories if c not in self.category_items]
+            if unknown and not any(self.category_items):
+                raise RequestError(
+                    "categories=[...] given, but this catalogue has no categories (its data had no category column); "
+                    "send the request without categories."
+                )
             if unknown:
                 examples = ", ".join(sorted(self.category_items)[:8])
                 shown = ", ".join(self.limits.echo(c) for c in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
@@ -452,6 +460,11 @@ class Recommender:
             if not low <= high:
                 raise RequestError(
                     f"min_price={q.min_price!r} > max_price={q.max_price!r}; expected min_price <= max_price."
+                )
+            if not self.priced:
+                raise RequestError(
+                    "min_price/max_price given, but this catalogue has no prices (its data had no price column); "
+                    "send the request without a price band."
                 )
             pool = allowed if allowed is not None else np.arange(1, self.num_items + 1)
             # Items without a known price (NaN) never fall in a band.
@@ -599,6 +612,8 @@ class Recommender:
             "context": context,
             "retrieval_scores": scores,
         }
+        if self.ranker_inputs is not None:
+            feed = {name: feed[name] for name in self.ranker_inputs}
         logits = self.remote("ranker", feed) if self.remote is not None else self.ranker.run(["logits"], feed)[0]
         logits = np.where(valid, logits, -np.inf)
         out = []

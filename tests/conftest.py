@@ -21,6 +21,7 @@ def shared_data() -> Path:
 
 
 def compose_config(config_name: str, overrides: list[str]):
-    """Compose a real root config from conf/ with overrides, as the entry points do."""
+    """Compose a real root config from conf/ with overrides, as the entry points do (with the `hydra`
+    node, so stages see which keys the command line gave, as under `python -m`)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name=config_name, overrides=overrides)
+        return compose(config_name=config_name, overrides=overrides, return_hydra_config=True)

@@ -30,6 +30,7 @@ import pytorch_lightning as pl
 import torch
 
 from data.features import NUM_GAP_BUCKETS, time_gap_buckets
+from data.item_content import code_matrix, pad_column, table_arrays
 from models.two_tower import PURCHASE_EVENT_CODES, Vocabulary
 
 log = logging.getLogger(__name__)
@@ -403,6 +404,13 @@ class ArrayDataset(torch.utils.data.Dataset):
         }
 
 
+def _largest_code(column: np.ndarray) -> int:
+    """The largest code of an items.parquet code column (codes, or bags of codes)."""
+    if column.dtype == object:
+        return max((int(bag.max()) for bag in column if len(bag)), default=0)
+    return int(np.max(column, initial=0))
+
+
 @dataclass
 class PreparedData:
     """Everything the model and evaluation need from `<artifacts>/data/<name>/`."""
@@ -417,8 +425,7 @@ class PreparedData:
         directory = Path(directory)
         stats = json.loads((directory / "stats.json").read_text())
         vocab = json.loads((directory / "vocab.json").read_text())
-        items = pq.read_table(directory / "items.parquet").to_pydict()
-        items = {k: np.asarray(v) for k, v in items.items()}
+        items = table_arrays(pq.read_table(directory / "items.parquet"))
         return cls(directory, stats, vocab, items)
 
     @property
@@ -427,24 +434,25 @@ class PreparedData:
 
     def padded(self, column: str, fill=0) -> np.ndarray:
         """(num_items + 1,) per-item array with row 0 = padding."""
-        values = self.items[column]
-        return np.concatenate([[fill], values]).astype(values.dtype if values.dtype != object else object)
+        return pad_column(self.items[column], fill)
 
-    def feature_codes(self) -> tuple[np.ndarray, list[int]]:
-        """(N, F) item content codes and their vocabulary sizes (category, brand, price bucket, attributes)."""
+    def feature_codes(self) -> tuple[np.ndarray, list[int], list[int]]:
+        """(N + 1, F) item content codes (row 0 padding), each feature's vocabulary size and its width
+        (columns: 1, or a multi-valued attribute's bag; see data.item_content.code_matrix)."""
         columns = self.feature_columns()
         if not columns:
-            return np.zeros((self.num_items + 1, 0), np.int64), []
-        codes = np.stack([self.padded(c).astype(np.int64) for c in columns], axis=1)
-        return codes, [int(codes[:, i].max()) + 1 for i in range(codes.shape[1])]
+            return np.zeros((self.num_items + 1, 0), np.int64), [], []
+        codes, widths = code_matrix([self.padded(c) for c in columns])
+        sizes = [max(_largest_code(self.items[c]), 0) + 1 for c in columns]
+        return codes, sizes, widths
 
     def feature_columns(self) -> list[str]:
         """The items.parquet code columns that are content features; those unknown everywhere are left out."""
         columns = [c for c in self.items if c.endswith("_idx") and c != "item_idx"] + ["price_bucket"]
-        return [c for c in columns if int(np.max(self.items[c], initial=0)) > 0]
+        return [c for c in columns if _largest_code(self.items[c]) > 0]
 
     def vocabulary(self) -> Vocabulary:
-        _, sizes = self.feature_codes()
+        _, sizes, widths = self.feature_codes()
         v = self.vocab_json
         return Vocabulary(
             num_items=self.num_items,
@@ -460,6 +468,7 @@ class PreparedData:
                 "ctx_gap_buckets": NUM_GAP_BUCKETS,
             },
             feature_sizes=sizes,
+            feature_widths=widths,
         )
 
 

@@ -1,10 +1,12 @@
 """Evaluate a checkpoint (or any scorer) by full-catalogue ranking on the val and test splits.
 
-    python -m training.evaluate ckpt_path=<run>/checkpoints/best.ckpt data=<name>
-    python -m training.evaluate ckpt_path=... data=<name> evaluate.exclude_seen=true hydra.run.dir=<run>
+    python -m training.evaluate ckpt_path=<run>/checkpoints/best.ckpt
+    python -m training.evaluate ckpt_path=... evaluate.exclude_seen=true run_dir=<folder>
 
-Writes `metrics.json` (slash keys: `test/ndcg@10`, `test/intent_shift/hr@10`, `val/mrr@10`, ...)
-and `metrics.md` into the run folder. Every item of the catalogue is ranked. Only with
+The data, sequence settings and evaluation protocol are the checkpoint's (training.run_settings);
+`evaluate.*` and `hybrid.*` given here change the protocol. Writes `metrics.json` (slash keys:
+`test/ndcg@10`, `test/intent_shift/hr@10`, `val/mrr@10`, ...) and `metrics.md` into `run_dir`
+(default `<run>/evaluations/<time>/`). Every item of the catalogue is ranked. Only with
 `evaluate.sampled_negatives=N` (to compare with papers that sample) the target is also ranked among N
 sampled items, reported apart as `<split>_sampled<N>/*`.
 """
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from omegaconf import open_dict
 
 from data.cli import config_dict
 from data.errors import ConfigError
@@ -122,7 +125,7 @@ def write_metrics(run_dir: Path, metrics: dict, info: dict, ks) -> None:
 def checkpoint_path(ckpt_path, command: str) -> Path:
     """`ckpt_path` as a Path, or a clear error when it is not given or not a file."""
     if not ckpt_path:
-        raise ConfigError(f"ckpt_path must be given: {command} ckpt_path=<run>/checkpoints/best.ckpt data=<name>.")
+        raise ConfigError(f"ckpt_path must be given: {command} ckpt_path=<run>/checkpoints/best.ckpt.")
     ckpt = Path(ckpt_path)
     if not ckpt.is_file():
         raise ConfigError(
@@ -131,35 +134,74 @@ def checkpoint_path(ckpt_path, command: str) -> Path:
     return ckpt
 
 
-def load_checkpoint(ckpt: Path, data):
-    """The RetrievalTask of checkpoint `ckpt`, refused with a clear error when trained on other data."""
+def _load_task(ckpt: Path):
     from training.module import RetrievalTask
 
-    task = RetrievalTask.load_from_checkpoint(str(ckpt), map_location="cpu", feature_codes=None, train_counts=None)
+    try:
+        return RetrievalTask.load_from_checkpoint(str(ckpt), map_location="cpu", feature_codes=None, train_counts=None)
+    except Exception as error:  # a file that is not a retrieval checkpoint: the user's input, not a bug
+        raise ConfigError(
+            f"ckpt_path={str(ckpt)!r} is not a retrieval checkpoint of this project ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:200]}); give <run>/checkpoints/best.ckpt or last.ckpt."
+        ) from None
+
+
+def check_trained_on(task, data, ckpt: Path) -> None:
+    """A clear error when `task` was trained on other prepared data than `data`."""
     trained_on = task.hparams.data_fingerprint
     if trained_on["num_items"] != data.num_items or trained_on.get("data_hash") != data.stats.get("data_hash"):
         raise ConfigError(
             f"{ckpt} was trained on {trained_on['name']} with num_items={trained_on['num_items']} (data hash "
             f"{trained_on.get('data_hash')}), but {data.directory}/stats.json says num_items={data.num_items} (data hash "
-            f"{data.stats.get('data_hash')}); use the data config it was trained on."
+            f"{data.stats.get('data_hash')}); the prepared data changed since training: prepare it as it was, or "
+            "train a new model."
         )
+
+
+def load_checkpoint(ckpt: Path, data):
+    """The RetrievalTask of checkpoint `ckpt`, refused with a clear error when trained on other data."""
+    task = _load_task(ckpt)
+    check_trained_on(task, data, ckpt)
     return task
 
 
+def open_run(cfg, command: str):
+    """Checkpoint `cfg.ckpt_path` for a later stage: its recorded settings applied to `cfg` (in place; see
+    training.run_settings), its prepared data, and the settings forced by `force=true`.
+    Returns (ckpt, task, data, forced)."""
+    from training.run_settings import adopt_checkpoint
+    from training.train import prepared_data
+
+    ckpt = checkpoint_path(cfg.get("ckpt_path"), command)
+    task = _load_task(ckpt)
+    forced = adopt_checkpoint(cfg, task.hparams.get("settings"), ckpt, command)
+    data = prepared_data(cfg, adopt_folder=False)  # the checkpoint's data config, not the folder's, decides
+    check_trained_on(task, data, ckpt)
+    return ckpt, task, data, forced
+
+
+def output_folder(cfg, ckpt: Path) -> Path:
+    """`run_dir` when given, else `<the checkpoint's run>/evaluations/<time>`."""
+    if cfg.get("run_dir"):
+        return Path(cfg.run_dir)
+    from datetime import datetime
+
+    return ckpt.resolve().parent.parent / "evaluations" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
 def evaluate(cfg) -> dict:
-    """Load `ckpt_path`, check it matches the prepared data, evaluate val and test."""
+    """Load `ckpt_path` with the settings it was trained with, evaluate val and test; metrics go to
+    `run_dir` (default `<run>/evaluations/<time>/`)."""
     import pytorch_lightning as pl
 
-    from training.train import _hydra_run_dir, build_datamodule, prepared_data
+    from training.train import build_datamodule
 
-    ckpt = checkpoint_path(cfg.get("ckpt_path"), "python -m training.evaluate")
+    ckpt, task, data, forced = open_run(cfg, "python -m training.evaluate")
     if cfg.hybrid.enabled:
         from training.hybrid import check_config
 
         check_config(config_dict(cfg, "hybrid"))
-    run_dir = Path(cfg.run_dir) if cfg.get("run_dir") else _hydra_run_dir()
-    data = prepared_data(cfg)
-    task = load_checkpoint(ckpt, data)
+    run_dir = output_folder(cfg, ckpt)
     run_dir.mkdir(parents=True, exist_ok=True)
     task.eval_cfg = config_dict(cfg, "evaluate")
     datamodule = build_datamodule(cfg, data)
@@ -179,8 +221,10 @@ def evaluate(cfg) -> dict:
     info = {
         "model": task.hparams.get("variant", "two_tower"),
         "data": data.stats["name"],
+        "data_dir": str(data.directory),
         "ckpt_path": str(ckpt),
         "exclude_seen": bool(task.eval_cfg.get("exclude_seen", False)),
+        "forced": forced,
     }
     if cfg.hybrid.enabled:
         from training.hybrid import evaluate_hybrid
@@ -188,14 +232,14 @@ def evaluate(cfg) -> dict:
         hybrid, info["hybrid"] = evaluate_hybrid(task, datamodule, config_dict(cfg, "hybrid"), task.eval_cfg)
         metrics.update(hybrid)
     write_metrics(run_dir, metrics, info, ks=cfg.evaluate.ks)
+    with open_dict(cfg):
+        cfg.run_dir = str(run_dir)
     return metrics
 
 
 def _cli(cfg) -> None:
-    from training.train import _hydra_run_dir
-
     metrics = evaluate(cfg)
-    print(format_summary(metrics, Path(cfg.run_dir) if cfg.get("run_dir") else _hydra_run_dir()))
+    print(format_summary(metrics, Path(cfg.run_dir)))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ class RetrievalTask(pl.LightningModule):
         evaluation: {ks, exclude_seen, monitor}.
         data_fingerprint: {name, num_items, data_hash} of the prepared data, checked on reload.
         variant: the model config's name (e.g. transformer_no_context), kept for reports.
+        settings: what evaluate and export take over from the checkpoint (training.run_settings.record).
     """
 
     def __init__(
@@ -42,6 +43,7 @@ class RetrievalTask(pl.LightningModule):
         evaluation: dict,
         data_fingerprint: dict,
         variant: str = "two_tower",
+        settings: dict | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["feature_codes", "train_counts"])
@@ -50,7 +52,11 @@ class RetrievalTask(pl.LightningModule):
         codes = (
             torch.from_numpy(np.asarray(feature_codes))
             if feature_codes is not None
-            else torch.zeros(vocab["num_items"] + 1, len(vocab["feature_sizes"]), dtype=torch.long)
+            else torch.zeros(
+                vocab["num_items"] + 1,
+                sum(vocab.get("feature_widths") or [1] * len(vocab["feature_sizes"])),
+                dtype=torch.long,
+            )
         )
         self.model = TwoTower(self.model_cfg, self.vocab, codes)
         counts = (

@@ -64,10 +64,11 @@ class RankerTask(pl.LightningModule):
         ranker: RankerConfig fields.
         embedding_dim: D of the retrieval towers.
         context_sizes: sizes of the K context fields (CONTEXT_FIELDS then loyalty).
-        feature_sizes: sizes of the item feature codes.
+        feature_sizes: sizes of the item features.
         item_vectors: (N, D) frozen retrieval item embeddings (what the index stores).
-        feature_codes: (N, F) item feature codes.
+        feature_codes: (N, F) item feature codes (F = the sum of feature_widths).
         lr: learning rate.
+        feature_widths: columns of each item feature (more than 1: a bag of codes); default 1 each.
     """
 
     def __init__(
@@ -79,10 +80,11 @@ class RankerTask(pl.LightningModule):
         item_vectors: torch.Tensor,
         feature_codes: torch.Tensor,
         lr: float = 1e-3,
+        feature_widths: list[int] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["item_vectors", "feature_codes"])
-        self.ranker = Ranker(RankerConfig(**ranker), embedding_dim, context_sizes, feature_sizes)
+        self.ranker = Ranker(RankerConfig(**ranker), embedding_dim, context_sizes, feature_sizes, feature_widths)
         self.register_buffer("item_vectors", item_vectors.detach().clone())
         self.register_buffer("feature_codes", feature_codes.long().clone())
 
@@ -141,10 +143,11 @@ def train_ranker(retrieval, datamodule, cfg: dict, seed: int, run_dir) -> tuple[
         {k: v for k, v in cfg.items() if k in ranker_fields},
         model.cfg.embedding_dim,
         context_sizes,
-        [int(codes[:, i].max()) + 1 for i in range(codes.shape[1])],
+        [e.num_embeddings for e in model.item_tower.feature_embeddings],
         item_vectors,
         codes,
         lr=float(cfg["lr"]),
+        feature_widths=list(model.item_tower.feature_widths) if model.item_tower.feature_codes is not None else [],
     )
     # The same batch-at-a-time loading as retrieval training: one fancy index per batch.
     sampler = BatchIndexSampler(len(examples["label"]), int(cfg["batch_size"]), shuffle=True, seed=seed)

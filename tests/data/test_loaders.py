@@ -641,12 +641,12 @@ def test_explain_shows_the_mapping_event_types_and_first_rows_and_writes_nothing
     out = result.stdout
     assert "User_ID                  -> customer_id    (by its name)" in out
     assert "not used: ['colour']" in out and "event types: view 1, purchase 1" in out
-    assert "item attributes: category_id (2 values)" in out
+    assert "item attributes: category_id (categorical, 2 values)" in out
     assert "first 2 events as the model will see them:" in out and "purchase   20.0" in out
     assert not (tmp_path / "a" / "data").exists()
 
 
-def test_a_large_string_item_attribute_is_embedded_and_a_numeric_one_is_named_in_a_warning(tmp_path, caplog):
+def test_a_large_string_item_attribute_is_embedded_and_a_numeric_one_is_bucketed(tmp_path, caplog):
     shop = tmp_path / "shop"
     shop.mkdir()
     events = pa.table(
@@ -675,7 +675,9 @@ def test_a_large_string_item_attribute_is_embedded_and_a_numeric_one_is_named_in
         run(cfg)
     vocab = json.loads((tmp_path / "a" / "data" / "generic" / "vocab.json").read_text())
     assert vocab["item_attributes"]["colour"] == ["<unknown>", "blue", "red"]
-    assert "attribute column(s) ['weight_g (int64)'] are not used" in caplog.text
+    # A number is a quantity: bucketed by quantiles, not dropped.
+    assert vocab["item_attribute_kinds"] == {"colour": "categorical", "weight_g": "numeric"}
+    assert "are not used" not in caplog.text
 
 
 def test_a_canonical_table_refuses_times_before_1970_and_flags_ones_before_1990(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 
@@ -239,28 +240,106 @@ def test_num_items_mismatch_with_the_prepared_data_names_the_key(artifacts, tmp_
         run(artifacts, tmp_path, "data.num_items=7")
 
 
-def test_a_metric_k_larger_than_the_catalogue_names_the_key(artifacts, tmp_path):
-    with pytest.raises(
-        ConfigError,
-        match=r"evaluate\.ks contains 100000, larger than the catalogue \(\d+ items in synthetic\)",
-    ):
-        run(artifacts, tmp_path, "evaluate.ks=[10,100000]")
+def test_cutoffs_larger_than_the_catalogue_are_left_out_and_a_monitor_beyond_it_is_refused(artifacts, tmp_path, caplog):
+    with caplog.at_level("WARNING"):
+        metrics = run(artifacts, tmp_path / "ks", "evaluate.ks=[10,100000]", "model=popularity")
+    assert "test/ndcg@10" in metrics and not any("@100000" in key for key in metrics)
+    assert re.search(r"evaluate\.ks: \[100000\] left out \(more than the \d+ items of synthetic\)", caplog.text)
+    with pytest.raises(ConfigError, match=r"evaluate\.monitor=ndcg@100000 needs at least 100000 items, but synthetic"):
+        run(artifacts, tmp_path / "monitor", "evaluate.ks=[10,100000]", "evaluate.monitor=ndcg@100000")
 
 
-def test_a_checkpoint_refuses_data_it_was_not_trained_on(artifacts, tmp_path):
-    run(artifacts, tmp_path / "train")
+def test_evaluate_needs_only_the_checkpoint_and_refuses_contradicting_settings(artifacts, tmp_path):
+    run(artifacts, tmp_path / "train", "data.max_seq_len=12")
     ckpt = tmp_path / "train" / "checkpoints" / "best.ckpt"
+    from training.evaluate import evaluate
+
+    def evaluate_with(*overrides):
+        cfg = compose_config("evaluate", [f"artifacts_dir={artifacts}", f"ckpt_path={ckpt}", *overrides])
+        return evaluate(cfg), cfg
+
+    metrics, cfg = evaluate_with(f"run_dir={tmp_path / 'eval'}")
+    on_disk = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert cfg.data.max_seq_len == 12 and cfg.data.num_events == 20000
+    assert on_disk["test/ndcg@10"] == pytest.approx(metrics["test/ndcg@10"]) and on_disk["info"]["forced"] == {}
     with pytest.raises(
         ConfigError,
-        match=r"was trained on synthetic with num_items=\d+ .* use the data config it was trained on",
+        match=r"trained on other data or another model[\s\S]*data\.num_events: 20000 in the checkpoint, 30000",
     ):
-        run(
-            artifacts / "other",
-            tmp_path / "eval",
-            f"ckpt_path={ckpt}",
-            "data.num_events=30000",
-            config="evaluate",
+        evaluate_with("data.num_events=30000")
+    with pytest.raises(
+        ConfigError, match=r"data\.max_seq_len: 12 in the checkpoint, 20 on the command line[\s\S]*force=true"
+    ):
+        evaluate_with("data.max_seq_len=20")
+    with pytest.raises(ConfigError, match=r"data\.max_seq_len=20: the model of .* reads at most 12 steps"):
+        evaluate_with("data.max_seq_len=20", "force=true")
+    _, cfg = evaluate_with("data.max_seq_len=6", "force=true", f"run_dir={tmp_path / 'forced'}")
+    forced = json.loads((tmp_path / "forced" / "metrics.json").read_text())["info"]["forced"]
+    assert forced == {"data.max_seq_len": {"checkpoint": 12, "used": 6}} and cfg.data.max_seq_len == 6
+
+
+def write_events(path, rows=3000, seed=0):
+    """A small event CSV with columns named unlike the canonical keys (user_id, item_id, ts, kind): ts and kind need a mapping."""
+    rng = np.random.default_rng(seed)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["user_id", "item_id", "ts", "kind"])
+        for i in range(rows):
+            w.writerow(
+                [f"u{i % 150}", f"i{rng.integers(0, 60)}", 1_700_000_000 + i * 60, "view" if i % 4 else "add_to_cart"]
+            )
+    return path
+
+
+def test_a_checkpoint_refuses_data_prepared_again_since_training(tmp_path):
+    from data.prepare import run as prepare
+    from training.evaluate import evaluate
+    from training.train import train
+
+    source = write_events(tmp_path / "events.csv")
+    common = [f"artifacts_dir={tmp_path / 'art'}", "data=generic", f"data.path={source}", "data.name=mine"]
+    train(compose_config("train", [*common, "debug=fast", f"run_dir={tmp_path / 'train'}"]))
+    write_events(source, seed=1)
+    prepare(compose_config("prepare", common))
+    with pytest.raises(
+        ConfigError, match=r"was trained on mine with num_items=\d+ .*prepared data changed since training"
+    ):
+        evaluate(compose_config("evaluate", [f"ckpt_path={tmp_path / 'train' / 'checkpoints' / 'best.ckpt'}"]))
+
+
+def test_train_never_replaces_a_folder_prepared_with_another_config(tmp_path):
+    from data.prepare import run as prepare
+    from training.train import train
+
+    source = write_events(tmp_path / "events.csv")
+    common = [f"artifacts_dir={tmp_path / 'art'}", "data=generic", f"data.path={source}", "data.name=mine"]
+    prepare(compose_config("prepare", [*common, "data.columns.timestamp=ts", "data.columns.event_type=kind"]))
+    folder = tmp_path / "art" / "data" / "mine"
+    before = (folder / "stats.json").read_text()
+    with pytest.raises(
+        ConfigError, match=r"prepared with another data config[\s\S]*columns[\s\S]*data_dir=.*reprepare=true"
+    ):
+        train(compose_config("train", [*common, "debug=fast", f"run_dir={tmp_path / 'r1'}"]))
+    assert (folder / "stats.json").read_text() == before
+    # The folder as prepared: no data.* settings needed.
+    metrics = train(compose_config("train", ["debug=fast", f"data_dir={folder}", f"run_dir={tmp_path / 'r2'}"]))
+    assert 0.0 <= metrics["test/ndcg@10"] <= 1.0
+    settings = torch.load(tmp_path / "r2" / "checkpoints" / "best.ckpt", weights_only=False)["hyper_parameters"][
+        "settings"
+    ]
+    assert settings["data_dir"] == str(folder.resolve()) and settings["data"]["columns"]["event_type"] == "kind"
+    with pytest.raises(
+        ConfigError,
+        match=r"data_dir=.* was prepared with other data settings[\s\S]*data\.filters\.min_item_support: 1 in its stats\.json, 3",
+    ):
+        train(
+            compose_config(
+                "train",
+                ["debug=fast", f"data_dir={folder}", "data.filters.min_item_support=3", f"run_dir={tmp_path / 'r3'}"],
+            )
         )
+    train(compose_config("train", [*common, "debug=fast", "reprepare=true", f"run_dir={tmp_path / 'r4'}"]))
+    assert json.loads((folder / "stats.json").read_text())["config"]["columns"].get("event_type") is None
 
 
 def test_trainer_gpu_without_a_gpu_is_a_clear_error(artifacts, tmp_path):
