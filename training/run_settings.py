@@ -98,7 +98,7 @@ def _conflicts(cfg, recorded: dict, explicit: set[str], bound) -> dict[str, tupl
                 value = _given(cfg, name)
                 if value is not MISSING and not _same(value, _lookup(recorded, name)):
                     found[name] = (_lookup(recorded, name), value)
-        elif key == "model":
+        elif key == "model" and "model" in bound:
             if not _same(_given(cfg, "model.name"), _lookup(recorded, "model.name")):
                 found["model"] = (_lookup(recorded, "model.name"), _given(cfg, "model.name"))
         elif any(key == prefix or key.startswith(prefix + ".") for prefix in bound):

@@ -321,9 +321,11 @@ def test_train_never_replaces_a_folder_prepared_with_another_config(tmp_path):
     ):
         train(compose_config("train", [*common, "debug=fast", f"run_dir={tmp_path / 'r1'}"]))
     assert (folder / "stats.json").read_text() == before
-    # The folder as prepared: no data.* settings needed.
+    # The folder as prepared: no data.* settings needed; any model.
     metrics = train(compose_config("train", ["debug=fast", f"data_dir={folder}", f"run_dir={tmp_path / 'r2'}"]))
     assert 0.0 <= metrics["test/ndcg@10"] <= 1.0
+    popular = train(compose_config("train", [f"data_dir={folder}", "model=popularity", f"run_dir={tmp_path / 'p'}"]))
+    assert json.loads((tmp_path / "p" / "metrics.json").read_text())["info"]["model"] == "popularity" and popular["test/count"] > 0
     settings = torch.load(tmp_path / "r2" / "checkpoints" / "best.ckpt", weights_only=False)["hyper_parameters"][
         "settings"
     ]
