@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from data.errors import FILE_COLUMN, LINE_COLUMN, DataError, RejectBook
-from data.schema import (
+from intentrec.data.errors import FILE_COLUMN, LINE_COLUMN, DataError, RejectBook
+from intentrec.data.schema import (
     CUSTOMER_SCHEMA,
     ENUMS,
     EVENT_SCHEMA,

@@ -10,8 +10,8 @@ import logging
 import sys
 from collections.abc import Callable
 
-from data import REPO_ROOT
-from data.errors import IntentrecError
+from intentrec.data import CONF_DIR
+from intentrec.data.errors import IntentrecError
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ def hydra_main(config_name: str, task: Callable) -> None:
     """Run `task(cfg)` under Hydra with the root config `conf/<config_name>.yaml`."""
     import hydra
 
-    @hydra.main(config_path=str(REPO_ROOT / "conf"), config_name=config_name, version_base="1.3")
+    @hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")
     def main(cfg) -> None:
         try:
             task(cfg)
@@ -36,7 +36,7 @@ def config_dict(cfg, key: str) -> dict:
     from omegaconf import OmegaConf
     from omegaconf.errors import MissingMandatoryValue
 
-    from data.errors import ConfigError
+    from intentrec.data.errors import ConfigError
 
     try:
         return OmegaConf.to_container(cfg[key], resolve=True, throw_on_missing=True)

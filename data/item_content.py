@@ -31,7 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data.errors import ConfigError, DataError
+from intentrec.data.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,8 @@ def _read_attribute_json(path: Path, s: dict) -> pa.Table:
 
 
 def _read_table(path: Path, s: dict) -> pa.Table:
-    from data.errors import LINE_COLUMN
-    from data.loaders import read_delimited, read_parquet
+    from intentrec.data.errors import LINE_COLUMN
+    from intentrec.data.loaders import read_delimited, read_parquet
 
     key = "data.items.path"
     if path.suffix.lower() == ".parquet":

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from data.canonical import (
+from intentrec.data.canonical import (
     SPLIT_COLUMN,
     LoadedData,
     canonicalize,
@@ -34,8 +34,8 @@ from data.canonical import (
     flag_times,
     items_from_events,
 )
-from data.errors import FILE_COLUMN, LINE_COLUMN, ConfigError, DataError, RejectBook
-from data.schema import CUSTOMER_SCHEMA, ENUMS, EVENT_SCHEMA, EVENT_TYPES, ITEM_SCHEMA, conform
+from intentrec.data.errors import FILE_COLUMN, LINE_COLUMN, ConfigError, DataError, RejectBook
+from intentrec.data.schema import CUSTOMER_SCHEMA, ENUMS, EVENT_SCHEMA, EVENT_TYPES, ITEM_SCHEMA, conform
 
 log = logging.getLogger(__name__)
 

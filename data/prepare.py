@@ -50,10 +50,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from data import item_content
-from data.canonical import SPLIT_COLUMN, LoadedData
-from data.errors import ConfigError, DataError
-from data.schema import CHANNELS, DEVICE_TYPES, EVENT_TYPES, REFERRERS, SCHEMA_VERSION
+from intentrec.data import item_content
+from intentrec.data.canonical import SPLIT_COLUMN, LoadedData
+from intentrec.data.errors import ConfigError, DataError
+from intentrec.data.schema import CHANNELS, DEVICE_TYPES, EVENT_TYPES, REFERRERS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def drop_generator_keys(cfg) -> None:
 
     from omegaconf import open_dict
 
-    from data.synthetic import ShopConfig
+    from intentrec.data.synthetic import ShopConfig
 
     if cfg.data.get("format") == "synthetic":
         return
@@ -493,7 +493,7 @@ def item_features(
 ):
     """Contiguous item ids by descending frequency, with category/brand/price and attribute features
     (`content`: data.items settings, see data.item_content)."""
-    from data.item_content import encode_values, fit, kind_of
+    from intentrec.data.item_content import encode_values, fit, kind_of
 
     counts = np.bincount(flat.item, minlength=len(meta["item_values"]))
     present = np.flatnonzero(counts)
@@ -720,8 +720,8 @@ def _sequence_loyalty(meta: dict, customers: pa.Table | None) -> np.ndarray:
 def load_source(data_cfg: dict, artifacts: Path) -> tuple[LoadedData, dict]:
     """The events (and items) of a data config: the synthetic shop generated (or reused) or the
     format's loader, with the item content of `data.items.path` joined in. Returns (loaded, stats extras)."""
-    from data.loaders import load, load_canonical
-    from data.synthetic import generate, shop_config, shop_dir_for
+    from intentrec.data.loaders import load, load_canonical
+    from intentrec.data.synthetic import generate, shop_config, shop_dir_for
 
     extra: dict = {}
     if data_cfg.get("format") == "synthetic":
@@ -754,7 +754,7 @@ def run(cfg, out_dir: Path | None = None) -> dict:
 
     Plain function so tests and other stages call it with a composed config; `main` wraps it.
     """
-    from data.cli import config_dict
+    from intentrec.data.cli import config_dict
 
     drop_generator_keys(cfg)
     data_cfg = config_dict(cfg, "data")
@@ -814,7 +814,7 @@ def format_stats(stats: dict, out_dir: Path) -> str:
 def explain(cfg, rows: int = 5) -> str:
     """What a load of `cfg.data` finds, without writing anything: the column mapping (given, found by
     name, not used), the event types, counts, warnings and the first events as the model will see them."""
-    from data.cli import config_dict
+    from intentrec.data.cli import config_dict
 
     data_cfg = config_dict(cfg, "data")
     loaded, _ = load_source(data_cfg, Path(cfg.artifacts_dir))
@@ -854,7 +854,7 @@ def explain(cfg, rows: int = 5) -> str:
 
 def describe_attributes(items: pa.Table) -> list[str]:
     """`name (kind, N values)` of each item attribute column holding any value."""
-    from data.item_content import kind_of
+    from intentrec.data.item_content import kind_of
 
     out = []
     for name in items.column_names:
@@ -876,6 +876,6 @@ def _cli(cfg) -> None:
 
 
 if __name__ == "__main__":
-    from data.cli import hydra_main
+    from intentrec.data.cli import hydra_main
 
     hydra_main("prepare", _cli)

@@ -37,8 +37,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from data.errors import ConfigError
-from data.schema import (
+from intentrec.data.errors import ConfigError
+from intentrec.data.schema import (
     CHANNELS,
     CUSTOMER_SCHEMA,
     DEVICE_TYPES,
@@ -784,7 +784,7 @@ def shop_dir_for(artifacts_dir: Path, cfg: ShopConfig) -> Path:
 
 
 def _cli(cfg) -> None:
-    from data.cli import config_dict
+    from intentrec.data.cli import config_dict
 
     data_cfg = config_dict(cfg, "data")
     if data_cfg.get("format") != "synthetic":
@@ -802,6 +802,6 @@ def _cli(cfg) -> None:
 
 
 if __name__ == "__main__":
-    from data.cli import hydra_main
+    from intentrec.data.cli import hydra_main
 
     hydra_main("prepare", _cli)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.towers import feature_vectors
+from intentrec.models.towers import feature_vectors
 
 
 @dataclass

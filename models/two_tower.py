@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.context import ContextEmbedding, ContextFusion
-from models.towers import ENCODERS, ItemTower, StepEmbedding
+from intentrec.models.context import ContextEmbedding, ContextFusion
+from intentrec.models.towers import ENCODERS, ItemTower, StepEmbedding
 
 # 1-based event-type codes (data.schema.EVENT_TYPES order) that count as purchases.
 PURCHASE_EVENT_CODES = (4, 7)  # purchase, store_purchase

@@ -128,8 +128,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "events.jsonl")
     args = parser.parse_args()
 
-    from serving.events.local import Collector, RedisServer
-    from serving.events.store import open_store
+    from intentrec.serving.events.local import Collector, RedisServer
+    from intentrec.serving.events.store import open_store
 
     rows = []
     start_ms = 1_772_000_000_000

@@ -46,7 +46,7 @@ INTEGER_INPUTS = ("k", "hour", "day_of_week")  # INT32 in repositories built bef
 
 
 def payload(arrays: dict[str, np.ndarray], int32: bool) -> bytes:
-    from serving.client import infer_request_bytes
+    from intentrec.serving.client import infer_request_bytes
 
     if int32:
         arrays = {k: v.astype(np.int32) if k in INTEGER_INPUTS else v for k, v in arrays.items()}
@@ -56,7 +56,7 @@ def payload(arrays: dict[str, np.ndarray], int32: bool) -> bytes:
 def raw_call(url: str):
     import grpc
 
-    from serving.client import GRPC_INFER, GRPC_OPTIONS
+    from intentrec.serving.client import GRPC_INFER, GRPC_OPTIONS
 
     channel = grpc.insecure_channel(url, options=GRPC_OPTIONS)
     return channel, channel.unary_unary(GRPC_INFER, request_serializer=None, response_deserializer=None)
@@ -88,7 +88,7 @@ def flood(url: str, item_id: str, int32: bool, stop, results) -> None:
 
 def victim(url: str, bodies: list[bytes], max_requests: int, max_seconds: float, warmup: int) -> dict:
     """Sequential good requests: their latencies and errors."""
-    from serving.client import GrpcReply
+    from intentrec.serving.client import GrpcReply
 
     channel, call = raw_call(url)
     for i in range(warmup):
@@ -148,7 +148,7 @@ class BeforeServer:
     """tritonserver run by the code of an earlier commit (a git worktree) on a repository it builds."""
 
     def __init__(self, worktree: Path, bundle: Path, repository: Path, log: Path):
-        from serving.server import free_port
+        from intentrec.serving.server import free_port
 
         self.worktree, self.bundle, self.repository, self.log = worktree, bundle, repository, log
         self.ports = [free_port() for _ in range(3)]
@@ -212,8 +212,8 @@ def worktree_of(rev: str, work: Path) -> Path:
 
 def limits_cost(bundle_dir: Path, passes: int = 20) -> dict:
     """In process: microseconds `check_limits` adds to one request of the pool (median over passes)."""
+    from intentrec.serving.recommender import RequestLimits, check_limits
     from scripts.bench_serving import requests_pool
-    from serving.recommender import RequestLimits, check_limits
 
     pool, _ = requests_pool(bundle_dir, 500, 1)
     limits, per_request = RequestLimits(), []
@@ -279,10 +279,10 @@ def main() -> None:
 
     from contextlib import ExitStack
 
+    from intentrec.serving.client import recommend_arrays
+    from intentrec.serving.repository import ServingOptions, build
+    from intentrec.serving.server import TritonServer
     from scripts.bench_serving import requests_pool, scaled_bundle
-    from serving.client import recommend_arrays
-    from serving.repository import ServingOptions, build
-    from serving.server import TritonServer
 
     common = {"command": " ".join(sys.argv), **environment("numpy", "faiss", "onnxruntime", "tritonclient")}
     args.work.mkdir(parents=True, exist_ok=True)

@@ -28,14 +28,14 @@ from scripts.bench_common import append_results, environment  # noqa: E402
 CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
-from data.synthetic import ShopConfig, generate
+from intentrec.data.synthetic import ShopConfig, generate
 stage, num_events, artifacts = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 started = time.perf_counter()
 if stage == "generate":
     generate(ShopConfig(num_events=num_events, seed=0), artifacts / "shop")
 else:
     from hydra import compose, initialize_config_dir
-    from data.prepare import run
+    from intentrec.data.prepare import run
     with initialize_config_dir(config_dir=sys.argv[4], version_base="1.3"):
         cfg = compose("prepare", [f"data.num_events={num_events}", f"artifacts_dir={artifacts}"])
     run(cfg)

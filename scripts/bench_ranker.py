@@ -34,8 +34,8 @@ def time_ranker(cross_rank: int, layers: int, candidates: int, calls: int, repea
     import onnxruntime as ort
     import torch
 
-    from models.ranker import Ranker, RankerConfig
-    from serving.onnx_models import RANKER_INPUTS, example_ranker_inputs, export_ranker
+    from intentrec.models.ranker import Ranker, RankerConfig
+    from intentrec.serving.onnx_models import RANKER_INPUTS, example_ranker_inputs, export_ranker
 
     torch.manual_seed(0)
     ranker = Ranker(

@@ -31,7 +31,7 @@ from scripts.bench_common import append_results, environment, noisy_copies, scal
 
 
 def catalogue(bundle_dir: Path, num_items: int, num_queries: int, noise: float, seed: int):
-    from serving.bundle import load_bundle
+    from intentrec.serving.bundle import load_bundle
 
     real = load_bundle(bundle_dir, verify=False).embeddings[1:].astype(np.float32)
     rng = np.random.default_rng(seed)
@@ -81,7 +81,7 @@ def main() -> None:
 
     import faiss
 
-    from serving.index import build_index, resolve_factory, set_search_params
+    from intentrec.serving.index import build_index, resolve_factory, set_search_params
 
     cores = os.cpu_count() or 1
     # the bundle manifest's digest of item_embeddings.npy identifies the vectors across benchmarks

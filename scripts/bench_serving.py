@@ -47,8 +47,14 @@ def scaled_bundle(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from serving.bundle import load_bundle, write_manifest
-    from serving.index import build_index, recall_against_exact, resolve_factory, set_search_params, write_index
+    from intentrec.serving.bundle import load_bundle, write_manifest
+    from intentrec.serving.index import (
+        build_index,
+        recall_against_exact,
+        resolve_factory,
+        set_search_params,
+        write_index,
+    )
 
     if out.resolve() == source.resolve():
         raise SystemExit(f"error: --bundle {source} is inside --work; pass the trained bundle, not a scaled copy.")
@@ -98,8 +104,8 @@ def scaled_bundle(
 
 
 def requests_pool(bundle_dir: Path, count: int, seed: int):
-    from serving.bundle import load_bundle
-    from serving.client import RecommendRequest
+    from intentrec.serving.bundle import load_bundle
+    from intentrec.serving.client import RecommendRequest
 
     bundle = load_bundle(bundle_dir, verify=False)
     rng = np.random.default_rng(seed)
@@ -127,7 +133,7 @@ def requests_pool(bundle_dir: Path, count: int, seed: int):
 def check_raw_reply(payload: bytes, model: str) -> dict:
     """Parse one raw reply, check it carries the model's outputs (a sample of replies is checked),
     and return its info (with the model's own `server_ms`)."""
-    from serving.client import GrpcReply
+    from intentrec.serving.client import GrpcReply
 
     reply = GrpcReply(payload)
     if reply.model_name != model or reply.as_numpy("item_ids") is None or reply.as_numpy("scores") is None:
@@ -148,7 +154,7 @@ def model_timing(samples: list[dict]) -> dict:
 async def run_level(url, protocol, model, pool, ids, concurrency, max_requests, max_seconds, warmup, client="sdk"):
     """One level. client=sdk: serving.client.AsyncClient (builds tensors and parses replies per call);
     client=raw (gRPC only): requests serialized in advance, replies parsed 1 in 50 (perf_analyzer's way)."""
-    from serving.client import AsyncClient, infer_request_bytes, recommend_arrays, similar_arrays
+    from intentrec.serving.client import AsyncClient, infer_request_bytes, recommend_arrays, similar_arrays
 
     latencies, errors, timings = [], [], []
     sent = [0]
@@ -230,7 +236,7 @@ def inprocess_level(bundle_dir: Path, pool, count: int, warmup: int) -> dict:
     request per call, no Triton): the floor the server's latency is compared with, stage by stage."""
     import gc
 
-    from serving.recommender import Recommender
+    from intentrec.serving.recommender import Recommender
 
     recommender = Recommender(bundle_dir, threads=1, verify=False)
     latencies, stages = [], []
@@ -360,8 +366,8 @@ def main() -> None:
             f"error: no bundle at {args.bundle}; run ./scripts/demo.sh (or python -m serving.export) first."
         )
 
-    from serving.repository import ServingOptions, build
-    from serving.server import TritonServer
+    from intentrec.serving.repository import ServingOptions, build
+    from intentrec.serving.server import TritonServer
 
     # Recorded when the run starts: the commit and time of the code that ran, not of a later commit.
     common = {"command": " ".join(sys.argv), **environment("numpy", "faiss", "onnxruntime", "tritonclient")}

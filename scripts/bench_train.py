@@ -58,9 +58,9 @@ def main() -> None:
     import torch
     from hydra import compose, initialize_config_dir
 
-    from training.datamodule import ArrayDataset, BatchIndexSampler
-    from training.runtime import set_heap_mode
-    from training.train import build_datamodule, build_task, prepared_data
+    from intentrec.training.datamodule import ArrayDataset, BatchIndexSampler
+    from intentrec.training.runtime import set_heap_mode
+    from intentrec.training.train import build_datamodule, build_task, prepared_data
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(

@@ -29,16 +29,16 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from bench_common import round_trips  # noqa: E402
 
-from serving.abandoned_carts import abandoned_cart_messages  # noqa: E402
-from serving.batch import campaign  # noqa: E402
-from serving.bundle import load_bundle  # noqa: E402
-from serving.client import Client, RecommendRequest  # noqa: E402
-from serving.events.local import Collector, RedisServer  # noqa: E402
-from serving.events.pos import import_pos  # noqa: E402
-from serving.events.store import open_store  # noqa: E402
-from serving.recommender import Recommender  # noqa: E402
-from serving.repository import ServingOptions, build  # noqa: E402
-from serving.server import TritonServer  # noqa: E402
+from intentrec.serving.abandoned_carts import abandoned_cart_messages  # noqa: E402
+from intentrec.serving.batch import campaign  # noqa: E402
+from intentrec.serving.bundle import load_bundle  # noqa: E402
+from intentrec.serving.client import Client, RecommendRequest  # noqa: E402
+from intentrec.serving.events.local import Collector, RedisServer  # noqa: E402
+from intentrec.serving.events.pos import import_pos  # noqa: E402
+from intentrec.serving.events.store import open_store  # noqa: E402
+from intentrec.serving.recommender import Recommender  # noqa: E402
+from intentrec.serving.repository import ServingOptions, build  # noqa: E402
+from intentrec.serving.server import TritonServer  # noqa: E402
 
 MINUTE = 60_000
 

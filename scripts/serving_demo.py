@@ -24,10 +24,10 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from bench_common import round_trips  # noqa: E402
 
-from serving.bundle import load_bundle  # noqa: E402
-from serving.client import Client, RecommendRequest  # noqa: E402
-from serving.repository import build  # noqa: E402
-from serving.server import TritonServer  # noqa: E402
+from intentrec.serving.bundle import load_bundle  # noqa: E402
+from intentrec.serving.client import Client, RecommendRequest  # noqa: E402
+from intentrec.serving.repository import build  # noqa: E402
+from intentrec.serving.server import TritonServer  # noqa: E402
 
 T0 = 1_772_000_000_000  # ms; a Wednesday morning (UTC)
 

@@ -24,11 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-from data.errors import IntentrecError
-from serving.cli import key_value_flags
-from serving.events.profile import build_profile
-from serving.events.store import EventStore, now_ms
-from serving.recommender import Query, Recommender, RequestError
+from intentrec.data.errors import IntentrecError
+from intentrec.serving.cli import key_value_flags
+from intentrec.serving.events.profile import build_profile
+from intentrec.serving.events.store import EventStore, now_ms
+from intentrec.serving.recommender import Query, Recommender, RequestError
 
 KEY_FLAGS = {
     "bundle": "--bundle",
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--now", type=int, default=None, help="ms since epoch (default: the clock)")
     args = parser.parse_args(key_value_flags(sys.argv[1:] if argv is None else argv, KEY_FLAGS))
-    from serving.events.store import open_store
+    from intentrec.serving.events.store import open_store
 
     started = time.perf_counter()
     try:

@@ -14,8 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from data.errors import IntentrecError
-from serving.bundle import add_items
+from intentrec.data.errors import IntentrecError
+from intentrec.serving.bundle import add_items
 
 
 def main(argv: list[str] | None = None) -> int:

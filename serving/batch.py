@@ -25,9 +25,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data.errors import IntentrecError
-from serving.cli import key_value_flags
-from serving.recommender import MAX_K, Query, Recommender, RequestError
+from intentrec.data import progress
+from intentrec.data.errors import IntentrecError
+from intentrec.serving.cli import key_value_flags
+from intentrec.serving.recommender import MAX_K, Query, Recommender, RequestError
 
 KEY_FLAGS = {
     "bundle": "--bundle",
@@ -74,7 +75,7 @@ def campaign(
         name: [] for name in ("customer_id", "rank", "item_id", "score", "fallback", "stored_events")
     }
     fallbacks = 0
-    for start in range(0, len(customers), batch_size):
+    for start in progress.bar(range(0, len(customers), batch_size), desc="campaign batch"):
         chunk = customers[start : start + batch_size]
         queries = [
             Query(
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--now", type=int, default=None, help="ms since epoch (default: the clock)")
     args = parser.parse_args(key_value_flags(sys.argv[1:] if argv is None else argv, KEY_FLAGS))
-    from serving.events.store import open_store
+    from intentrec.serving.events.store import open_store
 
     started = time.perf_counter()
     try:

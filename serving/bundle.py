@@ -27,9 +27,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data.errors import ConfigError, DataError
-from data.item_content import code_matrix, encode_values, list_column, pad_column, table_arrays
-from data.prepare import sha256_file as sha256
+from intentrec.data.errors import ConfigError, DataError
+from intentrec.data.item_content import code_matrix, encode_values, list_column, pad_column, table_arrays
+from intentrec.data.prepare import sha256_file as sha256
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def add_items(bundle_dir: Path, items_file: Path, out_dir: Path) -> dict:
     """Embed the catalogue rows of `items_file` from their content features, append them, write a new bundle."""
     import faiss
 
-    from serving.index import set_search_params
+    from intentrec.serving.index import set_search_params
 
     bundle = load_bundle(bundle_dir)
     tables_path = Path(bundle_dir) / "content_tables.npz"

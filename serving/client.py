@@ -1,6 +1,6 @@
 """Python SDK and command line for the Triton `recommend` and `similar_items` models (HTTP or gRPC, sync or async).
 
-    from serving.client import Client, RecommendRequest
+    from intentrec.serving.client import Client, RecommendRequest
     with Client("127.0.0.1:8001") as client:                  # gRPC; Client("127.0.0.1:8000", "http") for HTTP
         reply = client.recommend(RecommendRequest(item_ids=["i35", "i7"], device_type="mobile", k=10))
         reply.item_ids, reply.scores, reply.info               # info: unknown_items, truncated, fallback, ...
@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from data.errors import IntentrecError
-from serving.recommender import Query as RecommendRequest
+from intentrec.data.errors import IntentrecError
+from intentrec.serving.recommender import Query as RecommendRequest
 
 __all__ = ["AsyncClient", "Client", "Recommendation", "RecommendRequest", "ServingError"]
 

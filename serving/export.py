@@ -26,16 +26,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from data import REPO_ROOT
-from data.cli import config_dict
-from data.errors import ConfigError
-from data.features import NUM_GAP_BUCKETS
-from data.item_content import list_column
-from data.prepare import SESSION_GAP_MS
-from models.context import CONTEXT_FIELDS
-from serving.bundle import library_versions, write_manifest
-from serving.index import build_index, recall_against_exact, resolve_factory, set_search_params, write_index
-from serving.onnx_models import export_query_encoder, export_ranker
+from intentrec.data import CONF_DIR, REPO_ROOT, progress
+from intentrec.data.cli import config_dict
+from intentrec.data.errors import ConfigError
+from intentrec.data.features import NUM_GAP_BUCKETS
+from intentrec.data.item_content import list_column
+from intentrec.data.prepare import SESSION_GAP_MS
+from intentrec.models.context import CONTEXT_FIELDS
+from intentrec.serving.bundle import library_versions, write_manifest
+from intentrec.serving.index import build_index, recall_against_exact, resolve_factory, set_search_params, write_index
+from intentrec.serving.onnx_models import export_query_encoder, export_ranker
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def _hybrid_settings(option, metrics: dict, ckpt: Path) -> dict | None:
         best_other = max(metrics.get("val/ndcg@10", -1.0), metrics.get("rerank_val/ndcg@10", -1.0))
         if not metrics.get("hybrid_val/ndcg@10", -1.0) > best_other:
             return None
-    from training.hybrid import COOCCURRENCE_KEYS
+    from intentrec.training.hybrid import COOCCURRENCE_KEYS
 
     return {key: settings[key] for key in ("weight", "eps", *COOCCURRENCE_KEYS)}
 
@@ -115,7 +115,7 @@ def _ranker_path(option, ckpt: Path, hybrid: dict | None) -> Path | None:
 
 def validation_queries(task, cfg, data, count: int) -> np.ndarray:
     """Query vectors of up to `count` validation examples (what the index will really be asked)."""
-    from training.datamodule import ArrayDataset, evaluation_examples, read_split
+    from intentrec.training.datamodule import ArrayDataset, evaluation_examples, read_split
 
     split = read_split(data.directory / "val.parquet")
     arrays, _, _ = evaluation_examples(
@@ -158,7 +158,7 @@ def category_complements(data, top: int = 5) -> dict:
     complements of a recent purchase in its lists from these, and the abandoned-cart job orders its
     suggestions by them.
     """
-    from training.datamodule import read_split
+    from intentrec.training.datamodule import read_split
 
     categories = item_categories(data)
     if not categories.any():
@@ -197,9 +197,11 @@ def export(cfg) -> dict:
     import onnx
     from omegaconf import open_dict
 
-    from training.evaluate import open_run
-    from training.ranking import RankerTask
+    from intentrec.training.evaluate import open_run
+    from intentrec.training.ranking import RankerTask
 
+    stages = progress.Stages("export", 6)
+    stages.next("checkpoint and prepared data")
     ckpt, task, data, forced = open_run(cfg, "python -m serving.export")
     task = task.eval()
     options = config_dict(cfg, "export")
@@ -218,6 +220,7 @@ def export(cfg) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     vocab = task.vocab
     D = model.cfg.embedding_dim
+    stages.next("item embeddings and item table")
     with torch.no_grad():
         embeddings = model.item_embeddings().numpy().astype(np.float32)
     np.save(out / "item_embeddings.npy", embeddings)
@@ -259,15 +262,17 @@ def export(cfg) -> dict:
         **vocab.context_sizes,
     }
     past = int(cfg.data.past_purchases)
+    stages.next("ONNX query encoder")
     export_query_encoder(model, out / "query_encoder.onnx", sizes, model.cfg.max_seq_len, past)
 
     if hybrid is not None:
         import scipy.sparse as sp
 
-        from training.hybrid import build_cooccurrence
+        from intentrec.training.hybrid import build_cooccurrence
 
         sp.save_npz(out / "cooccurrence.npz", build_cooccurrence(data, hybrid).matrix.tocsr())
     ranker_info = None
+    stages.next("co-occurrence and ONNX ranker")
     if ranker_ckpt is not None:
         F = 0 if codes is None else codes.shape[1]
         ranker = RankerTask.load_from_checkpoint(
@@ -290,6 +295,7 @@ def export(cfg) -> dict:
         }
 
     # FAISS index over rows 1..N, with recall measured on the model's own validation queries.
+    stages.next("FAISS index and its recall")
     vectors = embeddings[1:]
     index = build_index(vectors, str(index_cfg["factory"]), seed=int(cfg.seed), use_gpu=index_cfg.get("use_gpu"))
     set_search_params(index, index_cfg.get("search_params") or {})
@@ -348,11 +354,13 @@ def export(cfg) -> dict:
     }
     manifest = write_manifest(out, manifest)
     log.info("bundle written to %s", out)
+    stages.next("Triton model repository")
     if options.get("model_repository", True):
-        from serving.repository import build, serving_options
+        from intentrec.serving.repository import build, serving_options
 
-        build(out, out / "model_repository", serving_options(REPO_ROOT / "conf" / "serving.yaml"))
+        build(out, out / "model_repository", serving_options(CONF_DIR / "serving.yaml"))
         log.info("Triton model repository written to %s", out / "model_repository")
+    stages.finish()
     return manifest
 
 
@@ -375,6 +383,6 @@ def _cli(cfg) -> None:
 
 
 if __name__ == "__main__":
-    from data.cli import hydra_main
+    from intentrec.data.cli import hydra_main
 
     hydra_main("export", _cli)

@@ -16,7 +16,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from data.errors import ConfigError
+from intentrec.data.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

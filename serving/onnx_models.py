@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.context import CONTEXT_FIELDS
+from intentrec.models.context import CONTEXT_FIELDS
 
 STEP_INPUTS = ("event_types", "gap_buckets", "channels", "new_session")
 # Request context in CONTEXT_FIELDS order (device type, hour, day of week, referrer, region, gap), then loyalty.

@@ -49,10 +49,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data.errors import ConfigError, DataError, IntentrecError
-from data.features import cooccurrence_scores, time_gap_buckets
-from data.schema import MAX_EVENT_TIME_MS, MIN_EVENT_TIME_MS
-from serving.bundle import check_index, load_bundle
+from intentrec.data.errors import ConfigError, DataError, IntentrecError
+from intentrec.data.features import cooccurrence_scores, time_gap_buckets
+from intentrec.data.schema import MAX_EVENT_TIME_MS, MIN_EVENT_TIME_MS
+from intentrec.serving.bundle import check_index, load_bundle
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ class Recommender:
         import faiss
         import onnxruntime as ort
 
-        from serving.index import read_index, set_search_params, to_search_device
+        from intentrec.serving.index import read_index, set_search_params, to_search_device
 
         self.remote = remote
         self.profile_store = profile_store
@@ -681,7 +681,7 @@ class Recommender:
 
     def _store(self):
         if isinstance(self.profile_store, str):
-            from serving.events.store import open_store
+            from intentrec.serving.events.store import open_store
 
             url = self.profile_store
             try:
@@ -703,7 +703,7 @@ class Recommender:
         """`q` with the stored events, purchases and loyalty of `q.identity` added; and what was read."""
         from dataclasses import replace
 
-        from serving.events.store import KINDS
+        from intentrec.serving.events.store import KINDS
 
         kind, sep, value = q.identity.partition(":")
         if not sep:

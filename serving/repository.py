@@ -30,10 +30,10 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from data import REPO_ROOT
-from data.errors import ConfigError, IntentrecError
-from serving.bundle import load_bundle
-from serving.recommender import RequestLimits
+from intentrec.data import CONF_DIR, REPO_ROOT
+from intentrec.data.errors import ConfigError, IntentrecError
+from intentrec.serving.bundle import load_bundle
+from intentrec.serving.recommender import RequestLimits
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ for _path in reversed(os.environ.get("INTENTREC_PYTHONPATH", "").split(os.pathse
     if _path and _path not in sys.path:
         sys.path.insert(0, _path)
 
-from serving.triton_model import {cls} as TritonPythonModel  # noqa: E402, F401
+from intentrec.serving.triton_model import {cls} as TritonPythonModel  # noqa: E402, F401
 '''
 
 
@@ -309,7 +309,7 @@ def publish(
         import tritonclient.grpc as grpcclient
         from tritonclient.utils import InferenceServerException
 
-        from serving.server import control_headers, control_key
+        from intentrec.serving.server import control_headers, control_key
 
         headers = control_headers(control_key(control_key_file), "grpc")
         client = grpcclient.InferenceServerClient(url)
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["build", "publish", "production", "validate"])
     parser.add_argument("--bundle", type=Path, help="export bundle (from python -m serving.export)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "artifacts" / "triton" / "repository")
-    parser.add_argument("--config", type=Path, default=REPO_ROOT / "conf" / "serving.yaml", help="serving options")
+    parser.add_argument("--config", type=Path, default=CONF_DIR / "serving.yaml", help="serving options")
     parser.add_argument("--instances", type=int, default=None)
     parser.add_argument("--kind", default=None, choices=["KIND_CPU", "KIND_GPU"])
     parser.add_argument("--max-batch-size", type=int, default=None)

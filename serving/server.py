@@ -40,9 +40,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from data import REPO_ROOT
-from data.errors import ConfigError
-from serving.cli import key_value_flags
+from intentrec.data import IMPORT_ROOT, REPO_ROOT
+from intentrec.data.errors import ConfigError
+from intentrec.serving.cli import key_value_flags
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def server_environment() -> dict[str, str]:
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     env["LD_LIBRARY_PATH"] = ":".join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
     site = sysconfig.get_paths()["purelib"]
-    env["PYTHONPATH"] = ":".join(p for p in (str(REPO_ROOT), site, env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = ":".join(p for p in (str(IMPORT_ROOT), site, env.get("PYTHONPATH", "")) if p)
     # The stub's embedded interpreter does not read PYTHONPATH; the generated model.py reads this one.
     env["INTENTREC_PYTHONPATH"] = env["PYTHONPATH"]
     env.setdefault("OMP_NUM_THREADS", "1")

@@ -14,9 +14,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from data.errors import ConfigError
-from data.features import cooccurrence_scores
-from training.datamodule import Split
+from intentrec.data.errors import ConfigError
+from intentrec.data.features import cooccurrence_scores
+from intentrec.training.datamodule import Split
 
 BASELINES = ("popularity", "cooccurrence")
 

@@ -29,9 +29,9 @@ import pyarrow.parquet as pq
 import pytorch_lightning as pl
 import torch
 
-from data.features import NUM_GAP_BUCKETS, time_gap_buckets
-from data.item_content import code_matrix, pad_column, table_arrays
-from models.two_tower import PURCHASE_EVENT_CODES, Vocabulary
+from intentrec.data.features import NUM_GAP_BUCKETS, time_gap_buckets
+from intentrec.data.item_content import code_matrix, pad_column, table_arrays
+from intentrec.models.two_tower import PURCHASE_EVENT_CODES, Vocabulary
 
 log = logging.getLogger(__name__)
 

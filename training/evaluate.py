@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 from omegaconf import open_dict
 
-from data.cli import config_dict
-from data.errors import ConfigError
-from training.metrics import make_accumulator, mask_scores
+from intentrec.data import progress
+from intentrec.data.cli import config_dict
+from intentrec.data.errors import ConfigError
+from intentrec.training.metrics import make_accumulator, mask_scores
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def evaluate_scorer(score: Callable, datamodule, split: str, evaluation: dict, n
     accumulator = make_accumulator(evaluation, num_items, datamodule.train_counts, seen)
     loader = datamodule.eval_loader(split)
     with torch.no_grad():
-        for batch in loader:
+        for batch in progress.bar(loader, desc=f"evaluate {split}"):
             index = batch["example_index"].numpy()
             scores = mask_scores(score(batch).double(), index, seen, bool(evaluation.get("exclude_seen", False)))
             accumulator.add(scores, batch["target"], {name: mask[index] for name, mask in slices.items()}, index)
@@ -135,7 +136,7 @@ def checkpoint_path(ckpt_path, command: str) -> Path:
 
 
 def _load_task(ckpt: Path):
-    from training.module import RetrievalTask
+    from intentrec.training.module import RetrievalTask
 
     try:
         return RetrievalTask.load_from_checkpoint(str(ckpt), map_location="cpu", feature_codes=None, train_counts=None)
@@ -169,8 +170,8 @@ def open_run(cfg, command: str):
     """Checkpoint `cfg.ckpt_path` for a later stage: its recorded settings applied to `cfg` (in place; see
     training.run_settings), its prepared data, and the settings forced by `force=true`.
     Returns (ckpt, task, data, forced)."""
-    from training.run_settings import adopt_checkpoint
-    from training.train import prepared_data
+    from intentrec.training.run_settings import adopt_checkpoint
+    from intentrec.training.train import prepared_data
 
     ckpt = checkpoint_path(cfg.get("ckpt_path"), command)
     task = _load_task(ckpt)
@@ -194,11 +195,11 @@ def evaluate(cfg) -> dict:
     `run_dir` (default `<run>/evaluations/<time>/`)."""
     import pytorch_lightning as pl
 
-    from training.train import build_datamodule
+    from intentrec.training.train import build_datamodule
 
     ckpt, task, data, forced = open_run(cfg, "python -m training.evaluate")
     if cfg.hybrid.enabled:
-        from training.hybrid import check_config
+        from intentrec.training.hybrid import check_config
 
         check_config(config_dict(cfg, "hybrid"))
     run_dir = output_folder(cfg, ckpt)
@@ -211,7 +212,7 @@ def evaluate(cfg) -> dict:
         accelerator=cfg.trainer.accelerator,
         devices=1,
         logger=False,
-        enable_progress_bar=False,
+        enable_progress_bar=progress.enabled(),
         use_distributed_sampler=False,
         default_root_dir=str(run_dir),
     )
@@ -227,7 +228,7 @@ def evaluate(cfg) -> dict:
         "forced": forced,
     }
     if cfg.hybrid.enabled:
-        from training.hybrid import evaluate_hybrid
+        from intentrec.training.hybrid import evaluate_hybrid
 
         hybrid, info["hybrid"] = evaluate_hybrid(task, datamodule, config_dict(cfg, "hybrid"), task.eval_cfg)
         metrics.update(hybrid)
@@ -243,6 +244,6 @@ def _cli(cfg) -> None:
 
 
 if __name__ == "__main__":
-    from data.cli import hydra_main
+    from intentrec.data.cli import hydra_main
 
     hydra_main("evaluate", _cli)

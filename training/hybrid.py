@@ -19,10 +19,10 @@ import logging
 import numpy as np
 import torch
 
-from data.errors import ConfigError
-from training.baselines import CoOccurrence
-from training.datamodule import read_split
-from training.evaluate import evaluate_scorer
+from intentrec.data.errors import ConfigError
+from intentrec.training.baselines import CoOccurrence
+from intentrec.training.datamodule import read_split
+from intentrec.training.evaluate import evaluate_scorer
 
 log = logging.getLogger(__name__)
 

@@ -190,7 +190,7 @@ class RankingAccumulator:
 
 def business_codes() -> dict[str, int]:
     """Event type codes of prepared data that the business metrics count."""
-    from data.schema import EVENT_TYPES, enum_code
+    from intentrec.data.schema import EVENT_TYPES, enum_code
 
     return {"add_to_cart": enum_code(EVENT_TYPES, "add_to_cart"), "purchase": enum_code(EVENT_TYPES, "purchase")}
 
@@ -202,7 +202,7 @@ def sample_negatives(seen: dict, num_items: int, count: int, seed: int) -> np.nd
     Args:
         seen: an evaluation split's histories: {"offsets": (E+1,), "items": (H,), "targets": (E,)}.
     """
-    from data.errors import ConfigError
+    from intentrec.data.errors import ConfigError
 
     offsets, targets = seen["offsets"], np.asarray(seen["targets"], np.int64)
     examples = len(targets)
@@ -240,7 +240,7 @@ def sample_negatives(seen: dict, num_items: int, count: int, seed: int) -> np.nd
 def split_negatives(evaluation: dict, num_items: int, seen: dict | None) -> np.ndarray | None:
     """The sampled negatives an evaluation config asks for (`evaluate.sampled_negatives`, `sampled_seed`),
     drawn once per split and kept in `seen`; None for full ranking only (the default)."""
-    from data.errors import ConfigError
+    from intentrec.data.errors import ConfigError
 
     count = evaluation.get("sampled_negatives", 0) or 0
     if isinstance(count, bool) or not isinstance(count, int) or count < 0 or (count and count >= num_items):

@@ -9,9 +9,9 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from models.losses import GBCE, SampledSoftmax, causal_history, full_softmax
-from models.two_tower import TwoTower, TwoTowerConfig, Vocabulary
-from training.metrics import RankingAccumulator, make_accumulator, mask_scores
+from intentrec.models.losses import GBCE, SampledSoftmax, causal_history, full_softmax
+from intentrec.models.two_tower import TwoTower, TwoTowerConfig, Vocabulary
+from intentrec.training.metrics import RankingAccumulator, make_accumulator, mask_scores
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,11 @@ import pytorch_lightning as pl
 import torch
 from torch.nn import functional as F
 
-from models.context import CONTEXT_FIELDS
-from models.ranker import Ranker, RankerConfig
-from training.datamodule import ArrayDataset, BatchIndexSampler, evaluation_examples, read_split
-from training.metrics import make_accumulator, mask_scores
+from intentrec.data import progress
+from intentrec.models.context import CONTEXT_FIELDS
+from intentrec.models.ranker import Ranker, RankerConfig
+from intentrec.training.datamodule import ArrayDataset, BatchIndexSampler, evaluation_examples, read_split
+from intentrec.training.metrics import make_accumulator, mask_scores
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def retrieve(model, arrays: dict[str, np.ndarray], num_candidates: int, batch_si
     scale = model.logit_scale()
     dataset = ArrayDataset(arrays, trim=True)
     out = {"query": [], "candidates": [], "scores": [], "context": []}
-    for start in range(0, len(dataset), batch_size):
+    for start in progress.bar(range(0, len(dataset), batch_size), desc="ranker candidates"):
         batch = dataset[np.arange(start, min(start + batch_size, len(dataset)))]
         query = model.query(batch)
         scores = query @ items.T * scale
@@ -158,7 +159,7 @@ def train_ranker(retrieval, datamodule, cfg: dict, seed: int, run_dir) -> tuple[
         devices=1,
         logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,
+        enable_progress_bar=progress.enabled(),
         enable_model_summary=False,
         default_root_dir=str(run_dir),
     )
@@ -190,7 +191,7 @@ def evaluate_reranked(
     accumulator = make_accumulator(evaluation, model.item_tower.num_items, datamodule.train_counts, seen)
     dataset = ArrayDataset({**batch_arrays, "example_index": np.arange(len(batch_arrays["target"]))}, trim=True)
     exclude = bool(evaluation.get("exclude_seen", False))
-    for start in range(0, len(dataset), 512):
+    for start in progress.bar(range(0, len(dataset), 512), desc=f"rerank {split}"):
         batch = dataset[np.arange(start, min(start + 512, len(dataset)))]
         query = model.query(batch)
         index = batch["example_index"].numpy()

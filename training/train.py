@@ -28,11 +28,12 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from data.cli import config_dict
-from data.errors import ConfigError
-from training.datamodule import PreparedData, SequenceDataModule
-from training.evaluate import evaluate_scorer, write_metrics
-from training.runtime import keep_freed_memory
+from intentrec.data import progress
+from intentrec.data.cli import config_dict
+from intentrec.data.errors import ConfigError
+from intentrec.training.datamodule import PreparedData, SequenceDataModule
+from intentrec.training.evaluate import evaluate_scorer, write_metrics
+from intentrec.training.runtime import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,11 @@ def prepared_data(cfg, adopt_folder: bool = True) -> PreparedData:
     older layout). A folder of files prepared with another data config is never replaced silently: that is
     an error naming the differences, unless `reprepare=true`. Generated data (`format: synthetic`) is
     generated again from its config instead."""
-    from data.prepare import PREPARED_FORMAT_VERSION, config_hash, drop_generator_keys
-    from data.prepare import run as prepare_run
+    from intentrec.data.prepare import PREPARED_FORMAT_VERSION, config_hash, drop_generator_keys
+    from intentrec.data.prepare import run as prepare_run
 
     if cfg.get("data_dir") and adopt_folder:
-        from training.run_settings import adopt_prepared_folder
+        from intentrec.training.run_settings import adopt_prepared_folder
 
         adopt_prepared_folder(cfg)
     drop_generator_keys(cfg)
@@ -86,8 +87,8 @@ def prepared_data(cfg, adopt_folder: bool = True) -> PreparedData:
 
 
 def _other_config_message(directory: Path, prepared: dict, given: dict) -> str:
-    from data.prepare import preparation_config
-    from training.run_settings import flatten
+    from intentrec.data.prepare import preparation_config
+    from intentrec.training.run_settings import flatten
 
     old, new = flatten(prepared, "data"), flatten(preparation_config(given), "data")
     differences = [
@@ -161,8 +162,8 @@ def build_datamodule(cfg, data: PreparedData) -> SequenceDataModule:
 
 
 def build_task(cfg, data: PreparedData, datamodule: SequenceDataModule):
-    from training.module import RetrievalTask
-    from training.run_settings import record
+    from intentrec.training.module import RetrievalTask
+    from intentrec.training.run_settings import record
 
     model_cfg = config_dict(cfg, "model")
     if model_cfg.get("kind") != "two_tower":
@@ -197,6 +198,8 @@ def build_trainer(cfg, run_dir: Path, callbacks: list) -> pl.Trainer:
         raise ConfigError(f"logger.kind={logger_kind!r}; expected csv or tensorboard.")
     if trainer_cfg.get("accelerator") == "gpu" and not torch.cuda.is_available():
         raise ConfigError("trainer=gpu but no CUDA GPU is visible; use trainer=default (auto) or trainer=cpu.")
+    # The bar only on a terminal (intentrec.data.progress), and only when the config wants it.
+    trainer_cfg["enable_progress_bar"] = bool(trainer_cfg.get("enable_progress_bar", True)) and progress.enabled()
     return pl.Trainer(
         default_root_dir=str(run_dir),
         logger=logger,
@@ -231,7 +234,7 @@ def train(cfg) -> dict:
     started = time.perf_counter()
     keep_freed_memory()
     if cfg.hybrid.enabled:  # before hours of training, not after
-        from training.hybrid import check_config
+        from intentrec.training.hybrid import check_config
 
         check_config(config_dict(cfg, "hybrid"))
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -257,8 +260,8 @@ def train(cfg) -> dict:
 
 
 def _run_baseline(cfg, model_cfg: dict, data: PreparedData, datamodule: SequenceDataModule) -> dict:
-    from training.baselines import make_baseline
-    from training.datamodule import read_split
+    from intentrec.training.baselines import make_baseline
+    from intentrec.training.datamodule import read_split
 
     params = {k: v for k, v in model_cfg.items() if k not in ("name", "kind", "baseline")}
     scorer = make_baseline(
@@ -310,7 +313,7 @@ def _run_model(cfg, data: PreparedData, datamodule: SequenceDataModule, run_dir:
         parameters=int(sum(p.numel() for p in task.parameters())),
     )
     if trainer.is_global_zero and cfg.ranker.enabled:
-        from training.ranking import evaluate_reranked, train_ranker
+        from intentrec.training.ranking import evaluate_reranked, train_ranker
 
         ranker_cfg = config_dict(cfg, "ranker")
         ranker, summary = train_ranker(task.cpu(), datamodule, ranker_cfg, int(cfg.seed), run_dir)
@@ -322,7 +325,7 @@ def _run_model(cfg, data: PreparedData, datamodule: SequenceDataModule, run_dir:
                 )
             )
     if trainer.is_global_zero and cfg.hybrid.enabled:
-        from training.hybrid import evaluate_hybrid
+        from intentrec.training.hybrid import evaluate_hybrid
 
         hybrid, info["hybrid"] = evaluate_hybrid(
             task.cpu(), datamodule, config_dict(cfg, "hybrid"), config_dict(cfg, "evaluate")
@@ -441,14 +444,14 @@ def _hydra_run_dir() -> Path:
 
 
 def _cli(cfg) -> None:
-    from training.evaluate import format_summary
+    from intentrec.training.evaluate import format_summary
 
     metrics = train(cfg)
     print(format_summary(metrics, Path(cfg.run_dir) if cfg.get("run_dir") else _hydra_run_dir()))
 
 
 if __name__ == "__main__":
-    from data.cli import hydra_main
+    from intentrec.data.cli import hydra_main
 
     torch.set_float32_matmul_precision("high")
     hydra_main("train", _cli)

@@ -22,7 +22,7 @@ import logging
 import sys
 from pathlib import Path
 
-from serving.cli import key_value_flags
+from intentrec.serving.cli import key_value_flags
 
 DEFAULT_STORE = "sqlite:///artifacts/events/events.db"
 TOKEN_ENV = "INTENTREC_COLLECTOR_TOKEN"
@@ -36,7 +36,7 @@ def collector_token(host: str, argv_token: str | None, token_file: Path | None) 
     import ipaddress
     import os
 
-    from data.errors import ConfigError
+    from intentrec.data.errors import ConfigError
 
     if argv_token is not None:
         raise ConfigError(
@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(key_value_flags(sys.argv[1:] if argv is None else argv, KEY_FLAGS))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from data.errors import IntentrecError
-    from serving.events.store import open_store
+    from intentrec.data.errors import IntentrecError
+    from intentrec.serving.events.store import open_store
 
     try:
         token = collector_token(args.host, args.token, args.token_file) if args.command == "serve" else None
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         import uvicorn
 
-        from serving.events.app import CollectorSettings, create_app
+        from intentrec.serving.events.app import CollectorSettings, create_app
 
         settings = CollectorSettings(
             max_body_bytes=args.max_body_bytes,
@@ -159,12 +159,12 @@ def main(argv: list[str] | None = None) -> int:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
         return 0
     if args.command == "export":
-        from serving.events.export import export_events
+        from intentrec.serving.events.export import export_events
 
         summary = export_events(store, args.out)
         print(json.dumps(summary))
         return 0
-    from serving.events.pos import import_pos
+    from intentrec.serving.events.pos import import_pos
 
     if args.file is None:
         print("error: import-pos needs file=<path of the POS export (CSV)>", file=sys.stderr)

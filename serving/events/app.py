@@ -34,9 +34,9 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from serving.events.profile import build_profile
-from serving.events.schema import EventBatch, Identify, IngestResult, _short, validate_events
-from serving.events.store import KINDS, EventStore, now_ms
+from intentrec.serving.events.profile import build_profile
+from intentrec.serving.events.schema import EventBatch, Identify, IngestResult, _short, validate_events
+from intentrec.serving.events.store import KINDS, EventStore, now_ms
 
 log = logging.getLogger(__name__)
 

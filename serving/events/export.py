@@ -16,9 +16,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data.schema import CUSTOMER_SCHEMA, EVENT_SCHEMA
-from serving.events.schema import EVENT_FIELDS
-from serving.events.store import EventStore
+from intentrec.data.schema import CUSTOMER_SCHEMA, EVENT_SCHEMA
+from intentrec.serving.events.schema import EVENT_FIELDS
+from intentrec.serving.events.store import EventStore
 
 
 def export_events(store: EventStore, out: str | Path, items: str | Path | None = None, chunk: int = 100_000) -> dict:

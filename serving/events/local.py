@@ -20,9 +20,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from data import REPO_ROOT
-from data.errors import ConfigError
-from serving.server import free_port
+from intentrec.data import IMPORT_ROOT
+from intentrec.data.errors import ConfigError
+from intentrec.serving.server import free_port
 
 
 def _terminate(process: subprocess.Popen | None, timeout: float = 10) -> None:
@@ -125,12 +125,20 @@ class Collector:
 
     def start(self, timeout: float = 30) -> Collector:
         log = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(IMPORT_ROOT)}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "serving.events", "serve", f"store={self.store}", f"port={self.port}", *self.args],
+            [
+                sys.executable,
+                "-m",
+                "intentrec.serving.events",
+                "serve",
+                f"store={self.store}",
+                f"port={self.port}",
+                *self.args,
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            cwd=REPO_ROOT,
+            cwd=IMPORT_ROOT,
             env=env,
         )
         deadline = time.monotonic() + timeout

@@ -17,9 +17,9 @@ import csv
 from collections import defaultdict
 from pathlib import Path
 
-from data.errors import DataError
-from serving.events.schema import validate_events
-from serving.events.store import EventStore, now_ms
+from intentrec.data.errors import DataError
+from intentrec.serving.events.schema import validate_events
+from intentrec.serving.events.store import EventStore, now_ms
 
 REQUIRED = ("receipt_id", "time", "item_id")
 OPTIONAL = ("line", "customer_id", "quantity", "price", "store_id")

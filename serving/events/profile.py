@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
-from serving.events.store import EventStore, now_ms
+from intentrec.serving.events.store import EventStore, now_ms
 
 CART_EVENTS = ("add_to_cart", "remove_from_cart")
 PURCHASES = ("purchase", "store_purchase")

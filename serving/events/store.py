@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from data.errors import ConfigError
-from serving.events.schema import EVENT_FIELDS, differences
+from intentrec.data.errors import ConfigError
+from intentrec.serving.events.schema import EVENT_FIELDS, differences
 
 KINDS = ("customer", "device", "session")
 PURCHASE_TYPES = ("purchase", "store_purchase")
@@ -200,6 +200,11 @@ class SQLiteStore(EventStore):
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
         if readonly:
+            if not self.path.is_file():
+                raise ConfigError(
+                    f"store={self.url}: {self.path} does not exist; point store= at the event database the "
+                    "collector writes (python -m serving.events serve store=sqlite:///<path>)."
+                )
             self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from data.errors import ConfigError, DataError
-from data.prepare import run as prepare
+from intentrec.data.errors import ConfigError, DataError
+from intentrec.data.prepare import run as prepare
 from tests.conftest import compose_config
 
 
@@ -99,9 +99,9 @@ def test_parquet_list_columns_are_bags_and_canonical_names_keep_their_meaning(tm
 
 
 def test_the_s3rec_attribute_json_reaches_the_item_tower_and_new_items_by_their_attributes(tmp_path):
-    from serving.bundle import add_items
-    from serving.export import export
-    from training.train import train
+    from intentrec.serving.bundle import add_items
+    from intentrec.serving.export import export
+    from intentrec.training.train import train
 
     rng = np.random.default_rng(1)
     lines = [" ".join([str(u)] + [str(rng.integers(1, 31)) for _ in range(rng.integers(5, 15))]) for u in range(1, 121)]

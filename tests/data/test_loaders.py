@@ -10,10 +10,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from data.errors import ConfigError, DataError
-from data.loaders import load
-from data.prepare import run
-from data.schema import EVENT_SCHEMA
+from intentrec.data.errors import ConfigError, DataError
+from intentrec.data.loaders import load
+from intentrec.data.prepare import run
+from intentrec.data.schema import EVENT_SCHEMA
 from tests.conftest import compose_config
 
 pytestmark = []
@@ -435,8 +435,8 @@ def test_bad_input_message_names_what_is_wrong(tmp_path, files, cfg, error, mess
 
 
 def test_a_canonical_parquet_shop_with_a_bad_enum_names_row_and_column(tmp_path):
-    from data.loaders import load_canonical
-    from data.schema import conform
+    from intentrec.data.loaders import load_canonical
+    from intentrec.data.schema import conform
 
     events = pa.table(
         {
@@ -494,7 +494,7 @@ def test_prepare_writes_the_source_as_canonical_parquet_that_loads_back_identica
 
 
 def test_a_canonical_column_of_the_wrong_type_names_column_and_type(tmp_path):
-    from data.loaders import load_canonical
+    from intentrec.data.loaders import load_canonical
 
     pq.write_table(
         pa.table({"customer_id": ["c"], "item_id": ["1"], "event_time": ["yesterday"]}), tmp_path / "events.parquet"
@@ -681,7 +681,7 @@ def test_a_large_string_item_attribute_is_embedded_and_a_numeric_one_is_bucketed
 
 
 def test_a_canonical_table_refuses_times_before_1970_and_flags_ones_before_1990(tmp_path):
-    from data.loaders import load_canonical
+    from intentrec.data.loaders import load_canonical
 
     def shop(times_ms):
         folder = tmp_path / f"shop{len(list(tmp_path.iterdir()))}"

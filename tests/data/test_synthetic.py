@@ -9,8 +9,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from data.errors import ConfigError
-from data.schema import (
+from intentrec.data.errors import ConfigError
+from intentrec.data.schema import (
     CHANNELS,
     CUSTOMER_SCHEMA,
     DEVICE_TYPES,
@@ -19,7 +19,7 @@ from data.schema import (
     ITEM_SCHEMA,
     REFERRERS,
 )
-from data.synthetic import ShopConfig, generate
+from intentrec.data.synthetic import ShopConfig, generate
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +199,7 @@ def test_bad_shop_config_names_the_key():
 
 
 def test_prepared_shop_keeps_context_per_step(shop, tmp_path):
-    from data.prepare import run
+    from intentrec.data.prepare import run
     from tests.conftest import compose_config
 
     stats = run(

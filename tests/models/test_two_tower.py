@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.losses import GBCE, SampledSoftmax, causal_history, full_softmax
-from models.two_tower import TwoTower, TwoTowerConfig, Vocabulary
+from intentrec.models.losses import GBCE, SampledSoftmax, causal_history, full_softmax
+from intentrec.models.two_tower import TwoTower, TwoTowerConfig, Vocabulary
 
 NUM_ITEMS = 30
 VOCAB = Vocabulary(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from intentrec.serving.index import build_index, set_search_params
 from scripts.bench_retrieval import recall, timed_search
-from serving.index import build_index, set_search_params
 
 
 @pytest.fixture(scope="module")

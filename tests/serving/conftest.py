@@ -10,11 +10,11 @@ import shutil
 
 import pytest
 
-from serving.export import export
-from serving.repository import build
-from serving.server import TritonServer
+from intentrec.serving.export import export
+from intentrec.serving.repository import build
+from intentrec.serving.server import TritonServer
+from intentrec.training.train import train
 from tests.conftest import compose_config
-from training.train import train
 
 SERVING_SHOP = [
     "debug=fast",

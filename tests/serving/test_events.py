@@ -13,16 +13,16 @@ import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
-from data.errors import ConfigError, DataError
-from data.loaders import load_canonical
-from serving.events.__main__ import collector_token
-from serving.events.app import CollectorSettings, create_app
-from serving.events.export import export_events
-from serving.events.local import Collector, RedisServer
-from serving.events.pos import import_pos
-from serving.events.profile import build_profile
-from serving.events.schema import validate_events
-from serving.events.store import RedisStore, SQLiteStore, open_store
+from intentrec.data.errors import ConfigError, DataError
+from intentrec.data.loaders import load_canonical
+from intentrec.serving.events.__main__ import collector_token
+from intentrec.serving.events.app import CollectorSettings, create_app
+from intentrec.serving.events.export import export_events
+from intentrec.serving.events.local import Collector, RedisServer
+from intentrec.serving.events.pos import import_pos
+from intentrec.serving.events.profile import build_profile
+from intentrec.serving.events.schema import validate_events
+from intentrec.serving.events.store import RedisStore, SQLiteStore, open_store
 from tests.conftest import REPO_ROOT
 
 HOUR = 3_600_000

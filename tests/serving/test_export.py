@@ -13,14 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from data.errors import ConfigError, DataError
-from models.context import CONTEXT_FIELDS
-from models.ranker import Ranker, RankerConfig
-from models.two_tower import TwoTower, TwoTowerConfig, Vocabulary
-from serving.bundle import add_items, load_bundle
-from serving.export import category_complements, export, validation_queries
-from serving.index import build_index, recall_against_exact, set_search_params
-from serving.onnx_models import (
+from intentrec.data.errors import ConfigError, DataError
+from intentrec.models.context import CONTEXT_FIELDS
+from intentrec.models.ranker import Ranker, RankerConfig
+from intentrec.models.two_tower import TwoTower, TwoTowerConfig, Vocabulary
+from intentrec.serving.bundle import add_items, load_bundle
+from intentrec.serving.export import category_complements, export, validation_queries
+from intentrec.serving.index import build_index, recall_against_exact, set_search_params
+from intentrec.serving.onnx_models import (
     QUERY_INPUTS,
     RANKER_INPUTS,
     QueryEncoder,
@@ -30,10 +30,10 @@ from serving.onnx_models import (
     export_query_encoder,
     export_ranker,
 )
-from serving.recommender import Query, Recommender, member
+from intentrec.serving.recommender import Query, Recommender, member
+from intentrec.training.train import prepared_data
 from tests.conftest import CONF_DIR, compose_config
 from tests.serving.conftest import SERVING_SHOP, export_config
-from training.train import prepared_data
 
 SIZES = {"event_types": 8, "gap_buckets": 24, "channels": 5, **{name: 9 for name in CONTEXT_FIELDS}}
 
@@ -96,8 +96,8 @@ def test_a_negative_cross_rank_is_refused_naming_the_key():
 
 def test_serving_decodes_requests_exactly_as_training_prepared_them(serving_run, bundle):
     """Raw requests rebuilt from the test split give the checkpoint's own queries (gaps, sessions, context, past)."""
-    from training.datamodule import PreparedData, evaluation_examples, read_split
-    from training.evaluate import load_checkpoint
+    from intentrec.training.datamodule import PreparedData, evaluation_examples, read_split
+    from intentrec.training.evaluate import load_checkpoint
 
     artifacts, run = serving_run
     data = PreparedData.load(artifacts / "data" / "synthetic")
@@ -147,8 +147,8 @@ def test_serving_decodes_requests_exactly_as_training_prepared_them(serving_run,
 
 @pytest.fixture(scope="module")
 def index_inputs(serving_run, bundle):
-    from training.datamodule import PreparedData
-    from training.evaluate import load_checkpoint
+    from intentrec.training.datamodule import PreparedData
+    from intentrec.training.evaluate import load_checkpoint
 
     artifacts, run = serving_run
     data = PreparedData.load(artifacts / "data" / "synthetic")
@@ -223,8 +223,8 @@ def test_a_bundle_that_does_not_match_its_manifest_is_refused(bundle, tmp_path):
 
 
 def test_items_added_later_are_embedded_from_their_features_and_served(serving_run, bundle, tmp_path):
-    from training.datamodule import PreparedData
-    from training.evaluate import load_checkpoint
+    from intentrec.training.datamodule import PreparedData
+    from intentrec.training.evaluate import load_checkpoint
 
     artifacts, run = serving_run
     data = PreparedData.load(artifacts / "data" / "synthetic")
@@ -330,8 +330,8 @@ def test_a_recent_purchase_keeps_complements_in_the_list_an_old_one_does_not(bun
 
 
 def test_request_errors_name_the_input_and_what_is_expected(bundle, tmp_path):
-    from serving.recommender import RequestError
-    from serving.repository import add_version, build
+    from intentrec.serving.recommender import RequestError
+    from intentrec.serving.repository import add_version, build
 
     recommender = Recommender(bundle)
     item = str(recommender.bundle.items["item_id"][0])

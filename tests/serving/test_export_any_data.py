@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from serving.export import export
-from serving.recommender import Query, Recommender, RequestError
+from intentrec.serving.export import export
+from intentrec.serving.recommender import Query, Recommender, RequestError
 from tests.conftest import compose_config
 
 CASES = {
@@ -47,8 +47,8 @@ def write_events(path, columns, rows=3000, seed=0):
 @pytest.fixture(scope="module", params=sorted(CASES))
 def exported(request, tmp_path_factory):
     """(case, bundle folder, manifest) of a model trained on the case's CSV and exported from its checkpoint."""
-    from data.prepare import run as prepare
-    from training.train import train
+    from intentrec.data.prepare import run as prepare
+    from intentrec.training.train import train
 
     case = request.param
     root = tmp_path_factory.mktemp(case)

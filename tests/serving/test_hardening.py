@@ -17,10 +17,10 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from serving.bundle import load_bundle
-from serving.client import TRITON_TYPES, Client, RecommendRequest, ServingError
-from serving.repository import PublishError, build, publish, versions
-from serving.server import TritonServer, free_port
+from intentrec.serving.bundle import load_bundle
+from intentrec.serving.client import TRITON_TYPES, Client, RecommendRequest, ServingError
+from intentrec.serving.repository import PublishError, build, publish, versions
+from intentrec.serving.server import TritonServer, free_port
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.triton
@@ -420,9 +420,9 @@ def test_a_fault_of_the_server_is_internal_not_a_client_error_and_other_models_k
 
 
 def test_limits_control_keys_and_repositories_refuse_bad_settings_by_name(bundle, tmp_path, monkeypatch):
-    from data.errors import ConfigError
-    from serving.repository import add_version, serving_options
-    from serving.server import control_key
+    from intentrec.data.errors import ConfigError
+    from intentrec.serving.repository import add_version, serving_options
+    from intentrec.serving.server import control_key
 
     (tmp_path / "serving.yaml").write_text("max_events: 0\n")
     with pytest.raises(ConfigError, match=r"max_events=0; expected an integer of at least 1 \(conf/serving\.yaml\)"):
@@ -445,7 +445,7 @@ def test_limits_control_keys_and_repositories_refuse_bad_settings_by_name(bundle
 
 
 def test_a_profile_store_that_cannot_be_opened_is_unavailable_naming_only_its_host(bundle, items):
-    from serving.recommender import Query, Recommender, Unavailable
+    from intentrec.serving.recommender import Query, Recommender, Unavailable
 
     port = free_port()
     recommender = Recommender(bundle, profile_store=f"redis://:secret@127.0.0.1:{port}/0")

@@ -11,13 +11,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data.errors import ConfigError
-from serving.bundle import add_items, load_bundle
-from serving.export import export
-from serving.recommender import Query, Recommender
+from intentrec.data.errors import ConfigError
+from intentrec.serving.bundle import add_items, load_bundle
+from intentrec.serving.export import export
+from intentrec.serving.recommender import Query, Recommender
+from intentrec.training.evaluate import evaluate
 from tests.conftest import compose_config
 from tests.serving.conftest import SERVING_SHOP, export_config
-from training.evaluate import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,8 @@ def test_export_serves_the_weight_tuned_in_training_and_no_ranker(hybrid_run, hy
 
 
 def test_served_top_k_equals_the_hybrid_ranking_of_the_whole_catalogue(hybrid_run, hybrid_bundle):
-    from training.baselines import CoOccurrence
-    from training.datamodule import PreparedData, read_split
+    from intentrec.training.baselines import CoOccurrence
+    from intentrec.training.datamodule import PreparedData, read_split
 
     artifacts, _ = hybrid_run
     data = PreparedData.load(artifacts / "data" / "synthetic")
@@ -135,7 +135,7 @@ def test_items_added_to_a_hybrid_bundle_are_served_without_co_occurrence(hybrid_
 def test_a_changed_cooccurrence_file_is_refused(hybrid_bundle, tmp_path):
     import scipy.sparse as sp
 
-    from data.errors import DataError
+    from intentrec.data.errors import DataError
 
     copy = tmp_path / "b"
     shutil.copytree(hybrid_bundle, copy)
@@ -149,7 +149,7 @@ def test_a_changed_cooccurrence_file_is_refused(hybrid_bundle, tmp_path):
 def test_a_cooccurrence_matrix_of_another_catalogue_size_is_refused(hybrid_bundle, tmp_path):
     import scipy.sparse as sp
 
-    from data.errors import DataError
+    from intentrec.data.errors import DataError
 
     copy = tmp_path / "b"
     shutil.copytree(hybrid_bundle, copy)

@@ -12,16 +12,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from serving.abandoned_carts import abandoned_cart_messages
-from serving.batch import campaign
-from serving.bundle import load_bundle
-from serving.client import Client, RecommendRequest, ServingError
-from serving.events.local import Collector, RedisServer
-from serving.events.pos import import_pos
-from serving.events.store import open_store
-from serving.recommender import Recommender
-from serving.repository import ServingOptions, build
-from serving.server import TritonServer
+from intentrec.serving.abandoned_carts import abandoned_cart_messages
+from intentrec.serving.batch import campaign
+from intentrec.serving.bundle import load_bundle
+from intentrec.serving.client import Client, RecommendRequest, ServingError
+from intentrec.serving.events.local import Collector, RedisServer
+from intentrec.serving.events.pos import import_pos
+from intentrec.serving.events.store import open_store
+from intentrec.serving.recommender import Recommender
+from intentrec.serving.repository import ServingOptions, build
+from intentrec.serving.server import TritonServer
 
 pytestmark = pytest.mark.triton
 
@@ -272,11 +272,11 @@ def test_batch_and_abandoned_cart_commands_run_from_the_command_line(platform, b
 @pytest.mark.slow
 def test_feedback_loop_ingest_export_prepare_train_export_serve(tmp_path):
     """Events that arrive through the collector become training data and, one loop later, recommendations."""
-    from data.synthetic import ShopConfig, generate
-    from serving.events.export import export_events
-    from serving.export import export
+    from intentrec.data.synthetic import ShopConfig, generate
+    from intentrec.serving.events.export import export_events
+    from intentrec.serving.export import export
+    from intentrec.training.train import train
     from tests.conftest import compose_config
-    from training.train import train
 
     shop = tmp_path / "shop"
     generate(ShopConfig(num_events=12_000, seed=5, chunk_events=12_000), shop)

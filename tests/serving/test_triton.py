@@ -16,10 +16,10 @@ import psutil
 import pytest
 import tritonclient.grpc as grpcclient
 
-from serving.bundle import add_items
-from serving.client import AsyncClient, Client, RecommendRequest, ServingError
-from serving.repository import build, production, publish, validate_config
-from serving.server import TritonServer, free_port
+from intentrec.serving.bundle import add_items
+from intentrec.serving.client import AsyncClient, Client, RecommendRequest, ServingError
+from intentrec.serving.repository import build, production, publish, validate_config
+from intentrec.serving.server import TritonServer, free_port
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.triton
@@ -35,7 +35,7 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def catalogue(bundle):
-    from serving.bundle import load_bundle
+    from intentrec.serving.bundle import load_bundle
 
     b = load_bundle(bundle)
     ids, categories, counts = b.items["item_id"].astype(str), b.items["category"].astype(str), b.items["train_count"]
@@ -72,8 +72,8 @@ def test_every_generated_config_is_valid_against_tritons_schema(bundle, tmp_path
 def test_serving_options_come_from_the_config_file_with_flags_on_top(tmp_path):
     from types import SimpleNamespace
 
-    from data.errors import ConfigError
-    from serving.repository import serving_options
+    from intentrec.data.errors import ConfigError
+    from intentrec.serving.repository import serving_options
 
     defaults = serving_options(REPO_ROOT / "conf" / "serving.yaml")
     assert (defaults.instances, defaults.kind, defaults.max_queue_delay_us) == (1, "KIND_CPU", 0)

@@ -17,8 +17,8 @@ def artifacts(tmp_path_factory):
 
 def run(artifacts, run_dir, *overrides, config="train"):
     """`training.train` (or `training.evaluate` with config="evaluate") on the tiny shop."""
-    from training.evaluate import evaluate
-    from training.train import train
+    from intentrec.training.evaluate import evaluate
+    from intentrec.training.train import train
 
     cfg = compose_config(config, [*FAST, f"artifacts_dir={artifacts}", f"run_dir={run_dir}", *overrides])
     return (train if config == "train" else evaluate)(cfg)

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
+from intentrec.training.compare import main as compare
+from intentrec.training.train import train
 from tests.conftest import compose_config
-from training.compare import main as compare
-from training.train import train
 
 
 @pytest.fixture(scope="module")

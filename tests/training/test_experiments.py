@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from intentrec.training.train import train
 from tests.conftest import CONF_DIR, compose_config
-from training.train import train
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 

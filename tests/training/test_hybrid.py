@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from data.errors import ConfigError
+from intentrec.data.errors import ConfigError
+from intentrec.training.compare import main as compare
 from tests.conftest import compose_config
 from tests.training.conftest import FAST as TRAINING_FAST
 from tests.training.conftest import run as run_entry_point
-from training.compare import main as compare
 
 FAST = [*TRAINING_FAST, "ranker.enabled=false"]
 
@@ -22,10 +22,10 @@ def run(artifacts, run_dir, *overrides, config="train"):
 
 
 def test_hybrid_scores_are_logits_plus_weighted_log_cooccurrence(artifacts, tmp_path):
-    from training.baselines import CoOccurrence
-    from training.datamodule import read_split
-    from training.hybrid import hybrid_scorer
-    from training.train import build_datamodule, build_task, prepared_data
+    from intentrec.training.baselines import CoOccurrence
+    from intentrec.training.datamodule import read_split
+    from intentrec.training.hybrid import hybrid_scorer
+    from intentrec.training.train import build_datamodule, build_task, prepared_data
 
     cfg = compose_config("train", [*FAST, f"artifacts_dir={artifacts}", f"run_dir={tmp_path}"])
     data = prepared_data(cfg)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from data.errors import ConfigError
-from training.metrics import (
+from intentrec.data.errors import ConfigError
+from intentrec.training.metrics import (
     RankingAccumulator,
     expected_metrics,
     mask_scores,
@@ -76,7 +76,7 @@ def test_accumulator_reports_slices_coverage_and_popularity():
 
 
 def test_business_metrics_replay_matches_hand_computed_attribution():
-    from training.metrics import business_metrics
+    from intentrec.training.metrics import business_metrics
 
     view, cart, buy = 1, 2, 4
     replay = {
@@ -110,7 +110,7 @@ def test_business_metrics_replay_matches_hand_computed_attribution():
 
 
 def test_session_replay_cuts_sessions_at_new_session_flags_and_row_starts():
-    from training.datamodule import Split, session_replay
+    from intentrec.training.datamodule import Split, session_replay
 
     # two rows: [a b | c] and [d e]; '|' = new_session; targets at steps 1, 2 and 4
     steps = {

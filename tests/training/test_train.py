@@ -13,10 +13,10 @@ import pytest
 import torch
 from hydra.errors import MissingConfigException
 
-from data.errors import ConfigError
+from intentrec.data.errors import ConfigError
+from intentrec.training.datamodule import BatchIndexSampler
 from tests.conftest import REPO_ROOT, compose_config
 from tests.training.conftest import FAST, run
-from training.datamodule import BatchIndexSampler
 
 VARIANTS = [
     "transformer",
@@ -252,7 +252,7 @@ def test_cutoffs_larger_than_the_catalogue_are_left_out_and_a_monitor_beyond_it_
 def test_evaluate_needs_only_the_checkpoint_and_refuses_contradicting_settings(artifacts, tmp_path):
     run(artifacts, tmp_path / "train", "data.max_seq_len=12")
     ckpt = tmp_path / "train" / "checkpoints" / "best.ckpt"
-    from training.evaluate import evaluate
+    from intentrec.training.evaluate import evaluate
 
     def evaluate_with(*overrides):
         cfg = compose_config("evaluate", [f"artifacts_dir={artifacts}", f"ckpt_path={ckpt}", *overrides])
@@ -292,9 +292,9 @@ def write_events(path, rows=3000, seed=0):
 
 
 def test_a_checkpoint_refuses_data_prepared_again_since_training(tmp_path):
-    from data.prepare import run as prepare
-    from training.evaluate import evaluate
-    from training.train import train
+    from intentrec.data.prepare import run as prepare
+    from intentrec.training.evaluate import evaluate
+    from intentrec.training.train import train
 
     source = write_events(tmp_path / "events.csv")
     common = [f"artifacts_dir={tmp_path / 'art'}", "data=generic", f"data.path={source}", "data.name=mine"]
@@ -308,8 +308,8 @@ def test_a_checkpoint_refuses_data_prepared_again_since_training(tmp_path):
 
 
 def test_train_never_replaces_a_folder_prepared_with_another_config(tmp_path):
-    from data.prepare import run as prepare
-    from training.train import train
+    from intentrec.data.prepare import run as prepare
+    from intentrec.training.train import train
 
     source = write_events(tmp_path / "events.csv")
     common = [f"artifacts_dir={tmp_path / 'art'}", "data=generic", f"data.path={source}", "data.name=mine"]
@@ -325,7 +325,10 @@ def test_train_never_replaces_a_folder_prepared_with_another_config(tmp_path):
     metrics = train(compose_config("train", ["debug=fast", f"data_dir={folder}", f"run_dir={tmp_path / 'r2'}"]))
     assert 0.0 <= metrics["test/ndcg@10"] <= 1.0
     popular = train(compose_config("train", [f"data_dir={folder}", "model=popularity", f"run_dir={tmp_path / 'p'}"]))
-    assert json.loads((tmp_path / "p" / "metrics.json").read_text())["info"]["model"] == "popularity" and popular["test/count"] > 0
+    assert (
+        json.loads((tmp_path / "p" / "metrics.json").read_text())["info"]["model"] == "popularity"
+        and popular["test/count"] > 0
+    )
     settings = torch.load(tmp_path / "r2" / "checkpoints" / "best.ckpt", weights_only=False)["hyper_parameters"][
         "settings"
     ]
@@ -384,9 +387,9 @@ def test_ddp_trains_with_two_cpu_processes_over_gloo(artifacts, tmp_path):
 
 def test_reranking_in_retrieval_order_gives_the_retrieval_metrics(artifacts, tmp_path):
     """A ranker that agrees with retrieval must reproduce the retrieval metrics exactly."""
-    from training.evaluate import evaluate_scorer
-    from training.ranking import RankerTask, evaluate_reranked
-    from training.train import build_datamodule, build_task, prepared_data
+    from intentrec.training.evaluate import evaluate_scorer
+    from intentrec.training.ranking import RankerTask, evaluate_reranked
+    from intentrec.training.train import build_datamodule, build_task, prepared_data
 
     cfg = compose_config("train", [*FAST, f"artifacts_dir={artifacts}", f"run_dir={tmp_path}"])
     data = prepared_data(cfg)
@@ -455,7 +458,7 @@ def test_evaluate_needs_an_existing_checkpoint(artifacts, tmp_path):
 
 
 def test_embedding_weight_decay_is_its_own_optimizer_group(artifacts, tmp_path):
-    from training.train import build_datamodule, build_task, prepared_data
+    from intentrec.training.train import build_datamodule, build_task, prepared_data
 
     cfg = compose_config("train", [*FAST, f"artifacts_dir={artifacts}", "optim.embedding_weight_decay=0.05"])
     data = prepared_data(cfg)
@@ -472,7 +475,7 @@ def test_embedding_weight_decay_is_its_own_optimizer_group(artifacts, tmp_path):
 
 
 def test_heap_mode_switches_and_keep_freed_memory_is_idempotent():
-    from training.runtime import keep_freed_memory, set_heap_mode
+    from intentrec.training.runtime import keep_freed_memory, set_heap_mode
 
     assert set_heap_mode(False) is True  # glibc on Linux, as on this machine and CI
     assert keep_freed_memory() is True and keep_freed_memory() is True

@@ -1,0 +1,1 @@
+"""Hydra configs of every stage (package data of an installed intentrec)."""
