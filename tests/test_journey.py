@@ -176,10 +176,22 @@ def journey(tmp_path: Path, case: str) -> None:
 @pytest.mark.slow
 @pytest.mark.triton
 def test_a_wheel_installed_outside_the_checkout_runs_the_journey_and_claims_no_generic_names(tmp_path, monkeypatch):
+    import shutil
+
     from intentrec.data import PACKAGE_ROOT
 
+    # The wheel is built from a copy of the sources, so the build leaves nothing in the checkout.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "intentrec", "conf", "data", "models", "training", "serving"):
+        copy = shutil.copytree if (PACKAGE_ROOT / name).is_dir() else shutil.copy2
+        copy(
+            PACKAGE_ROOT / name,
+            source / name,
+            **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}),
+        )
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"), str(PACKAGE_ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"), str(source)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert built.returncode == 0, built.stderr[-2000:]
