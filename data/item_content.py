@@ -163,7 +163,7 @@ def _read_table(path: Path, s: dict) -> pa.Table:
     id_values = ids.to_numpy(zero_copy_only=False).astype(str)
     unique, first, counts = np.unique(id_values, return_index=True, return_counts=True)
     if (counts > 1).any():
-        item = unique[np.argmax(counts > 1)]
+        item = str(unique[np.argmax(counts > 1)])
         at = [int(lines[i]) for i in np.flatnonzero(id_values == item)[:2]]
         raise DataError(
             f"{path}: item {item!r} has more than one row ({where}s {at[0]} and {at[1]}); one row per item "

@@ -18,7 +18,13 @@ WANT="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   echo "[setup] installing intentrec and its dependencies into .venv (first run takes a few minutes)"
   .venv/bin/python -m pip install --quiet --upgrade pip
+  # The server binary is taken from nvidia-pytriton without its Python package (it pins numpy<2).
+  .venv/bin/python -m pip uninstall --quiet --yes nvidia-pytriton >/dev/null 2>&1 || true
   .venv/bin/python -m pip install --quiet -e ".[dev]"
   echo "$WANT" > "$STAMP"
+fi
+if [ ! -x .venv/tools/tritonserver/pytriton/tritonserver/bin/tritonserver ] || [ ! -d .venv/tools/tritonserver/python/pyarrow ]; then
+  echo "[setup] fetching the tritonserver binary into .venv/tools/tritonserver"
+  .venv/bin/python -m intentrec.serving.tritonserver --force >/dev/null
 fi
 export PATH="$ROOT/.venv/bin:$PATH"

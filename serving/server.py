@@ -1,4 +1,4 @@
-"""Run the real Triton Inference Server (the `tritonserver` binary shipped in nvidia-pytriton) on a model repository.
+"""Run the real Triton Inference Server (the `tritonserver` binary of the nvidia-pytriton wheel, see serving.tritonserver) on a model repository.
 
     python -m serving.server --repository artifacts/triton/repository            # 127.0.0.1:8000 / :8001
     python -m serving.server model_repository=<export>/model_repository http_port=8000 grpc_port=8001 metrics_port=8002
@@ -95,15 +95,14 @@ def control_key(path: Path | None = None, create: bool = False) -> str:
 
 
 def triton_home() -> Path:
-    try:
-        import pytriton
-    except ImportError:
+    from intentrec.serving.tritonserver import find_home
+
+    home = find_home()
+    if home is None:
         raise ConfigError(
-            "nvidia-pytriton is not installed; run ./scripts/test.sh or pip install -e . first."
-        ) from None
-    home = Path(pytriton.__file__).parent / "tritonserver"
-    if not (home / "bin" / "tritonserver").is_file():
-        raise ConfigError(f"{home}/bin/tritonserver not found: the nvidia-pytriton wheel is incomplete; reinstall it.")
+            "the tritonserver binary is not installed; run python -m intentrec.serving.tritonserver (or "
+            "./scripts/test.sh, which does) to fetch it into this environment."
+        )
     return home
 
 
@@ -135,7 +134,11 @@ def server_environment() -> dict[str, str]:
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     env["LD_LIBRARY_PATH"] = ":".join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
     site = sysconfig.get_paths()["purelib"]
-    env["PYTHONPATH"] = ":".join(p for p in (str(IMPORT_ROOT), site, env.get("PYTHONPATH", "")) if p)
+    from intentrec.serving.tritonserver import find_home, stub_site
+
+    home = find_home()
+    numpy1 = stub_site(home) if home is not None else None  # the stub's numpy<2 (see serving.tritonserver)
+    env["PYTHONPATH"] = ":".join(str(p) for p in (numpy1, IMPORT_ROOT, site, env.get("PYTHONPATH", "")) if p)
     # The stub's embedded interpreter does not read PYTHONPATH; the generated model.py reads this one.
     env["INTENTREC_PYTHONPATH"] = env["PYTHONPATH"]
     env.setdefault("OMP_NUM_THREADS", "1")
