@@ -17,11 +17,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from intentrec.models.context import ContextEmbedding, ContextFusion
-from intentrec.models.towers import ENCODERS, ItemTower, StepEmbedding
+from intentrec.models.filter_mix import FilterMixEncoder
+from intentrec.models.towers import ENCODERS as BASE_ENCODERS
+from intentrec.models.towers import ItemTower, StepEmbedding
 
 # 1-based event-type codes (data.schema.EVENT_TYPES order) that count as purchases.
 PURCHASE_EVENT_CODES = (4, 7)  # purchase, store_purchase
 SIMILARITIES = ("dot", "cosine")
+# Query encoders by model.encoder (one module each: models/towers.py, models/filter_mix.py).
+ENCODERS = {**BASE_ENCODERS, "filter_mix": FilterMixEncoder}
 ITEM_FEATURES = ("id", "content", "id+content")
 
 
@@ -40,6 +44,7 @@ class TwoTowerConfig:
     id_dropout: float = 0.1
     similarity: str = "dot"
     temperature: float = 0.05
+    filter_mix: float = 0.5  # filter_mix encoder: share of the filter branch in each block
 
     def __post_init__(self):
         for key, allowed in (
@@ -93,6 +98,7 @@ class TwoTower(nn.Module):
             num_heads=cfg.num_heads,
             dropout=cfg.dropout,
             max_seq_len=cfg.max_seq_len,
+            filter_mix=cfg.filter_mix,
         )
         self.context = ContextEmbedding(cfg.embedding_dim, vocab.context_sizes) if cfg.context != "none" else None
         self.fusion = ContextFusion(cfg.context, cfg.embedding_dim, cfg.dropout)

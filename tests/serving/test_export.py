@@ -45,7 +45,14 @@ def _session(path):
 
 
 @pytest.mark.parametrize(
-    "encoder,context", [("transformer", "concat"), ("transformer", "latent_cross"), ("gru", "none"), ("mean", "concat")]
+    "encoder,context",
+    [
+        ("transformer", "concat"),
+        ("transformer", "latent_cross"),
+        ("gru", "none"),
+        ("mean", "concat"),
+        ("filter_mix", "concat"),
+    ],
 )
 def test_onnx_query_encoder_equals_torch_on_random_padded_inputs(tmp_path, encoder, context):
     vocab = Vocabulary(100, 8, 24, 5, {name: 9 for name in CONTEXT_FIELDS}, [5, 7])

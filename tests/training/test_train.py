@@ -25,6 +25,7 @@ VARIANTS = [
     "transformer_id_only",
     "transformer_cosine",
     "gru",
+    "filter_mix",
     "mean_pool",
     "popularity",
     "cooccurrence",
