@@ -23,7 +23,7 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   .venv/bin/python -m pip install --quiet -e ".[dev]"
   echo "$WANT" > "$STAMP"
 fi
-if [ ! -x .venv/tools/tritonserver/pytriton/tritonserver/bin/tritonserver ] || [ ! -d .venv/tools/tritonserver/python/pyarrow ]; then
+if [ ! -x .venv/tools/tritonserver/pytriton/tritonserver/bin/tritonserver ] || [ ! -d .venv/tools/tritonserver/python/pandas ]; then
   echo "[setup] fetching the tritonserver binary into .venv/tools/tritonserver"
   .venv/bin/python -m intentrec.serving.tritonserver --force >/dev/null
 fi

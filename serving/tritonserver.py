@@ -8,8 +8,8 @@ stubs), not pytriton's Python API, whose requirements (numpy<2) would pin the pr
 wheel is downloaded with `pip download --no-deps` and only `pytriton/tritonserver/` and
 `nvidia_pytriton.libs/` are extracted, in the wheel's layout (the binary finds its libraries through a
 relative RPATH). The python backend's stub of that release is built against numpy 1's ABI (a BYTES
-tensor arrives corrupted under numpy 2), so numpy<2, with the releases of pyarrow and scipy that run on
-it, is installed beside it (`<tools>/python`) and put first on the stub's path only: the project
+tensor arrives corrupted under numpy 2), so numpy<2, with the releases of pandas, pyarrow and scipy that run
+on it, is installed beside it (`<tools>/python`) and put first on the stub's path only: the project
 itself runs on numpy 2 and current pyarrow and scipy; the models in Triton's python backend run on
 numpy 1.26 with the same other packages. `./scripts/test.sh` and `./scripts/demo.sh` run
 this when the server is missing.
@@ -31,7 +31,7 @@ WHEEL = "nvidia-pytriton==0.7.0"
 TOOLS = Path(sys.prefix) / "tools" / "tritonserver"
 MEMBERS = ("pytriton/tritonserver/", "nvidia_pytriton.libs/")
 # numpy 1 and the newest releases of the compiled packages that still run on it.
-STUB_PACKAGES = ("numpy<2", "pyarrow<23", "scipy<1.16")
+STUB_PACKAGES = ("numpy<2", "pandas<3.1", "pyarrow<23", "scipy<1.16")
 
 
 def stub_site(home: Path) -> Path | None:
