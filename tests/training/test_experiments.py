@@ -14,7 +14,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
 def test_there_is_an_experiment_per_dataset():
-    assert {"synthetic", "diginetica", "yoochoose", "amazon_video_games"} <= set(EXPERIMENTS)
+    assert {"synthetic", "diginetica", "yoochoose", "amazon_video_games", "lastfm", "yelp"} <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
