@@ -98,7 +98,8 @@ def test_parquet_list_columns_are_bags_and_canonical_names_keep_their_meaning(tm
     assert len(items["genres_idx"][row["i6"]]) == 2
 
 
-def test_the_s3rec_attribute_json_reaches_the_item_tower_and_new_items_by_their_attributes(tmp_path):
+@pytest.mark.parametrize("model", ["transformer", "filter_mix"])
+def test_the_s3rec_attribute_json_reaches_the_item_tower_and_new_items_by_their_attributes(tmp_path, model):
     from intentrec.serving.bundle import add_items
     from intentrec.serving.export import export
     from intentrec.training.train import train
@@ -117,7 +118,9 @@ def test_the_s3rec_attribute_json_reaches_the_item_tower_and_new_items_by_their_
         f"data.items.path={tmp_path / 'Shop_item2attributes.json'}",
     ]
     prepare(compose_config("prepare", overrides))
-    train(compose_config("train", ["debug=fast", f"data_dir={folder}", f"run_dir={tmp_path / 'run'}"]))
+    train(
+        compose_config("train", ["debug=fast", f"data_dir={folder}", f"model={model}", f"run_dir={tmp_path / 'run'}"])
+    )
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=False)
     vocab = ckpt["hyper_parameters"]["vocab"]
     # One bag as wide as the most distinct attributes of an item.
