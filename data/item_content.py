@@ -198,7 +198,7 @@ def _read_table(path: Path, s: dict) -> pa.Table:
             )
             continue
         if column in s["lists"]:
-            values = _split(values.cast(pa.string()), str(s["list_sep"]))
+            values = split_values(values.cast(pa.string()), str(s["list_sep"]))
         elif kind_of(values.type) == "multi":
             values = values.cast(pa.list_(pa.string()))
         elif column in s["categorical"] or pa.types.is_boolean(values.type) or kind_of(values.type) == "categorical":
@@ -230,7 +230,7 @@ def _typed(frame: pd.DataFrame, path: Path, categorical: set[str]) -> pa.Table:
     return pa.table(columns)
 
 
-def _split(values: pa.ChunkedArray | pa.Array, sep: str) -> pa.Array:
+def split_values(values: pa.ChunkedArray | pa.Array, sep: str) -> pa.Array:
     """Delimited strings -> lists of their non-empty, stripped values (null stays null)."""
     rows = [None if v is None else [p.strip() for p in v.split(sep) if p.strip()] for v in values.to_pylist()]
     return pa.array(rows, pa.list_(pa.string()))

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from intentrec.models.towers import SelfAttention
+from intentrec.models.towers import SelfAttention, TransformerEncoder
 
 
 class CausalFilter(nn.Module):
@@ -70,39 +70,12 @@ class FilterMixBlock(nn.Module):
         return x + self.dropout(self.linear2(hidden))
 
 
-class FilterMixEncoder(nn.Module):
-    """Learned positions, `num_layers` filter-mixing blocks, a final norm: (B, T, D) steps -> (B, T, D) states."""
+class FilterMixEncoder(TransformerEncoder):
+    """The transformer encoder's positions, final norm and length check, with filter-mixing blocks."""
 
-    def __init__(
-        self,
-        embedding_dim: int,
-        num_layers: int,
-        num_heads: int,
-        dropout: float,
-        max_seq_len: int,
-        filter_mix: float = 0.5,
-        **_,
-    ):
-        super().__init__()
+    def block(self, embedding_dim: int, num_heads: int, dropout: float, max_seq_len: int, filter_mix: float = 0.5, **_):
         if not 0.0 <= float(filter_mix) <= 1.0:
             raise ValueError(
                 f"model.filter_mix={filter_mix}; expected a share from 0 (attention only) to 1 (filter only)."
             )
-        self.position = nn.Embedding(max_seq_len, embedding_dim)
-        nn.init.normal_(self.position.weight, std=0.02)
-        self.blocks = nn.Sequential(
-            *(FilterMixBlock(embedding_dim, num_heads, dropout, max_seq_len, filter_mix) for _ in range(num_layers))
-        )
-        self.norm = nn.LayerNorm(embedding_dim)
-        self.dropout = nn.Dropout(dropout)
-        self.max_seq_len = max_seq_len
-
-    def forward(self, steps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        T = steps.shape[1]
-        if not torch.jit.is_tracing() and T > self.max_seq_len:
-            raise ValueError(
-                f"sequence of {T} steps is longer than model.max_seq_len={self.max_seq_len}; keep the most recent steps."
-            )
-        positions = torch.arange(T, device=steps.device)
-        x = self.dropout(steps + self.position(positions))
-        return self.norm(self.blocks(x))
+        return FilterMixBlock(embedding_dim, num_heads, dropout, max_seq_len, filter_mix)

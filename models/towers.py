@@ -223,14 +223,22 @@ class TransformerEncoder(nn.Module):
     real keys, so no row of the attention is fully masked.
     """
 
-    def __init__(self, embedding_dim: int, num_layers: int, num_heads: int, dropout: float, max_seq_len: int, **_):
+    def __init__(
+        self, embedding_dim: int, num_layers: int, num_heads: int, dropout: float, max_seq_len: int, **options
+    ):
         super().__init__()
         self.position = nn.Embedding(max_seq_len, embedding_dim)
         nn.init.normal_(self.position.weight, std=0.02)
-        self.blocks = nn.Sequential(*(TransformerBlock(embedding_dim, num_heads, dropout) for _ in range(num_layers)))
+        self.blocks = nn.Sequential(
+            *(self.block(embedding_dim, num_heads, dropout, max_seq_len, **options) for _ in range(num_layers))
+        )
         self.norm = nn.LayerNorm(embedding_dim)
         self.dropout = nn.Dropout(dropout)
         self.max_seq_len = max_seq_len
+
+    def block(self, embedding_dim: int, num_heads: int, dropout: float, max_seq_len: int, **_) -> nn.Module:
+        """One block of the stack; encoders that differ only in their blocks override this."""
+        return TransformerBlock(embedding_dim, num_heads, dropout)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Checkpoints from before the blocks were written out name them blocks.layers.<i>.

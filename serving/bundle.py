@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from intentrec.data.errors import ConfigError, DataError
-from intentrec.data.item_content import code_matrix, encode_values, list_column, pad_column, table_arrays
+from intentrec.data.item_content import code_matrix, encode_values, list_column, pad_column, split_values, table_arrays
 from intentrec.data.prepare import sha256_file as sha256
 
 log = logging.getLogger(__name__)
@@ -175,9 +175,7 @@ def encode_item_features(manifest: dict, table: pa.Table) -> np.ndarray:
         )
         raw = table[source]
         if kind == "multi" and not pa.types.is_list(raw.type):
-            raw = pa.array(
-                [None if v is None else str(v).split(vocab.get("item_list_sep", "|")) for v in raw.to_pylist()]
-            )
+            raw = split_values(raw.cast(pa.string()), vocab.get("item_list_sep", "|"))  # preparation's rule
         codes = encode_values(raw, kind, values, edges, width)
         blocks.append(codes.reshape(table.num_rows, width))
     return np.concatenate(blocks, axis=1) if blocks else np.zeros((table.num_rows, 0), np.int64)

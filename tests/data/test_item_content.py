@@ -137,6 +137,10 @@ def test_the_s3rec_attribute_json_reaches_the_item_tower_and_new_items_by_their_
     vectors = np.load(tmp_path / "b2" / "item_embeddings.npy")[-3:]
     # Other attributes, another vector; the same attributes in another order, the same vector.
     assert np.abs(vectors[0] - vectors[1]).max() > 1e-4 and np.allclose(vectors[0], vectors[2], atol=1e-6)
+    # A CSV of new items splits its lists by preparation's rule (separator, spaces, empty values).
+    (tmp_path / "new.csv").write_text("item_id,attributes\nn4, 2 | 1 ||\n")
+    add_items(tmp_path / "b1", tmp_path / "new.csv", tmp_path / "b3")
+    assert np.allclose(np.load(tmp_path / "b3" / "item_embeddings.npy")[-1], vectors[0], atol=1e-6)
 
 
 BAD = {
@@ -184,3 +188,12 @@ def test_bad_items_settings_name_the_key(tmp_path):
         prepared(tmp_path, f"data.items.path={items_file}", "data.items.lists=[tags]")
     with pytest.raises(DataError, match=r"data\.items\.path='.*missing\.json' does not exist"):
         prepared(tmp_path, f"data.items.path={tmp_path / 'missing.json'}")
+    with pytest.raises(
+        DataError, match=r"data\.items\.columns names \['size'\], not in the file; its columns are \['color'\]"
+    ):
+        prepared(tmp_path, f"data.items.path={items_file}", "data.items.columns=[size]")
+    with pytest.raises(ConfigError, match=r"data\.items\.num_buckets=0, data\.items\.max_values=64; both must be >= 1"):
+        prepared(tmp_path, f"data.items.path={items_file}", "data.items.num_buckets=0")
+    priced = write_items(tmp_path / "priced.csv", [["item_id", "price"], ["i1", "cheap"]])
+    with pytest.raises(DataError, match=r"column 'price' is categorical, but price is a number per item"):
+        prepared(tmp_path, f"data.items.path={priced}")

@@ -292,6 +292,14 @@ def write_events(path, rows=3000, seed=0):
     return path
 
 
+def test_a_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path):
+    from intentrec.training.evaluate import evaluate
+
+    (tmp_path / "notes.ckpt").write_text("not a checkpoint")
+    with pytest.raises(ConfigError, match=r"ckpt_path='.*notes\.ckpt' is not a retrieval checkpoint of this project"):
+        evaluate(compose_config("evaluate", [f"ckpt_path={tmp_path / 'notes.ckpt'}"]))
+
+
 def test_a_checkpoint_refuses_data_prepared_again_since_training(tmp_path):
     from intentrec.data.prepare import run as prepare
     from intentrec.training.evaluate import evaluate
