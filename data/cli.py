@@ -21,9 +21,9 @@ def hydra_main(config_name: str, task: Callable) -> None:
     import hydra
 
     @hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")
-    def main(cfg) -> None:
+    def main(cfg):
         try:
-            task(cfg)
+            return task(cfg)  # a sweeper (hydra/sweeper=optuna) optimizes what the task returns
         except IntentrecError as error:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(2) from None

@@ -41,6 +41,11 @@ STAGES = {
         "leaderboard of a multirun of variants and seeds",
         "intentrec compare artifacts/multiruns/<time>",
     ),
+    "study": (
+        "intentrec.training.study",
+        "report of a hyper-parameter search (hparams_search=<variant>)",
+        "intentrec study artifacts/multiruns/<time>",
+    ),
     "export": (
         "intentrec.serving.export",
         "ONNX models, item table and FAISS index of a checkpoint (a bundle)",

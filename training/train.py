@@ -188,14 +188,10 @@ def build_task(cfg, data: PreparedData, datamodule: SequenceDataModule):
 
 
 def build_trainer(cfg, run_dir: Path, callbacks: list) -> pl.Trainer:
+    from intentrec.training.loggers import build_logger
+
     trainer_cfg = config_dict(cfg, "trainer")
-    logger_kind = cfg.logger.kind
-    if logger_kind == "csv":
-        logger = pl.loggers.CSVLogger(save_dir=str(run_dir), name="", version="logs")
-    elif logger_kind == "tensorboard":
-        logger = pl.loggers.TensorBoardLogger(save_dir=str(run_dir), name="", version="tensorboard")
-    else:
-        raise ConfigError(f"logger.kind={logger_kind!r}; expected csv or tensorboard.")
+    logger = build_logger(cfg)
     if trainer_cfg.get("accelerator") == "gpu" and not torch.cuda.is_available():
         raise ConfigError("trainer=gpu but no CUDA GPU is visible; use trainer=default (auto) or trainer=cpu.")
     # The bar only on a terminal (intentrec.data.progress), and only when the config wants it.
@@ -229,8 +225,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def train(cfg) -> dict:
     """Train and evaluate; returns the metrics written to `<run_dir>/metrics.json`."""
+    from omegaconf import open_dict
+
     run_dir = Path(cfg.run_dir) if cfg.get("run_dir") else _hydra_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
+    with open_dict(cfg):
+        cfg.run_dir = str(run_dir)  # ${run_dir} in conf/logger/*.yaml
     started = time.perf_counter()
     keep_freed_memory()
     if cfg.hybrid.enabled:  # before hours of training, not after
@@ -302,6 +302,7 @@ def _run_model(cfg, data: PreparedData, datamodule: SequenceDataModule, run_dir:
     trainer.validate(task, datamodule=datamodule, ckpt_path=best, verbose=False)
     trainer.test(task, datamodule=datamodule, ckpt_path=best, verbose=False)
     metrics = dict(task.last_results)
+    log_final = trainer.logger.log_metrics if trainer.logger is not None and trainer.is_global_zero else None
     info.update(
         best_checkpoint=best,
         epochs=int(trainer.current_epoch),
@@ -331,6 +332,9 @@ def _run_model(cfg, data: PreparedData, datamodule: SequenceDataModule, run_dir:
             task.cpu(), datamodule, config_dict(cfg, "hybrid"), config_dict(cfg, "evaluate")
         )
         metrics.update(hybrid)
+    if log_final is not None:  # the run's final figures, ranker and hybrid stages included, in the logger too
+        log_final({key: float(value) for key, value in metrics.items()}, step=int(trainer.global_step))
+        trainer.logger.save()
     return metrics, trainer.is_global_zero
 
 
@@ -443,11 +447,23 @@ def _hydra_run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def _cli(cfg) -> None:
+def objective(cfg, metrics: dict) -> float:
+    """The value a sweeper optimizes: `metrics[optimized_metric]` (default the monitored validation metric)."""
+    name = str(cfg.get("optimized_metric") or f"val/{cfg.evaluate.monitor}")
+    if name not in metrics:
+        raise ConfigError(
+            f"optimized_metric={name!r} is not among this run's metrics; choose one of "
+            f"{sorted(k for k in metrics if k.startswith('val/'))[:12]} (val/ metrics: tuning on test/ leaks the test set)."
+        )
+    return float(metrics[name])
+
+
+def _cli(cfg) -> float:
     from intentrec.training.evaluate import format_summary
 
     metrics = train(cfg)
     print(format_summary(metrics, Path(cfg.run_dir) if cfg.get("run_dir") else _hydra_run_dir()))
+    return objective(cfg, metrics)
 
 
 if __name__ == "__main__":

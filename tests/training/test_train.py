@@ -449,7 +449,15 @@ def test_training_prepares_again_when_the_prepared_data_is_from_an_older_version
             ["loss.name=gbce", "loss.exclude_seen=true"],
             r"loss\.exclude_seen=true works with the full softmax only; loss\.name resolved to 'gbce'",
         ),
-        (["logger.kind=wandb"], r"logger\.kind='wandb'; expected csv or tensorboard"),
+        (
+            ["logger._target_=no_such_package.Logger"],
+            r"logger\._target_=no_such_package\.Logger needs the Python package 'no_such_package', which is not "
+            r"installed; pip install no_such_package, or choose logger=csv",
+        ),
+        (
+            ["logger._target_=pytorch_lightning.loggers.CSVLogger", "+logger.bogus=1"],
+            r"logger\._target_=pytorch_lightning\.loggers\.CSVLogger could not be built: .*bogus",
+        ),
         (
             ["model=popularity", "model.baseline=random"],
             r"model\.baseline='random'; expected one of \['popularity', 'cooccurrence'\]",
