@@ -5,7 +5,10 @@
     python -m training.compare run_a run_b ... --out artifacts/compare/mine --metric test/ndcg@10
 
 Writes `leaderboard.md`, `leaderboard.csv` and `leaderboard.png` (NDCG@K and Recall@K = HR@K per
-variant) into `--out` (default: `<first run folder>/compare`).
+variant) into `--out` (default: `<first run folder>/compare`), and `learning_curves-<data>.png` (the
+validation metric against epoch and training seconds of every trained run). The `p vs best` column is a
+paired permutation test over test examples between the data set's best row and each other row
+(training.significance; per-example metrics from each run's `ranks.npz`, averaged over seeds).
 """
 
 from __future__ import annotations
@@ -71,15 +74,24 @@ def split_stages(metrics: dict) -> dict[str, dict]:
     return stages
 
 
+STAGE_PREFIX = {label: prefix for prefix, label in STAGES}
+
+
 def aggregate(runs: list[Path]) -> dict[tuple[str, str], dict]:
-    """(data, model) -> {metric: (mean, std, n)}, plus the seeds seen."""
+    """(data, model) -> {metric: (mean, std, n)}, the seeds seen, and the run folders with the stage prefix
+    of their metrics (`runs`, `stage`), for significance tests."""
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    folders: dict[tuple[str, str], list[Path]] = defaultdict(list)
+    curves: dict[tuple[str, str], list[list[dict]]] = defaultdict(list)
     for run in runs:
         metrics = json.loads((run / "metrics.json").read_text())
         info = metrics.pop("info", {})
         data, model = info.get("data", "?"), info.get("model", run.name)
         for label, values in split_stages(metrics).items():
             groups[(data, model + label)].append({**values, "_seed": info.get("seed")})
+            folders[(data, model + label)].append(run)
+        if info.get("learning_curve"):
+            curves[(data, model)].append(info["learning_curve"])
     table = {}
     for key, items in groups.items():
         metrics = {}
@@ -90,8 +102,52 @@ def aggregate(runs: list[Path]) -> dict[tuple[str, str], dict]:
                 float(values.std(ddof=1)) if len(values) > 1 else 0.0,
                 len(values),
             )
-        table[key] = {"metrics": metrics, "seeds": sorted(str(item["_seed"]) for item in items)}
+        label = next((label for label in STAGE_PREFIX if label and key[1].endswith(label)), "")
+        table[key] = {
+            "metrics": metrics,
+            "seeds": sorted(str(item["_seed"]) for item in items),
+            "runs": folders[key],
+            "stage": STAGE_PREFIX[label],
+            "curves": curves.get(key, []),
+        }
     return table
+
+
+def significance(table: dict, metric: str, resamples: int = 10_000) -> dict[tuple[str, str], object]:
+    """(data, model) -> the paired test of the data set's best row against it (training.significance), or a
+    reason it could not be run (str); the best row maps to "best"."""
+    from intentrec.training.significance import RanksMissing, compare_variants, parse_metric
+
+    try:
+        parse_metric(metric)
+    except ValueError as error:
+        return {key: str(error) for key in table}
+    out: dict[tuple[str, str], object] = {}
+    for data in sorted({d for d, _ in table}):
+        rows = sorted(
+            ((m, v) for (d, m), v in table.items() if d == data and metric in v["metrics"]),
+            key=lambda mv: -mv[1]["metrics"][metric][0],
+        )
+        if not rows:
+            continue
+        best_model, best = rows[0]
+        out[(data, best_model)] = "best"
+        for model, value in rows[1:]:
+            try:
+                out[(data, model)] = compare_variants(
+                    best["runs"], value["runs"], metric, stages=(best["stage"], value["stage"]), resamples=resamples
+                )
+            except (RanksMissing, ValueError) as error:
+                out[(data, model)] = str(error)
+    return out
+
+
+def _p_cell(result) -> str:
+    from intentrec.training.significance import format_p
+
+    if result is None or isinstance(result, str):
+        return "best" if result == "best" else "—"
+    return format_p(result.p_permutation, result.floor)
 
 
 def _cell(stat) -> str:
@@ -103,6 +159,7 @@ def _cell(stat) -> str:
 
 def write_leaderboard(table: dict, out: Path, metric: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    tests = significance(table, metric)
     columns = [c for c in COLUMNS if any(c in v["metrics"] for v in table.values())]
     # Sampled-negative figures (evaluate.sampled_negatives), last and named as such: never full ranking.
     columns += sorted(
@@ -117,25 +174,53 @@ def write_leaderboard(table: dict, out: Path, metric: str) -> None:
         lines += [
             f"## {data} (sorted by {metric}; mean ± std over seeds)",
             "",
-            "| variant | seeds | " + " | ".join(columns) + " |",
-            "|---" * (len(columns) + 2) + "|",
+            "| variant | seeds | " + " | ".join(columns) + f" | p vs best ({metric}) |",
+            "|---" * (len(columns) + 3) + "|",
         ]
         for model, value in rows:
             cells = " | ".join(_cell(value["metrics"].get(c)) for c in columns)
-            lines.append(f"| {model} | {len(value['seeds'])} | {cells} |")
+            lines.append(f"| {model} | {len(value['seeds'])} | {cells} | {_p_cell(tests.get((data, model)))} |")
         lines.append("")
+        compared = [(model, tests.get((data, model))) for model, _ in rows[1:]]
+        if compared and not isinstance(compared[0][1], str) and compared[0][1] is not None:
+            lines += [
+                "Paired over test examples, each example's metric averaged over a variant's seeds "
+                "(training.significance): " + compared[0][1].line(rows[0][0], compared[0][0], metric) + ".",
+                "",
+            ]
+        missing = [f"{model}: {result}" for model, result in compared if isinstance(result, str)]
+        if missing:
+            lines += ["No p-value for " + "; ".join(missing) + ".", ""]
     (out / "leaderboard.md").write_text("\n".join(lines))
     with open(out / "leaderboard.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         names = sorted({m for v in table.values() for m in v["metrics"]})
-        writer.writerow(["data", "variant", "seeds"] + [f"{n} {s}" for n in names for s in ("mean", "std")])
+        writer.writerow(
+            ["data", "variant", "seeds", "p_vs_best"] + [f"{n} {s}" for n in names for s in ("mean", "std")]
+        )
         for (data, model), value in sorted(table.items()):
-            row = [data, model, len(value["seeds"])]
+            result = tests.get((data, model))
+            p_value = "" if result is None or isinstance(result, str) else f"{result.p_permutation:.6g}"
+            row = [data, model, len(value["seeds"]), p_value]
             for n in names:
                 mean, std, _ = value["metrics"].get(n, (float("nan"), float("nan"), 0))
                 row += [f"{mean:.6f}", f"{std:.6f}"]
             writer.writerow(row)
     _plot(table, out / "leaderboard.png")
+    _plot_curves(table, out)
+
+
+def _plot_curves(table: dict, out: Path) -> list[Path]:
+    """`learning_curves-<data>.png`: validation metric against epoch and training seconds, every run of
+    every trained variant of that data set (training.curves)."""
+    from intentrec.training.curves import plot_curves
+
+    written = []
+    for data in sorted({d for d, _ in table}):
+        series = [(model, curve) for (d, model), v in sorted(table.items()) if d == data for curve in v["curves"]]
+        if series:
+            written.append(plot_curves(out / f"learning_curves-{data}.png", f"{data}: learning curves", series))
+    return written
 
 
 def _plot(table: dict, path: Path) -> None:

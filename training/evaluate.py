@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import open_dict
 
@@ -31,8 +32,11 @@ log = logging.getLogger(__name__)
 HEADLINE = ("hr", "ndcg", "mrr")
 
 
-def evaluate_scorer(score: Callable, datamodule, split: str, evaluation: dict, num_items: int) -> dict[str, float]:
-    """Rank the catalogue for every example of `split` with `score(batch) -> (B, N)` scores."""
+def evaluate_scorer(
+    score: Callable, datamodule, split: str, evaluation: dict, num_items: int, ranks: dict | None = None
+) -> dict[str, float]:
+    """Rank the catalogue for every example of `split` with `score(batch) -> (B, N)` scores; `ranks[split]`
+    receives each example's rank counts when a dict is given (see `write_ranks`)."""
     batch_arrays, slices, seen = datamodule.eval_sets[split]
     accumulator = make_accumulator(evaluation, num_items, datamodule.train_counts, seen)
     loader = datamodule.eval_loader(split)
@@ -41,6 +45,8 @@ def evaluate_scorer(score: Callable, datamodule, split: str, evaluation: dict, n
             index = batch["example_index"].numpy()
             scores = mask_scores(score(batch).double(), index, seen, bool(evaluation.get("exclude_seen", False)))
             accumulator.add(scores, batch["target"], {name: mask[index] for name, mask in slices.items()}, index)
+    if ranks is not None:
+        ranks[split] = accumulator.ranks()
     return accumulator.result(split)
 
 
@@ -109,8 +115,30 @@ def format_summary(metrics: dict, run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def write_metrics(run_dir: Path, metrics: dict, info: dict, ks) -> None:
+def write_ranks(run_dir: Path, ranks: dict) -> None:
+    """`ranks.npz`: for each test stage (`test`, `rerank_test`, `hybrid_test`), every example's index and the
+    counts of items scored above (`greater`) and equal to (`ties`) its target: per-example metrics for paired
+    significance tests between runs (training.significance)."""
+    arrays = {
+        f"{stage}.{field}": values
+        for stage, fields in ranks.items()
+        if fields is not None and stage.endswith("test")
+        for field, values in fields.items()
+    }
+    if arrays:
+        from intentrec.training.significance import RANKS_FILE
+
+        np.savez_compressed(Path(run_dir) / RANKS_FILE, **arrays)
+
+
+def write_metrics(run_dir: Path, metrics: dict, info: dict, ks, ranks: dict | None = None) -> None:
     run_dir = Path(run_dir)
+    if ranks:
+        write_ranks(run_dir, ranks)
+    if info.get("learning_curve"):
+        from intentrec.training.curves import plot_run
+
+        plot_run(run_dir / "learning_curve.png", info)
     (run_dir / "metrics.json").write_text(json.dumps({**metrics, "info": info}, indent=2, sort_keys=True))
     (run_dir / "metrics.md").write_text(
         f"# {info.get('model')} on {info.get('data')} (seed {info.get('seed')})\n\n" + markdown_table(metrics, ks)
@@ -219,6 +247,7 @@ def evaluate(cfg) -> dict:
     trainer.validate(task, datamodule=datamodule, verbose=False)
     trainer.test(task, datamodule=datamodule, verbose=False)
     metrics = dict(task.last_results)
+    ranks = dict(task.last_ranks)
     info = {
         "model": task.hparams.get("variant", "two_tower"),
         "data": data.stats["name"],
@@ -230,9 +259,9 @@ def evaluate(cfg) -> dict:
     if cfg.hybrid.enabled:
         from intentrec.training.hybrid import evaluate_hybrid
 
-        hybrid, info["hybrid"] = evaluate_hybrid(task, datamodule, config_dict(cfg, "hybrid"), task.eval_cfg)
+        hybrid, info["hybrid"] = evaluate_hybrid(task, datamodule, config_dict(cfg, "hybrid"), task.eval_cfg, ranks)
         metrics.update(hybrid)
-    write_metrics(run_dir, metrics, info, ks=cfg.evaluate.ks)
+    write_metrics(run_dir, metrics, info, ks=cfg.evaluate.ks, ranks=ranks)
     with open_dict(cfg):
         cfg.run_dir = str(run_dir)
     return metrics

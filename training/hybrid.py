@@ -60,8 +60,9 @@ def hybrid_scorer(model, cooccurrence: CoOccurrence, weight: float, eps: float):
     return score
 
 
-def evaluate_hybrid(task, datamodule, cfg: dict, evaluation: dict) -> tuple[dict, dict]:
-    """Tune the weight on val, evaluate test with it; returns (metrics, summary)."""
+def evaluate_hybrid(task, datamodule, cfg: dict, evaluation: dict, ranks: dict | None = None) -> tuple[dict, dict]:
+    """Tune the weight on val, evaluate test with it; returns (metrics, summary). `ranks["hybrid_test"]`
+    receives the test examples' rank counts when a dict is given."""
     check_config(cfg)
     model = task.model.eval()
     cooccurrence = build_cooccurrence(datamodule.data, cfg)
@@ -78,9 +79,12 @@ def evaluate_hybrid(task, datamodule, cfg: dict, evaluation: dict) -> tuple[dict
             if best is None or tried[weight] > best[1]["val/ndcg@10"]:
                 best = (weight, result)
         weight, val = best
+        test_ranks: dict = {}
         test = evaluate_scorer(
-            hybrid_scorer(model, cooccurrence, weight, eps), datamodule, "test", evaluation, num_items
+            hybrid_scorer(model, cooccurrence, weight, eps), datamodule, "test", evaluation, num_items, test_ranks
         )
+    if ranks is not None:
+        ranks["hybrid_test"] = test_ranks["test"]
     metrics = {f"hybrid_{k}": v for k, v in {**val, **test}.items()}
     summary = {
         "weight": weight,

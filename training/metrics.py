@@ -82,6 +82,8 @@ class RankingAccumulator:
         self.sampled_sums: dict[str, float] = defaultdict(float)
         self.sampled_count = 0
         self.example_lists: list[tuple[np.ndarray, np.ndarray]] = []  # (example indices, top lists) for replay
+        # (example indices, greater, ties) of every batch: per-example metrics for paired significance tests
+        self.example_ranks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.ks = tuple(sorted(set(ks) | set(self.business_ks)))
         self.num_items = num_items
         self.train_counts = np.asarray(train_counts, dtype=np.float64)
@@ -102,6 +104,8 @@ class RankingAccumulator:
         example_index (B,): which examples these are (needed for the business metrics' replay)."""
         greater, ties = target_ranks(scores, targets)
         greater, ties = greater.cpu().numpy(), ties.cpu().numpy()
+        if example_index is not None:
+            self.example_ranks.append((np.asarray(example_index), greater, ties))
         per_k = {}
         for k in self.ks:
             per_k.update(expected_metrics(greater, ties, k))
@@ -146,6 +150,7 @@ class RankingAccumulator:
             "popularity_sum": dict(self.popularity_sum),
             "lists": self.lists,
             "example_lists": list(self.example_lists),
+            "example_ranks": list(self.example_ranks),
         }
 
     def merge(self, state: dict) -> None:
@@ -159,9 +164,22 @@ class RankingAccumulator:
             self.popularity_sum[k] += state["popularity_sum"][k]
         self.lists += state["lists"]
         self.example_lists += state.get("example_lists", [])
+        self.example_ranks += state.get("example_ranks", [])
         for metric, value in state.get("sampled_sums", {}).items():
             self.sampled_sums[metric] += value
         self.sampled_count += state.get("sampled_count", 0)
+
+    def ranks(self) -> dict[str, np.ndarray] | None:
+        """Each example's rank counts, by example index: {example_index, greater, ties} (None without indices)."""
+        if not self.example_ranks:
+            return None
+        index = np.concatenate([i for i, _, _ in self.example_ranks])
+        order = np.argsort(index, kind="stable")
+        return {
+            "example_index": index[order],
+            "greater": np.concatenate([g for _, g, _ in self.example_ranks])[order],
+            "ties": np.concatenate([t for _, _, t in self.example_ranks])[order],
+        }
 
     def result(self, prefix: str) -> dict[str, float]:
         """`{prefix}/ndcg@10`, `{prefix}/<slice>/ndcg@10`, `{prefix}/count`, coverage and popularity."""

@@ -187,6 +187,8 @@ class RetrievalTask(pl.LightningModule):
             self.log(key, float(value), rank_zero_only=False, sync_dist=False)
         self.last_results = getattr(self, "last_results", {})
         self.last_results.update(result)
+        self.last_ranks = getattr(self, "last_ranks", {})
+        self.last_ranks[split] = accumulator.ranks()  # per-example, for significance tests (ranks.npz)
         return result
 
     def on_validation_epoch_start(self) -> None:

@@ -181,9 +181,16 @@ def train_ranker(retrieval, datamodule, cfg: dict, seed: int, run_dir) -> tuple[
 
 @torch.no_grad()
 def evaluate_reranked(
-    retrieval, ranker: RankerTask, datamodule, split: str, evaluation: dict, num_candidates: int
+    retrieval,
+    ranker: RankerTask,
+    datamodule,
+    split: str,
+    evaluation: dict,
+    num_candidates: int,
+    ranks: dict | None = None,
 ) -> dict:
-    """Full-catalogue metrics of retrieval -> ranker: the top candidates in ranker order, then the rest."""
+    """Full-catalogue metrics of retrieval -> ranker: the top candidates in ranker order, then the rest.
+    `ranks[f"rerank_{split}"]` receives each example's rank counts when a dict is given."""
     model = retrieval.model.eval()
     batch_arrays, slices, seen = datamodule.eval_sets[split]
     items = model.item_embeddings()
@@ -202,4 +209,6 @@ def evaluate_reranked(
         # Above every retrieval score, in ranker order; excluded items stay at -inf.
         scores.scatter_(1, top.indices, torch.where(torch.isfinite(logits), 1e6 + logits, logits))
         accumulator.add(scores, batch["target"], {name: mask[index] for name, mask in slices.items()}, index)
+    if ranks is not None:
+        ranks[f"rerank_{split}"] = accumulator.ranks()
     return accumulator.result(f"rerank_{split}")

@@ -248,18 +248,19 @@ def train(cfg) -> dict:
         "seed": int(cfg.seed),
         "num_items": data.num_items,
     }
+    ranks: dict = {}
     if model_cfg.get("kind") == "baseline":
-        metrics = _run_baseline(cfg, model_cfg, data, datamodule)
+        metrics = _run_baseline(cfg, model_cfg, data, datamodule, ranks)
     else:
-        metrics, is_global_zero = _run_model(cfg, data, datamodule, run_dir, info)
+        metrics, is_global_zero = _run_model(cfg, data, datamodule, run_dir, info, ranks)
         if not is_global_zero:
             return metrics  # other DDP ranks: rank 0 trains the ranker and writes the results
     info["seconds"] = round(time.perf_counter() - started, 2)
-    write_metrics(run_dir, metrics, info, ks=cfg.evaluate.ks)
+    write_metrics(run_dir, metrics, info, ks=cfg.evaluate.ks, ranks=ranks)
     return metrics
 
 
-def _run_baseline(cfg, model_cfg: dict, data: PreparedData, datamodule: SequenceDataModule) -> dict:
+def _run_baseline(cfg, model_cfg: dict, data: PreparedData, datamodule: SequenceDataModule, ranks: dict) -> dict:
     from intentrec.training.baselines import make_baseline
     from intentrec.training.datamodule import read_split
 
@@ -269,11 +270,13 @@ def _run_baseline(cfg, model_cfg: dict, data: PreparedData, datamodule: Sequence
     )
     metrics = {}
     for split in ("val", "test"):
-        metrics.update(evaluate_scorer(scorer, datamodule, split, config_dict(cfg, "evaluate"), data.num_items))
+        metrics.update(evaluate_scorer(scorer, datamodule, split, config_dict(cfg, "evaluate"), data.num_items, ranks))
     return metrics
 
 
-def _run_model(cfg, data: PreparedData, datamodule: SequenceDataModule, run_dir: Path, info: dict) -> dict:
+def _run_model(
+    cfg, data: PreparedData, datamodule: SequenceDataModule, run_dir: Path, info: dict, ranks: dict
+) -> tuple[dict, bool]:
     task = build_task(cfg, data, datamodule)
     task.set_eval_sets(datamodule.eval_sets)
     monitor = f"val/{cfg.evaluate.monitor}"
@@ -302,6 +305,7 @@ def _run_model(cfg, data: PreparedData, datamodule: SequenceDataModule, run_dir:
     trainer.validate(task, datamodule=datamodule, ckpt_path=best, verbose=False)
     trainer.test(task, datamodule=datamodule, ckpt_path=best, verbose=False)
     metrics = dict(task.last_results)
+    ranks.update(task.last_ranks)
     log_final = trainer.logger.log_metrics if trainer.logger is not None and trainer.is_global_zero else None
     info.update(
         best_checkpoint=best,
@@ -322,14 +326,20 @@ def _run_model(cfg, data: PreparedData, datamodule: SequenceDataModule, run_dir:
         for split in ("val", "test"):
             metrics.update(
                 evaluate_reranked(
-                    task, ranker, datamodule, split, config_dict(cfg, "evaluate"), int(ranker_cfg["num_candidates"])
+                    task,
+                    ranker,
+                    datamodule,
+                    split,
+                    config_dict(cfg, "evaluate"),
+                    int(ranker_cfg["num_candidates"]),
+                    ranks,
                 )
             )
     if trainer.is_global_zero and cfg.hybrid.enabled:
         from intentrec.training.hybrid import evaluate_hybrid
 
         hybrid, info["hybrid"] = evaluate_hybrid(
-            task.cpu(), datamodule, config_dict(cfg, "hybrid"), config_dict(cfg, "evaluate")
+            task.cpu(), datamodule, config_dict(cfg, "hybrid"), config_dict(cfg, "evaluate"), ranks
         )
         metrics.update(hybrid)
     if log_final is not None:  # the run's final figures, ranker and hybrid stages included, in the logger too
