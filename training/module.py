@@ -9,11 +9,15 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from intentrec.models.contrastive import ContrastiveObjective
 from intentrec.models.losses import GBCE, SampledSoftmax, causal_history, full_softmax
 from intentrec.models.two_tower import TwoTower, TwoTowerConfig, Vocabulary
+from intentrec.training.datamodule import SEQUENCE_ARRAYS
 from intentrec.training.metrics import RankingAccumulator, make_accumulator, mask_scores
 
 log = logging.getLogger(__name__)
+
+STEP_ARRAYS = SEQUENCE_ARRAYS - {"targets"}  # the (B, T) inputs an augmented view re-orders together
 
 
 class RetrievalTask(pl.LightningModule):
@@ -30,6 +34,8 @@ class RetrievalTask(pl.LightningModule):
         data_fingerprint: {name, num_items, data_hash} of the prepared data, checked on reload.
         variant: the model config's name (e.g. transformer_no_context), kept for reports.
         settings: what evaluate and export take over from the checkpoint (training.run_settings.record).
+        contrastive: `model.contrastive` (models.contrastive.ContrastiveObjective arguments) or None: a
+            contrastive term beside the next-item loss (CL4SRec / DuoRec style), training only.
     """
 
     def __init__(
@@ -44,6 +50,7 @@ class RetrievalTask(pl.LightningModule):
         data_fingerprint: dict,
         variant: str = "two_tower",
         settings: dict | None = None,
+        contrastive: dict | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["feature_codes", "train_counts"])
@@ -67,6 +74,7 @@ class RetrievalTask(pl.LightningModule):
         self.register_buffer("train_counts", counts, persistent=True)
         self.model.item_tower.set_cold_items(self.train_counts)
         self.loss_name = self._choose_loss(loss)
+        self.contrastive = ContrastiveObjective(self.model_cfg.embedding_dim, **contrastive) if contrastive else None
         self.eval_cfg = evaluation
         self.seen: dict[str, dict] = {}
         self.slices: dict[str, dict] = {}
@@ -110,6 +118,10 @@ class RetrievalTask(pl.LightningModule):
             loss = self.sampled(queries, targets, self.model.item_embeddings, scale)
         else:
             loss = self.gbce(queries, targets, self.model.item_embeddings, scale)
+        if self.contrastive is not None:
+            contrastive = self.contrastive(self.model, batch, STEP_ARRAYS)
+            self.log("train/contrastive", contrastive, batch_size=int(mask.sum()))
+            loss = loss + contrastive
         self.log("train/loss", loss, prog_bar=True, batch_size=int(mask.sum()))
         self.log("train/targets", float(mask.sum()), reduce_fx="sum", on_step=False, on_epoch=True)
         return loss

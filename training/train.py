@@ -168,7 +168,7 @@ def build_task(cfg, data: PreparedData, datamodule: SequenceDataModule):
     model_cfg = config_dict(cfg, "model")
     if model_cfg.get("kind") != "two_tower":
         raise ConfigError(f"model.kind={model_cfg.get('kind')!r}; a trainable model needs kind two_tower.")
-    fields = {k: v for k, v in model_cfg.items() if k not in ("name", "kind")}
+    fields = {k: v for k, v in model_cfg.items() if k not in ("name", "kind", "contrastive")}
     codes, _, _ = data.feature_codes()
     try:
         return RetrievalTask(
@@ -182,6 +182,7 @@ def build_task(cfg, data: PreparedData, datamodule: SequenceDataModule):
             data_fingerprint=data_fingerprint(data),
             variant=model_cfg.get("name", "two_tower"),
             settings=record(cfg, data.directory),
+            contrastive=model_cfg.get("contrastive"),
         )
     except (TypeError, ValueError) as error:
         raise ConfigError(f"model={model_cfg.get('name')!r}: {error}") from None

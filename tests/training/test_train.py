@@ -26,6 +26,8 @@ VARIANTS = [
     "transformer_cosine",
     "gru",
     "filter_mix",
+    "cl4srec",
+    "duorec",
     "mean_pool",
     "popularity",
     "cooccurrence",
