@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from intentrec.models.bert4rec import Bert4RecEncoder, slot_query
 from intentrec.models.context import ContextEmbedding, ContextFusion
 from intentrec.models.filter_mix import FilterMixEncoder
 from intentrec.models.towers import ENCODERS as BASE_ENCODERS
@@ -25,7 +26,7 @@ from intentrec.models.towers import ItemTower, StepEmbedding
 PURCHASE_EVENT_CODES = (4, 7)  # purchase, store_purchase
 SIMILARITIES = ("dot", "cosine")
 # Query encoders by model.encoder (one module each: models/towers.py, models/filter_mix.py).
-ENCODERS = {**BASE_ENCODERS, "filter_mix": FilterMixEncoder}
+ENCODERS = {**BASE_ENCODERS, "filter_mix": FilterMixEncoder, "bert4rec": Bert4RecEncoder}
 ITEM_FEATURES = ("id", "content", "id+content")
 
 
@@ -45,6 +46,7 @@ class TwoTowerConfig:
     similarity: str = "dot"
     temperature: float = 0.05
     filter_mix: float = 0.5  # filter_mix encoder: share of the filter branch in each block
+    cloze_mask: float = 0.2  # bert4rec encoder: share of the steps masked and predicted in training
 
     def __post_init__(self):
         for key, allowed in (
@@ -54,6 +56,8 @@ class TwoTowerConfig:
         ):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"model.{key}={getattr(self, key)!r}; expected one of {list(allowed)}.")
+        if not 0.0 < self.cloze_mask < 1.0:
+            raise ValueError(f"model.cloze_mask={self.cloze_mask}; expected a share between 0 and 1.")
         if self.embedding_dim % self.num_heads:
             raise ValueError(
                 f"model.embedding_dim={self.embedding_dim} must be divisible by model.num_heads={self.num_heads}."
@@ -100,6 +104,9 @@ class TwoTower(nn.Module):
             max_seq_len=cfg.max_seq_len,
             filter_mix=cfg.filter_mix,
         )
+        # A bidirectional encoder has no state per position that predicts the next step: its queries come
+        # from [mask] slots (models/bert4rec.py), and query_states does not apply.
+        self.bidirectional = getattr(self.encoder, "bidirectional", False)
         self.context = ContextEmbedding(cfg.embedding_dim, vocab.context_sizes) if cfg.context != "none" else None
         self.fusion = ContextFusion(cfg.context, cfg.embedding_dim, cfg.dropout)
 
@@ -130,6 +137,8 @@ class TwoTower(nn.Module):
         the served embedding table, so items added after training are read like any other; then
         only `item_ids > 0` and `past_purchase_ids > 0` (which steps are real) are used from the batch.
         """
+        if self.bidirectional:
+            raise ValueError("a bidirectional encoder (bert4rec) has no causal per-position queries; use query()")
         mask = batch["item_ids"] > 0
         if step_items is None:
             step_items = self.item_tower(batch["item_ids"])  # (B, T, D)
@@ -146,7 +155,9 @@ class TwoTower(nn.Module):
         step_items: torch.Tensor | None = None,
         past_items: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The query of each sequence's last real step: (B, D)."""
+        """The query of each sequence's last real step: (B, D) (bert4rec: of the [mask] slot after it)."""
+        if self.bidirectional:
+            return slot_query(self, batch, step_items, past_items)
         states = self.query_states(batch, step_items, past_items)
         last = (batch["item_ids"] > 0).sum(dim=1).clamp(min=1) - 1  # (B,)
         return states[torch.arange(states.shape[0], device=states.device), last]

@@ -66,15 +66,18 @@ def ensure_venv(venv: Path) -> Path:
     return python
 
 
-def export_split(data_dir: Path, out_dir: Path, name: str, max_len: int) -> dict:
-    """intentrec's prepared split -> RecBole atomic files (one row per target). Returns target counts."""
+def export_split(data_dir: Path, out_dir: Path, name: str, max_len: int, seen: bool = False) -> dict:
+    """intentrec's prepared split -> RecBole atomic files (one row per target). Returns target counts.
+
+    With `seen`, each row also carries `seen_list`: every item of the row before the target, not only the
+    last `max_len`, which is what intentrec's `evaluate.exclude_seen` masks; the runner masks the same."""
     import pyarrow.parquet as pq
 
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = {}
     for split, recbole_split in (("train", "train"), ("val", "valid"), ("test", "test")):
         table = pq.read_table(data_dir / f"{split}.parquet", columns=["seq_idx", "item_ids", "target_mask"])
-        lines = ["session_id:token\titem_id_list:token_seq\titem_id:token"]
+        lines = ["session_id:token\titem_id_list:token_seq\titem_id:token" + ("\tseen_list:token_seq" if seen else "")]
         for seq, items, mask in zip(
             table.column("seq_idx").to_pylist(),
             table.column("item_ids").to_pylist(),
@@ -84,7 +87,10 @@ def export_split(data_dir: Path, out_dir: Path, name: str, max_len: int) -> dict
                 history = items[max(0, position - max_len) : position]
                 if not history:
                     continue  # a target without history has no query; intentrec never marks one
-                lines.append(f"{seq}\t{' '.join(map(str, history))}\t{items[position]}")
+                line = f"{seq}\t{' '.join(map(str, history))}\t{items[position]}"
+                if seen:
+                    line += "\t" + " ".join(map(str, items[:position]))
+                lines.append(line)
         (out_dir / f"{name}.{recbole_split}.inter").write_text("\n".join(lines) + "\n")
         counts[split] = len(lines) - 1
     return counts
@@ -252,7 +258,12 @@ def main() -> None:
         default=["SASRec", "GRU4Rec"],
         help="RecBole models to run; give none (`--recbole-models` alone) to re-measure intentrec's side only",
     )
-    parser.add_argument("--intentrec-models", nargs="+", default=["transformer", "gru"])
+    parser.add_argument(
+        "--intentrec-models",
+        nargs="*",
+        default=["transformer", "gru"],
+        help="intentrec variants to run; give none (`--intentrec-models` alone) to run RecBole only",
+    )
     parser.add_argument(
         "--intentrec-overrides",
         nargs="*",
@@ -292,7 +303,7 @@ def main() -> None:
             data = prepared_data(compose("train", [f"data={name}", *args.intentrec_overrides]))
         work = args.work / stamp / name
         export_dir = work / "recbole_data" / name
-        counts = export_split(data.directory, export_dir, name, args.max_len)
+        counts = export_split(data.directory, export_dir, name, args.max_len, seen=args.exclude_seen)
         print(f"[bench] {name}: {counts} targets exported for RecBole", flush=True)
         rows = []
         for model in args.recbole_models:

@@ -23,11 +23,17 @@ import time
 os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # RecBole reloads its own checkpoints with torch.load
 
 
+# SASRec, GRU4Rec and BERT4Rec, and two more recent sequential models RecBole 1.2.1 ships: FEARec
+# (frequency-enhanced attention with contrastive terms, SIGIR 2023) and CORE (consistent representation
+# encoder, SIGIR 2022). Each reads the same atomic files; RecBole's own defaults for the rest of its keys.
+MODELS = ["SASRec", "GRU4Rec", "BERT4Rec", "FEARec", "CORE"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--dataset", required=True)
-    parser.add_argument("--model", required=True, choices=["SASRec", "GRU4Rec"])
+    parser.add_argument("--model", required=True, choices=MODELS)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--stopping-step", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -64,8 +70,8 @@ def main() -> int:
         "benchmark_filename": ["train", "valid", "test"],
         "USER_ID_FIELD": "session_id",
         "ITEM_ID_FIELD": "item_id",
-        "load_col": {"inter": ["session_id", "item_id_list", "item_id"]},
-        "alias_of_item_id": ["item_id_list"],
+        "load_col": {"inter": ["session_id", "item_id_list", "item_id", *(["seen_list"] if args.exclude_seen else [])]},
+        "alias_of_item_id": ["item_id_list", *(["seen_list"] if args.exclude_seen else [])],
         "MAX_ITEM_LIST_LENGTH": args.max_len,
         "user_inter_num_interval": None,
         "item_inter_num_interval": None,
@@ -74,7 +80,7 @@ def main() -> int:
         "hidden_size": args.hidden,
         "embedding_size": args.hidden,
         "inner_size": 4 * args.hidden,
-        "n_layers": args.layers if args.model == "SASRec" else 1,
+        "n_layers": args.layers if args.model != "GRU4Rec" else 1,
         "num_layers": args.gru_layers,
         "n_heads": args.heads,
         "hidden_dropout_prob": args.dropout,
@@ -105,12 +111,13 @@ def main() -> int:
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     trainer = Trainer(config, model)
     if args.exclude_seen:
-        # Same protocol as intentrec's evaluate.exclude_seen: every item of the query's history scores -inf.
+        # Same protocol as intentrec's evaluate.exclude_seen: every item of the row before the target (the
+        # exported seen_list, longer than the model's input window when the row is) scores -inf.
         predict = model.full_sort_predict
 
         def full_sort_predict_unseen(interaction):
             scores = predict(interaction)
-            history = interaction[model.ITEM_SEQ]
+            history = interaction["seen_list"]
             return scores.scatter(1, history, float("-inf")) if history.numel() else scores
 
         model.full_sort_predict = full_sort_predict_unseen

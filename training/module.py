@@ -9,6 +9,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from intentrec.models.bert4rec import cloze_examples
 from intentrec.models.contrastive import ContrastiveObjective
 from intentrec.models.losses import GBCE, SampledSoftmax, causal_history, full_softmax
 from intentrec.models.two_tower import TwoTower, TwoTowerConfig, Vocabulary
@@ -94,6 +95,11 @@ class RetrievalTask(pl.LightningModule):
         elif name != "full":
             raise ValueError(f"loss.name={name!r}; expected one of ['auto', 'full', 'sampled', 'gbce'].")
         self.loss_exclude_seen = bool(loss.get("exclude_seen", False))
+        if self.loss_exclude_seen and self.model.bidirectional:
+            raise ValueError(
+                "loss.exclude_seen=true needs a causal encoder (each target's history is the steps before it); "
+                "model.encoder=bert4rec predicts masked steps from both sides. Set loss.exclude_seen=false."
+            )
         if self.loss_exclude_seen and name != "full":
             raise ValueError(
                 f"loss.exclude_seen=true works with the full softmax only; loss.name resolved to {name!r}. "
@@ -107,9 +113,12 @@ class RetrievalTask(pl.LightningModule):
         return self.model.query(batch)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> torch.Tensor:
-        states = self.model.query_states(batch)  # (B, T, D)
         mask = batch["targets"] > 0
-        queries, targets = states[mask], batch["targets"][mask]  # (M, D), (M,)
+        if self.model.bidirectional:  # bert4rec: masked steps and the slot after the last (models/bert4rec.py)
+            queries, targets = cloze_examples(self.model, batch, self.model_cfg.cloze_mask)
+        else:
+            states = self.model.query_states(batch)  # (B, T, D)
+            queries, targets = states[mask], batch["targets"][mask]  # (M, D), (M,)
         scale = self.model.logit_scale()
         if self.loss_name == "full":
             seen = causal_history(batch["item_ids"], mask) if self.loss_exclude_seen else None

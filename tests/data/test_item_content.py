@@ -98,7 +98,7 @@ def test_parquet_list_columns_are_bags_and_canonical_names_keep_their_meaning(tm
     assert len(items["genres_idx"][row["i6"]]) == 2
 
 
-@pytest.mark.parametrize("model", ["transformer", "filter_mix", "cl4srec", "duorec"])
+@pytest.mark.parametrize("model", ["transformer", "filter_mix", "cl4srec", "duorec", "bert4rec"])
 def test_the_s3rec_attribute_json_reaches_the_item_tower_and_new_items_by_their_attributes(tmp_path, model):
     from intentrec.serving.bundle import add_items
     from intentrec.serving.export import export

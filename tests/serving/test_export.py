@@ -52,6 +52,8 @@ def _session(path):
         ("gru", "none"),
         ("mean", "concat"),
         ("filter_mix", "concat"),
+        ("bert4rec", "concat"),
+        ("bert4rec", "none"),
     ],
 )
 def test_onnx_query_encoder_equals_torch_on_random_padded_inputs(tmp_path, encoder, context):

@@ -28,6 +28,7 @@ VARIANTS = [
     "filter_mix",
     "cl4srec",
     "duorec",
+    "bert4rec",
     "mean_pool",
     "popularity",
     "cooccurrence",

@@ -113,3 +113,20 @@ def test_optuna_sweeper_runs_three_trials_and_reports_the_study(tmp_path):
     assert len(rows) == 3
     assert f"{max(values):.4f}".rstrip("0") in rows[0]
     assert "python -m training.train model=filter_mix" in study
+
+
+SEARCHES = sorted(path.stem for path in (REPO_ROOT / "conf" / "hparams_search").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+def test_every_search_space_names_keys_of_its_variant(search):
+    from omegaconf import OmegaConf
+
+    cfg = compose_config("train", [f"hparams_search={search}"])
+    assert cfg.model.name == search and cfg.hydra.sweeper.direction == "maximize"
+    for key in cfg.hydra.sweeper.params:
+        assert OmegaConf.select(cfg, key) is not None, f"{search}: {key} is not a key of the composed config"
+
+
+def test_there_is_a_search_space_per_trained_variant():
+    assert {"transformer", "filter_mix", "gru", "mean_pool", "cl4srec", "duorec", "bert4rec"} <= set(SEARCHES)
