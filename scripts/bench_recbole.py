@@ -195,6 +195,21 @@ def run_intentrec(name: str, variant: str, args, run_dir: Path) -> list[dict]:
     return rows
 
 
+def plot_learning_curves(path: Path, name: str, rows: list[dict]) -> Path | None:
+    """Every row's validation curve in one figure (training.curves), both libraries side by side."""
+    from intentrec.training.curves import plot_curves
+
+    series = [
+        (
+            f"{r['library']} {r['variant']}",
+            [{"epoch": i, "train_seconds": t, "val/ndcg@10": v} for i, (t, v) in enumerate(r["curve"])],
+        )
+        for r in rows
+        if r.get("curve") and "hybrid" not in r["variant"]
+    ]
+    return plot_curves(path, f"{name}: intentrec and RecBole", series) if series else None
+
+
 def seconds_to_reach(curve: list, target: float) -> float | None:
     for seconds, value in curve:
         if value >= target:
@@ -318,6 +333,9 @@ def main() -> None:
                 r["seconds_to_reference"] = seconds_to_reach(r["curve"], reference["val_ndcg@10"])
             r.update(dataset=name, targets=counts, seed=args.seed, max_epochs=args.epochs, patience=args.patience)
         report.append(table(name, rows, reference))
+        curves = plot_learning_curves(args.out.parent / f"recbole_{stamp}_{name}_curves.png", name, rows)
+        if curves is not None:
+            report.append(f"Learning curves (validation NDCG@10 against epoch and training seconds): `{curves.name}`\n")
         all_rows += rows
     text = "\n".join(report)
     print(text)
