@@ -205,7 +205,7 @@ def plot_learning_curves(path: Path, name: str, rows: list[dict]) -> Path | None
             [{"epoch": i, "train_seconds": t, "val/ndcg@10": v} for i, (t, v) in enumerate(r["curve"])],
         )
         for r in rows
-        if r.get("curve") and "hybrid" not in r["variant"]
+        if r.get("curve") and " + co-occurrence" not in r["variant"]  # the hybrid row repeats its model's curve
     ]
     return plot_curves(path, f"{name}: intentrec and RecBole", series) if series else None
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from scripts.bench_recbole import METRICS, pick_reference, seconds_to_reach, table
+from scripts.bench_recbole import METRICS, export_split, pick_reference, seconds_to_reach, table
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -67,6 +67,20 @@ def test_intentrec_only_run_exports_the_split_it_tests_on(tmp_path):
     # No SASRec ran, so "seconds to SASRec's best validation" is not applicable, not "not reached" ("-").
     assert row.endswith("| 1 | n/a |")
     assert "| s to RecBole's best val |" in tables[0].read_text()
+    (curves,) = out.parent.glob("recbole_*_synthetic_curves.png")
+    assert curves.stat().st_size > 10_000 and curves.name in tables[0].read_text()
+
+    # With history masking, each row also carries its whole history, which RecBole's runner masks.
+    seen_dir = tmp_path / "seen"
+    counts = export_split(tmp_path / "artifacts" / "data" / "synthetic", seen_dir, "synthetic", 5, seen=True)
+    lines = (seen_dir / "synthetic.test.inter").read_text().splitlines()
+    assert lines[0].endswith("\tseen_list:token_seq") and len(lines) - 1 == counts["test"] == gru["test_targets"]
+    longer = 0
+    for line in lines[1:]:
+        _, window, target, seen = line.split("\t")
+        assert seen.split()[-len(window.split()) :] == window.split() and len(window.split()) <= 5
+        longer += len(seen.split()) > 5
+    assert longer > 0  # rows whose history is longer than the window: masked in full
 
 
 def _row(library, variant, val, speed, curve, best_seconds=None):
