@@ -6,7 +6,8 @@
 
 Writes `leaderboard.md`, `leaderboard.csv` and `leaderboard.png` (NDCG@K and Recall@K = HR@K per
 variant) into `--out` (default: `<first run folder>/compare`), and `learning_curves-<data>.png` (the
-validation metric against epoch and training seconds of every trained run). The `p vs best` column is a
+validation metric against epoch and training seconds of every trained run, and with `--recbole
+<recbole_<model>.json>` RecBole's runs on the same split). The `p vs best` column is a
 paired permutation test over test examples between the data set's best row and each other row
 (training.significance; per-example metrics from each run's `ranks.npz`, averaged over seeds).
 """
@@ -210,14 +211,36 @@ def write_leaderboard(table: dict, out: Path, metric: str) -> None:
     _plot_curves(table, out)
 
 
-def _plot_curves(table: dict, out: Path) -> list[Path]:
+def recbole_curves(paths: list[Path]) -> dict[str, list[tuple[str, list[dict]]]]:
+    """data set -> [("RecBole <model>", curve)] from `scripts/recbole_runner.py` result files (the
+    `recbole_<model>.json` of a `scripts/bench_recbole.py` run)."""
+    curves: dict[str, list] = defaultdict(list)
+    for path in paths:
+        try:
+            result = json.loads(Path(path).read_text())
+            curve = [
+                {"epoch": e["epoch"], "train_seconds": e["train_seconds"], "val/ndcg@10": e["val_ndcg10"]}
+                for e in result["epochs"]
+                if "val_ndcg10" in e
+            ]
+            curves[result["dataset"]].append((f"RecBole {result['model']}", curve))
+        except (OSError, ValueError, KeyError) as error:
+            raise SystemExit(
+                f"error: {path} is not a RecBole runner result ({error}); give the recbole_<model>.json of a "
+                "scripts/bench_recbole.py run."
+            ) from None
+    return curves
+
+
+def _plot_curves(table: dict, out: Path, extra: dict | None = None) -> list[Path]:
     """`learning_curves-<data>.png`: validation metric against epoch and training seconds, every run of
-    every trained variant of that data set (training.curves)."""
+    every trained variant of that data set (training.curves), and `extra` curves (RecBole's) beside them."""
     from intentrec.training.curves import plot_curves
 
     written = []
     for data in sorted({d for d, _ in table}):
         series = [(model, curve) for (d, model), v in sorted(table.items()) if d == data for curve in v["curves"]]
+        series += (extra or {}).get(data, [])
         if series:
             written.append(plot_curves(out / f"learning_curves-{data}.png", f"{data}: learning curves", series))
     return written
@@ -258,11 +281,20 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("runs", nargs="+", type=Path, help="run folders, or folders containing runs (multirun folders)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <first path>/compare)")
     parser.add_argument("--metric", default="test/ndcg@10", help="metric that orders the leaderboard")
+    parser.add_argument(
+        "--recbole",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="recbole_<model>.json files of scripts/bench_recbole.py runs: their validation curves join the plots",
+    )
     args = parser.parse_args(argv)
     runs = find_runs(args.runs)
     table = aggregate(runs)
     out = args.out or (args.runs[0] / "compare")
     write_leaderboard(table, out, args.metric)
+    if args.recbole:
+        _plot_curves(table, out, recbole_curves(args.recbole))
     print((out / "leaderboard.md").read_text())
     print(f"{len(runs)} runs -> {out}/leaderboard.md, leaderboard.csv, leaderboard.png", file=sys.stderr)
     return out

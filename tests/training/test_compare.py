@@ -78,3 +78,32 @@ def test_compare_names_a_path_that_is_not_a_run(tmp_path):
         SystemExit, match=r"missing is neither a run folder \(with metrics\.json\) nor a folder of runs"
     ):
         compare([str(tmp_path / "missing")])
+
+
+def test_recbole_curves_join_the_learning_curves(tmp_path):
+    from intentrec.training.compare import recbole_curves
+
+    result = {
+        "dataset": "lastfm",
+        "model": "SASRec",
+        "epochs": [
+            {"epoch": 0, "seconds": 60.0, "train_seconds": 60.0, "val_ndcg10": 0.018},
+            {"epoch": 1, "seconds": 61.0, "train_seconds": 121.0, "val_ndcg10": 0.041},
+        ],
+    }
+    (tmp_path / "recbole_SASRec.json").write_text(json.dumps(result))
+    curves = recbole_curves([tmp_path / "recbole_SASRec.json"])
+    assert curves == {
+        "lastfm": [
+            (
+                "RecBole SASRec",
+                [
+                    {"epoch": 0, "train_seconds": 60.0, "val/ndcg@10": 0.018},
+                    {"epoch": 1, "train_seconds": 121.0, "val/ndcg@10": 0.041},
+                ],
+            )
+        ]
+    }
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit, match=r"bad\.json is not a RecBole runner result"):
+        recbole_curves([tmp_path / "bad.json"])
