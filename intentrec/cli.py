@@ -41,6 +41,11 @@ STAGES = {
         "leaderboard of a multirun of variants and seeds",
         "intentrec compare artifacts/multiruns/<time>",
     ),
+    "significance": (
+        "intentrec.training.significance",
+        "paired permutation and bootstrap tests between two variants' runs",
+        "intentrec significance --a <runs of A> --b <runs of B> [--metric test/ndcg@10]",
+    ),
     "study": (
         "intentrec.training.study",
         "report of a hyper-parameter search (hparams_search=<variant>)",

@@ -50,7 +50,11 @@ def per_example(run: Path, metric: str) -> tuple[np.ndarray, np.ndarray]:
     stage, kind, k = parse_metric(metric)
     path = Path(run) / RANKS_FILE
     if not path.is_file():
-        raise RanksMissing(f"{run} has no {RANKS_FILE} (runs write it since per-example ranks were recorded)")
+        raise RanksMissing(
+            f"{run} has no {RANKS_FILE} (per-example ranks, which training and evaluation runs write); for a run "
+            "without it, evaluate its checkpoint again (python -m training.evaluate ckpt_path=<run>/checkpoints/"
+            "best.ckpt) and give the evaluation folder"
+        )
     with np.load(path) as ranks:
         if f"{stage}.greater" not in ranks:
             raise RanksMissing(
