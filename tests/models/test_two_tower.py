@@ -170,7 +170,7 @@ def test_full_softmax_can_take_the_history_out_of_the_negatives():
 
 def test_bad_model_config_names_the_key():
     with pytest.raises(
-        ValueError, match=r"model\.encoder='lstm'; expected one of \['mean', 'gru', 'transformer', 'filter_mix'\]"
+        ValueError, match=r"model\.encoder='lstm'; expected one of \['mean', 'gru', 'transformer', 'filter_mix', 'bert4rec'\]"
     ):
         TwoTowerConfig(encoder="lstm")
     with pytest.raises(ValueError, match=r"model\.embedding_dim=10 must be divisible by model\.num_heads=4"):
