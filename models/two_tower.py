@@ -18,6 +18,7 @@ from torch.nn import functional as F
 
 from intentrec.models.bert4rec import Bert4RecEncoder, slot_query
 from intentrec.models.context import ContextEmbedding, ContextFusion
+from intentrec.models.dif_sr import DifSrEncoder
 from intentrec.models.filter_mix import FilterMixEncoder
 from intentrec.models.towers import ENCODERS as BASE_ENCODERS
 from intentrec.models.towers import ItemTower, StepEmbedding
@@ -26,7 +27,7 @@ from intentrec.models.towers import ItemTower, StepEmbedding
 PURCHASE_EVENT_CODES = (4, 7)  # purchase, store_purchase
 SIMILARITIES = ("dot", "cosine")
 # Query encoders by model.encoder (one module each: models/towers.py, models/filter_mix.py).
-ENCODERS = {**BASE_ENCODERS, "filter_mix": FilterMixEncoder, "bert4rec": Bert4RecEncoder}
+ENCODERS = {**BASE_ENCODERS, "filter_mix": FilterMixEncoder, "bert4rec": Bert4RecEncoder, "dif_sr": DifSrEncoder}
 ITEM_FEATURES = ("id", "content", "id+content")
 
 
@@ -103,10 +104,13 @@ class TwoTower(nn.Module):
             dropout=cfg.dropout,
             max_seq_len=cfg.max_seq_len,
             filter_mix=cfg.filter_mix,
+            num_attributes=len(self.item_tower.feature_embeddings),
         )
         # A bidirectional encoder has no state per position that predicts the next step: its queries come
         # from [mask] slots (models/bert4rec.py), and query_states does not apply.
         self.bidirectional = getattr(self.encoder, "bidirectional", False)
+        # An attribute-fusion encoder (dif_sr) reads each step's attribute vectors beside its step vector.
+        self.reads_attributes = getattr(self.encoder, "reads_attributes", False)
         self.context = ContextEmbedding(cfg.embedding_dim, vocab.context_sizes) if cfg.context != "none" else None
         self.fusion = ContextFusion(cfg.context, cfg.embedding_dim, cfg.dropout)
 
@@ -130,19 +134,27 @@ class TwoTower(nn.Module):
         batch: dict[str, torch.Tensor],
         step_items: torch.Tensor | None = None,
         past_items: torch.Tensor | None = None,
+        step_attributes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Queries at every position (B, T, D): position t predicts the step after t.
 
         Serving passes the item vectors itself (`step_items` (B, T, D), `past_items` (B, P, D)) from
         the served embedding table, so items added after training are read like any other; then
         only `item_ids > 0` and `past_purchase_ids > 0` (which steps are real) are used from the batch.
+        An encoder that reads attributes takes them the same way (`step_attributes` (B, T, A, D)).
         """
         if self.bidirectional:
             raise ValueError("a bidirectional encoder (bert4rec) has no causal per-position queries; use query()")
         mask = batch["item_ids"] > 0
         if step_items is None:
             step_items = self.item_tower(batch["item_ids"])  # (B, T, D)
-        states = self.encoder(self.steps(batch, step_items), mask)  # (B, T, D)
+        steps = self.steps(batch, step_items)
+        if self.reads_attributes:
+            if step_attributes is None:
+                step_attributes = self.item_tower.attribute_vectors(batch["item_ids"])  # (B, T, A, D)
+            states = self.encoder(steps, mask, step_attributes)
+        else:
+            states = self.encoder(steps, mask)  # (B, T, D)
         context = None
         if self.context is not None:
             context = self.context(batch, self.purchase_summary(batch, step_items, past_items))
@@ -154,11 +166,12 @@ class TwoTower(nn.Module):
         batch: dict[str, torch.Tensor],
         step_items: torch.Tensor | None = None,
         past_items: torch.Tensor | None = None,
+        step_attributes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The query of each sequence's last real step: (B, D) (bert4rec: of the [mask] slot after it)."""
         if self.bidirectional:
             return slot_query(self, batch, step_items, past_items)
-        states = self.query_states(batch, step_items, past_items)
+        states = self.query_states(batch, step_items, past_items, step_attributes)
         last = (batch["item_ids"] > 0).sum(dim=1).clamp(min=1) - 1  # (B,)
         return states[torch.arange(states.shape[0], device=states.device), last]
 

@@ -87,6 +87,14 @@ class Bundle:
             top.setdefault(categories[i], []).append(ids[i])
         return dict(zip(ids, categories)), top
 
+    def attribute_tables(self) -> list[np.ndarray]:
+        """The content-feature embedding tables in the model's feature order (empty without content features)."""
+        path = self.directory / "content_tables.npz"
+        if not path.is_file():
+            return []
+        tables = np.load(path)
+        return [tables[column].astype(np.float32) for column in self.manifest["feature_columns"]]
+
     def feature_codes(self) -> np.ndarray:
         """(N + 1, F) content codes in the model's feature order (bags over their widths); row 0 padding."""
         columns = self.manifest["feature_columns"]
@@ -150,6 +158,19 @@ def check_index(bundle: Bundle, index) -> None:
 
 def feature_widths(manifest: dict) -> list[int]:
     return list(manifest.get("feature_widths") or [1] * len(manifest["feature_columns"]))
+
+
+def attribute_vectors(tables: list[np.ndarray], widths: list[int], codes: np.ndarray, dim: int) -> np.ndarray:
+    """(..., A, D) float32: each content feature's vector of items with codes (..., sum(widths)), as the item tower
+    (models.towers.feature_vectors): a code's row, or the mean over a bag's known codes (row 0, zero, when none).
+    An item's content vector is their sum over A."""
+    out, start = [], 0
+    for table, width in zip(tables, widths):
+        block = codes[..., start : start + width]
+        known = (block > 0)[..., None]
+        out.append((table[block] * known).sum(axis=-2) / np.maximum(known.sum(axis=-2), 1))
+        start += width
+    return np.stack(out, axis=-2).astype(np.float32) if out else np.zeros((*codes.shape[:-1], 0, dim), np.float32)
 
 
 def encode_item_features(manifest: dict, table: pa.Table) -> np.ndarray:
@@ -221,15 +242,8 @@ def add_items(bundle_dir: Path, items_file: Path, out_dir: Path) -> dict:
     if len(set(new_ids)) != len(new_ids):
         raise DataError(f"{items_file}: item ids repeat; each new item once.")
     codes = encode_item_features(bundle.manifest, table)
-    tables = np.load(tables_path)
-    vectors = np.zeros((len(new_ids), bundle.dim), np.float32)
-    start = 0
-    for column, width in zip(bundle.manifest["feature_columns"], feature_widths(bundle.manifest)):
-        # As the item tower: a code's row, or the mean over a bag's known codes (row 0, zero, when none).
-        block = codes[:, start : start + width]
-        known = (block > 0)[..., None]
-        vectors += (tables[column][block] * known).sum(axis=1) / np.maximum(known.sum(axis=1), 1)
-        start += width
+    vectors = attribute_vectors(bundle.attribute_tables(), feature_widths(bundle.manifest), codes, bundle.dim)
+    vectors = vectors.sum(axis=-2)
     if bundle.manifest["model"]["similarity"] == "cosine":
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     out_dir = Path(out_dir)

@@ -5,7 +5,8 @@ Both read item *vectors* rather than item ids, so the catalogue lives in one ser
 
     query_encoder(step_items (B,T,D), step_mask (B,T), event_types, gap_buckets, channels, new_session (B,T),
                   device_type, hour, day_of_week, referrer, region, gap_bucket, loyalty (B,),
-                  past_items (B,P,D), past_mask (B,P))                              -> query (B,D)
+                  past_items (B,P,D), past_mask (B,P)
+                  [, step_attributes (B,T,A,D): attribute-fusion encoders only])    -> query (B,D)
     ranker(query (B,D), candidates (B,C,D), candidate_codes (B,C,F), context (B,K), retrieval_scores (B,C))
                                                                                    -> logits (B,C)
 
@@ -25,6 +26,15 @@ STEP_INPUTS = ("event_types", "gap_buckets", "channels", "new_session")
 # Request context in CONTEXT_FIELDS order (device type, hour, day of week, referrer, region, gap), then loyalty.
 CONTEXT_INPUTS = ("device_type", "hour", "day_of_week", "referrer", "region", "gap_bucket")
 QUERY_INPUTS = ("step_items", "step_mask", *STEP_INPUTS, *CONTEXT_INPUTS, "loyalty", "past_items", "past_mask")
+# Read after the others by an encoder with model.reads_attributes (dif_sr): each step's attribute vectors.
+ATTRIBUTE_INPUT = "step_attributes"
+
+
+def query_input_names(model) -> tuple[str, ...]:
+    """The query encoder's inputs for this TwoTower, in order."""
+    return (*QUERY_INPUTS, ATTRIBUTE_INPUT) if model.reads_attributes else QUERY_INPUTS
+
+
 RANKER_INPUTS = ("query", "candidates", "candidate_codes", "context", "retrieval_scores")
 OPSET = 17
 
@@ -37,6 +47,9 @@ class QueryEncoder(nn.Module):
         self.model = model.eval()
 
     def forward(self, step_items, step_mask, event_types, gap_buckets, channels, new_session, *rest):
+        step_attributes = None
+        if self.model.reads_attributes:
+            *rest, step_attributes = rest
         *context, loyalty, past_items, past_mask = rest
         T = step_mask.shape[1]
         batch = {
@@ -52,7 +65,7 @@ class QueryEncoder(nn.Module):
         # (only the last real position is read, and the encoder is causal).
         for name, value in zip(CONTEXT_FIELDS, context):
             batch[name] = value.unsqueeze(1).expand(-1, T)
-        return self.model.query(batch, step_items, past_items)
+        return self.model.query(batch, step_items, past_items, step_attributes)
 
 
 class RankerScorer(nn.Module):
@@ -67,8 +80,11 @@ class RankerScorer(nn.Module):
         return self.ranker(query, candidates, candidate_codes, context, relative)
 
 
-def example_query_inputs(B: int, T: int, P: int, D: int, sizes: dict[str, int], generator=None) -> tuple:
-    """Random, right-padded query-encoder inputs (for export tracing and the equality tests)."""
+def example_query_inputs(
+    B: int, T: int, P: int, D: int, sizes: dict[str, int], generator=None, attributes: int | None = None
+) -> tuple:
+    """Random, right-padded query-encoder inputs (for export tracing and the equality tests); with
+    `attributes` = A (not None), step_attributes (B, T, A, D) last."""
     g = generator or torch.Generator().manual_seed(0)
     lengths = torch.randint(1, T + 1, (B,), generator=g)
     lengths[0] = T
@@ -82,7 +98,7 @@ def example_query_inputs(B: int, T: int, P: int, D: int, sizes: dict[str, int], 
     steps = [codes(sizes[name], (B, T)) * mask for name in ("event_types", "gap_buckets", "channels")]
     steps.append(torch.randint(0, 2, (B, T), generator=g) * mask)
     context = [codes(sizes[name], (B,)) for name in CONTEXT_FIELDS]
-    return (
+    inputs = (
         torch.randn(B, T, D, generator=g) * mask.unsqueeze(-1),
         mask,
         *steps,
@@ -91,16 +107,22 @@ def example_query_inputs(B: int, T: int, P: int, D: int, sizes: dict[str, int], 
         torch.randn(B, P, D, generator=g) * past_mask.unsqueeze(-1),
         past_mask,
     )
+    if attributes is None:
+        return inputs
+    return (*inputs, torch.randn(B, T, attributes, D, generator=g) * mask[..., None, None])
 
 
 def export_query_encoder(model, path: Path, sizes: dict[str, int], max_seq_len: int, past: int) -> None:
     encoder = QueryEncoder(model)
-    inputs = example_query_inputs(2, max_seq_len, max(past, 1), model.cfg.embedding_dim, sizes)
+    attributes = model.encoder.num_attributes if model.reads_attributes else None
+    inputs = example_query_inputs(2, max_seq_len, max(past, 1), model.cfg.embedding_dim, sizes, attributes=attributes)
     axes = {"step_items": {0: "B", 1: "T"}, "past_items": {0: "B", 1: "P"}, "past_mask": {0: "B", 1: "P"}}
+    axes[ATTRIBUTE_INPUT] = {0: "B", 1: "T"}
     axes.update({name: {0: "B", 1: "T"} for name in ("step_mask", *STEP_INPUTS)})
     axes.update({name: {0: "B"} for name in (*CONTEXT_INPUTS, "loyalty")})
     axes["query"] = {0: "B"}
-    _export(encoder, inputs, path, QUERY_INPUTS, "query", axes)
+    names = query_input_names(model)
+    _export(encoder, inputs, path, names, "query", {k: v for k, v in axes.items() if k in names or k == "query"})
 
 
 def _export(module, inputs: tuple, path: Path, input_names, output: str, axes: dict) -> None:

@@ -52,7 +52,7 @@ import numpy as np
 from intentrec.data.errors import ConfigError, DataError, IntentrecError
 from intentrec.data.features import cooccurrence_scores, time_gap_buckets
 from intentrec.data.schema import MAX_EVENT_TIME_MS, MIN_EVENT_TIME_MS
-from intentrec.serving.bundle import check_index, load_bundle
+from intentrec.serving.bundle import attribute_vectors, check_index, feature_widths, load_bundle
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +317,8 @@ class Recommender:
         )
         # Inputs the model does not read (e.g. context with model.context=none) are not in the graph.
         self.encoder_inputs = [i.name for i in self.encoder.get_inputs()]
+        # An attribute-fusion encoder (dif_sr) also reads each step's attribute vectors.
+        self.attribute_tables = self.bundle.attribute_tables() if "step_attributes" in self.encoder_inputs else []
         ranker_path = self.bundle.directory / "ranker.onnx"
         self.ranker = (
             ort.InferenceSession(str(ranker_path), options, providers=providers)
@@ -532,6 +534,11 @@ class Recommender:
             "past_items": self.embeddings[past_idx],
             "past_mask": (past_idx > 0).astype(np.int64),
         }
+        if "step_attributes" in self.encoder_inputs:
+            widths = feature_widths(self.bundle.manifest)
+            feed["step_attributes"] = attribute_vectors(
+                self.attribute_tables, widths, self.feature_codes[step_idx], self.dim
+            )
         feed = {name: feed[name] for name in self.encoder_inputs}
         if self.remote is not None:
             return self.remote("query_encoder", feed)

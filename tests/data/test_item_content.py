@@ -98,10 +98,11 @@ def test_parquet_list_columns_are_bags_and_canonical_names_keep_their_meaning(tm
     assert len(items["genres_idx"][row["i6"]]) == 2
 
 
-@pytest.mark.parametrize("model", ["transformer", "filter_mix", "cl4srec", "duorec", "bert4rec"])
+@pytest.mark.parametrize("model", ["transformer", "filter_mix", "cl4srec", "duorec", "bert4rec", "dif_sr"])
 def test_the_s3rec_attribute_json_reaches_the_item_tower_and_new_items_by_their_attributes(tmp_path, model):
     from intentrec.serving.bundle import add_items
     from intentrec.serving.export import export
+    from intentrec.training.datamodule import PreparedData
     from intentrec.training.train import train
 
     rng = np.random.default_rng(1)
@@ -141,6 +142,54 @@ def test_the_s3rec_attribute_json_reaches_the_item_tower_and_new_items_by_their_
     (tmp_path / "new.csv").write_text("item_id,attributes\nn4, 2 | 1 ||\n")
     add_items(tmp_path / "b1", tmp_path / "new.csv", tmp_path / "b3")
     assert np.allclose(np.load(tmp_path / "b3" / "item_embeddings.npy")[-1], vectors[0], atol=1e-6)
+    if model == "dif_sr":
+        served_attribute_streams_equal_the_item_towers(
+            tmp_path / "run" / "checkpoints" / "best.ckpt", tmp_path / "b2", PreparedData.load(folder)
+        )
+
+
+def served_attribute_streams_equal_the_item_towers(ckpt, bundle_dir, data):
+    """An attribute-fusion model served from a bundle (with items added later) gives torch's query."""
+    from intentrec.models.context import CONTEXT_FIELDS
+    from intentrec.serving.onnx_models import QueryEncoder
+    from intentrec.serving.recommender import Query, Recommender
+    from intentrec.training.evaluate import load_checkpoint
+
+    model = load_checkpoint(ckpt, data).eval().model
+    recommender = Recommender(bundle_dir)
+    assert "step_attributes" in recommender.encoder_inputs
+    history = ["3", "17", "n1", "5"]  # n1: added after training, embedded from its attributes alone
+    decoded = recommender.decode(Query(item_ids=history, k=5))
+    served = recommender.encode([decoded])[0]
+    ids = torch.as_tensor(decoded["idx"])[None]
+    T, D = ids.shape[1], model.cfg.embedding_dim
+    codes = torch.as_tensor(recommender.feature_codes)
+    known = ids < model.item_tower.num_items + 1
+    with torch.no_grad():
+        model.item_tower.feature_codes = codes  # the bundle's codes: trained items and the added ones
+        attributes = model.item_tower.attribute_vectors(ids)
+    assert not known.all() and attributes.shape == (1, T, len(model.item_tower.feature_embeddings), D)
+    step = {name: torch.as_tensor(decoded[name])[None] for name in ("event_types", "gap_buckets", "channels")}
+    context = [torch.tensor([int(c)]) for c in decoded["context"]][: len(CONTEXT_FIELDS)]
+    with torch.no_grad():
+        expected = QueryEncoder(model)(
+            torch.as_tensor(recommender.embeddings[decoded["idx"]])[None],
+            torch.ones(1, T, dtype=torch.long),
+            step["event_types"],
+            step["gap_buckets"],
+            step["channels"],
+            torch.as_tensor(decoded["new_session"]).long()[None],
+            *context,
+            torch.tensor([int(decoded["loyalty"])]),
+            torch.zeros(1, 1, D),
+            torch.zeros(1, 1, dtype=torch.long),
+            attributes,
+        )[0].numpy()
+    assert np.abs(served - expected).max() < 1e-4
+    # An added item with other attributes in the same place gives another query.
+    decoded_other = recommender.decode(Query(item_ids=["3", "17", "n2", "5"], k=5))
+    assert np.abs(recommender.encode([decoded_other])[0] - served).max() > 1e-4
+    assert len(recommender.recommend([Query(item_ids=history, k=5)])[0].item_ids) == 5
 
 
 BAD = {

@@ -57,7 +57,7 @@ def make_batch(B: int = 3, T: int = 8, lengths=(8, 5, 1), seed: int = 1) -> dict
     }
 
 
-ENCODERS = ["transformer", "gru", "mean", "filter_mix"]
+ENCODERS = ["transformer", "gru", "mean", "filter_mix", "dif_sr"]
 
 
 @pytest.mark.parametrize("encoder", ENCODERS)
@@ -170,7 +170,8 @@ def test_full_softmax_can_take_the_history_out_of_the_negatives():
 
 def test_bad_model_config_names_the_key():
     with pytest.raises(
-        ValueError, match=r"model\.encoder='lstm'; expected one of \['mean', 'gru', 'transformer', 'filter_mix', 'bert4rec'\]"
+        ValueError,
+        match=r"model\.encoder='lstm'; expected one of \['mean', 'gru', 'transformer', 'filter_mix', 'bert4rec', 'dif_sr'\]",
     ):
         TwoTowerConfig(encoder="lstm")
     with pytest.raises(ValueError, match=r"model\.embedding_dim=10 must be divisible by model\.num_heads=4"):

@@ -21,7 +21,6 @@ from intentrec.serving.bundle import add_items, load_bundle
 from intentrec.serving.export import category_complements, export, validation_queries
 from intentrec.serving.index import build_index, recall_against_exact, set_search_params
 from intentrec.serving.onnx_models import (
-    QUERY_INPUTS,
     RANKER_INPUTS,
     QueryEncoder,
     RankerScorer,
@@ -29,6 +28,7 @@ from intentrec.serving.onnx_models import (
     example_ranker_inputs,
     export_query_encoder,
     export_ranker,
+    query_input_names,
 )
 from intentrec.serving.recommender import Query, Recommender, member
 from intentrec.training.train import prepared_data
@@ -54,6 +54,8 @@ def _session(path):
         ("filter_mix", "concat"),
         ("bert4rec", "concat"),
         ("bert4rec", "none"),
+        ("dif_sr", "concat"),
+        ("dif_sr", "none"),
     ],
 )
 def test_onnx_query_encoder_equals_torch_on_random_padded_inputs(tmp_path, encoder, context):
@@ -68,10 +70,11 @@ def test_onnx_query_encoder_equals_torch_on_random_padded_inputs(tmp_path, encod
     session = _session(tmp_path / "q.onnx")
     worst = 0.0
     for B, T, P in [(4, 30, 20), (7, 9, 3), (1, 1, 1), (3, 17, 1)]:
-        inputs = example_query_inputs(B, T, P, 32, SIZES, torch.Generator().manual_seed(B * T))
+        attributes = 2 if model.reads_attributes else None
+        inputs = example_query_inputs(B, T, P, 32, SIZES, torch.Generator().manual_seed(B * T), attributes)
         with torch.no_grad():
             expected = QueryEncoder(model)(*inputs).numpy()
-        feed = {name: x.numpy() for name, x in zip(QUERY_INPUTS, inputs)}
+        feed = {name: x.numpy() for name, x in zip(query_input_names(model), inputs)}
         got = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})[0]
         worst = max(worst, float(np.abs(got - expected).max()))
     assert worst < 1e-5, worst

@@ -29,6 +29,7 @@ VARIANTS = [
     "cl4srec",
     "duorec",
     "bert4rec",
+    "dif_sr",
     "mean_pool",
     "popularity",
     "cooccurrence",

@@ -129,4 +129,4 @@ def test_every_search_space_names_keys_of_its_variant(search):
 
 
 def test_there_is_a_search_space_per_trained_variant():
-    assert {"transformer", "filter_mix", "gru", "mean_pool", "cl4srec", "duorec", "bert4rec"} <= set(SEARCHES)
+    assert {"transformer", "filter_mix", "gru", "mean_pool", "cl4srec", "duorec", "bert4rec", "dif_sr"} <= set(SEARCHES)
