@@ -21,7 +21,10 @@ What differs from the paper, and why:
 - positions enter the attention only (their own stream), not the item stream, as in the paper;
 - the paper's auxiliary attribute-prediction loss is not applied: the next-item loss is the only objective;
 - without attribute columns (`model.item_features=id`, or data without them) only the item and position
-  streams remain.
+  streams remain;
+- `model.filter_mix` > 0 adds the filter-mixing branch of models/filter_mix.py beside the decoupled
+  attention (BSARec's `alpha * filter + (1 - alpha) * attention` with DIF-SR's attention; `model=dif_sr_filter`);
+  0, the paper's blocks, is `model=dif_sr`.
 
 Serving reads the attribute streams from the bundle (`items.parquet` codes and `content_tables.npz`), so
 items added later (`python -m serving.add_items`) come with theirs.
@@ -32,6 +35,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from intentrec.models.filter_mix import CausalFilter
 from intentrec.models.towers import TransformerBlock, TransformerEncoder
 
 
@@ -79,14 +83,34 @@ class DecoupledAttention(nn.Module):
 
 
 class DifSrBlock(TransformerBlock):
-    """Pre-norm block as the transformer's, with decoupled attention."""
+    """Pre-norm block as the transformer's, with decoupled attention (mixed with a causal filter when
+    `filter_mix` > 0: `filter_mix * filter + (1 - filter_mix) * attention`)."""
 
-    def __init__(self, embedding_dim: int, num_heads: int, dropout: float, num_attributes: int):
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_heads: int,
+        dropout: float,
+        num_attributes: int,
+        max_seq_len: int,
+        filter_mix: float = 0.0,
+    ):
         super().__init__(embedding_dim, num_heads, dropout)
+        if not 0.0 <= float(filter_mix) < 1.0:
+            raise ValueError(
+                f"model.filter_mix={filter_mix} with model.encoder=dif_sr; expected a share from 0 (decoupled attention "
+                "only) up to, not including, 1 (dif_sr needs its attention)."
+            )
         self.self_attn = DecoupledAttention(embedding_dim, num_heads, dropout, num_attributes)
+        self.alpha = float(filter_mix)
+        self.filter = CausalFilter(embedding_dim, max_seq_len) if self.alpha > 0 else None
 
     def forward(self, x: torch.Tensor, attributes: list[torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
-        x = x + self.dropout(self.self_attn(self.norm1(x), attributes, positions))
+        h = self.norm1(x)
+        mixed = self.self_attn(h, attributes, positions)
+        if self.filter is not None:
+            mixed = self.alpha * self.filter(h) + (1.0 - self.alpha) * mixed
+        x = x + self.dropout(mixed)
         hidden = self.dropout(nn.functional.gelu(self.linear1(self.norm2(x))))
         return x + self.dropout(self.linear2(hidden))
 
@@ -104,16 +128,32 @@ class DifSrEncoder(TransformerEncoder):
         dropout: float,
         max_seq_len: int,
         num_attributes: int = 0,
+        filter_mix: float = 0.0,
         **_,
     ):
-        super().__init__(embedding_dim, num_layers, num_heads, dropout, max_seq_len, num_attributes=num_attributes)
+        super().__init__(
+            embedding_dim,
+            num_layers,
+            num_heads,
+            dropout,
+            max_seq_len,
+            num_attributes=num_attributes,
+            filter_mix=filter_mix,
+        )
         self.num_attributes = num_attributes
         self.attribute_norms = nn.ModuleList(nn.LayerNorm(embedding_dim) for _ in range(num_attributes))
 
     def block(
-        self, embedding_dim: int, num_heads: int, dropout: float, max_seq_len: int, num_attributes: int = 0, **_
+        self,
+        embedding_dim: int,
+        num_heads: int,
+        dropout: float,
+        max_seq_len: int,
+        num_attributes: int = 0,
+        filter_mix: float = 0.0,
+        **_,
     ) -> nn.Module:
-        return DifSrBlock(embedding_dim, num_heads, dropout, num_attributes)
+        return DifSrBlock(embedding_dim, num_heads, dropout, num_attributes, max_seq_len, filter_mix)
 
     def forward(self, steps: torch.Tensor, mask: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
         """steps (B, T, D), mask (B, T), attributes (B, T, A, D) -> states (B, T, D); state t sees steps <= t."""

@@ -46,7 +46,7 @@ class TwoTowerConfig:
     id_dropout: float = 0.1
     similarity: str = "dot"
     temperature: float = 0.05
-    filter_mix: float = 0.5  # filter_mix encoder: share of the filter branch in each block
+    filter_mix: float = 0.5  # filter_mix and dif_sr encoders: share of the filter branch in each block
     cloze_mask: float = 0.2  # bert4rec encoder: share of the steps masked and predicted in training
 
     def __post_init__(self):

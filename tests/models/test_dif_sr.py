@@ -3,6 +3,7 @@ values come from the item stream, attributes change the query, and it works with
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from intentrec.models.dif_sr import DecoupledAttention
@@ -39,7 +40,7 @@ def test_the_score_is_the_sum_of_the_streams_products_and_values_are_the_items()
 
 
 def test_the_attributes_are_read_and_without_them_the_encoder_still_works():
-    m, batch = make_model(encoder="dif_sr"), make_batch()
+    m, batch = make_model(encoder="dif_sr", filter_mix=0.0), make_batch()
     assert m.encoder.num_attributes == 2
     with torch.no_grad():
         before = m.query(batch)
@@ -55,3 +56,8 @@ def test_the_attributes_are_read_and_without_them_the_encoder_still_works():
 
 
 # Causality and padding: tests/models/test_two_tower.py (ENCODERS).
+
+
+def test_a_filter_share_of_one_is_refused_naming_the_key():
+    with pytest.raises(ValueError, match=r"model\.filter_mix=1\.0 with model\.encoder=dif_sr; expected a share from 0"):
+        make_model(encoder="dif_sr", filter_mix=1.0)

@@ -56,13 +56,21 @@ def _session(path):
         ("bert4rec", "none"),
         ("dif_sr", "concat"),
         ("dif_sr", "none"),
+        ("dif_sr_no_filter", "concat"),
     ],
 )
 def test_onnx_query_encoder_equals_torch_on_random_padded_inputs(tmp_path, encoder, context):
     vocab = Vocabulary(100, 8, 24, 5, {name: 9 for name in CONTEXT_FIELDS}, [5, 7])
     torch.manual_seed(0)
+    filter_mix = 0.0 if encoder.endswith("_no_filter") else 0.5
     model = TwoTower(
-        TwoTowerConfig(encoder=encoder, context=context, embedding_dim=32, max_seq_len=30),
+        TwoTowerConfig(
+            encoder=encoder.removesuffix("_no_filter"),
+            context=context,
+            embedding_dim=32,
+            max_seq_len=30,
+            filter_mix=filter_mix,
+        ),
         vocab,
         torch.randint(0, 5, (101, 2)),
     )

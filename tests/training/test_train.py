@@ -30,6 +30,7 @@ VARIANTS = [
     "duorec",
     "bert4rec",
     "dif_sr",
+    "dif_sr_filter",
     "mean_pool",
     "popularity",
     "cooccurrence",
