@@ -48,6 +48,7 @@ class TwoTowerConfig:
     temperature: float = 0.05
     filter_mix: float = 0.5  # filter_mix and dif_sr encoders: share of the filter branch in each block
     cloze_mask: float = 0.2  # bert4rec encoder: share of the steps masked and predicted in training
+    attribute_loss: float = 0.0  # weight of the auxiliary attribute-prediction loss (DIF-SR's lambda; 0 = off)
 
     def __post_init__(self):
         for key, allowed in (
@@ -59,6 +60,8 @@ class TwoTowerConfig:
                 raise ValueError(f"model.{key}={getattr(self, key)!r}; expected one of {list(allowed)}.")
         if not 0.0 < self.cloze_mask < 1.0:
             raise ValueError(f"model.cloze_mask={self.cloze_mask}; expected a share between 0 and 1.")
+        if not self.attribute_loss >= 0.0:
+            raise ValueError(f"model.attribute_loss={self.attribute_loss}; expected a weight >= 0 (0 turns it off).")
         if self.embedding_dim % self.num_heads:
             raise ValueError(
                 f"model.embedding_dim={self.embedding_dim} must be divisible by model.num_heads={self.num_heads}."

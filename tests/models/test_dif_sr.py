@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from intentrec.models.dif_sr import DecoupledAttention
+from intentrec.models.dif_sr import DecoupledAttention, attribute_prediction_loss
+from intentrec.models.towers import ItemTower
 from tests.models.test_two_tower import make_batch, make_model
 
 
@@ -61,3 +62,36 @@ def test_the_attributes_are_read_and_without_them_the_encoder_still_works():
 def test_a_filter_share_of_one_is_refused_naming_the_key():
     with pytest.raises(ValueError, match=r"model\.filter_mix=1\.0 with model\.encoder=dif_sr; expected a share from 0"):
         make_model(encoder="dif_sr", filter_mix=1.0)
+
+
+def test_the_attribute_loss_is_bce_over_each_features_codes_of_the_target():
+    torch.manual_seed(0)
+    # items 1..3; a single-code feature (vocabulary 3) and a bag of two (vocabulary 4); code 0 unknown
+    codes = torch.tensor([[0, 0, 0], [1, 2, 0], [2, 1, 3], [0, 0, 0]])
+    tower = ItemTower(3, 4, codes, [3, 4], feature_widths=[1, 2])
+    queries, targets = torch.randn(3, 4, requires_grad=True), torch.tensor([1, 2, 3])
+    got = attribute_prediction_loss(tower, queries, targets)
+
+    def bce(query, table, labels):
+        logits = (query @ table.weight.t())[1:]  # code 0 is neither a logit nor a label
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / len(labels)
+
+    single = tower.feature_embeddings[0]
+    bag = tower.feature_embeddings[1]
+    # item 3 has no known code: it is left out of both means
+    expected = (bce(queries[0], single, torch.tensor([1.0, 0])) + bce(queries[1], single, torch.tensor([0, 1.0]))) / 2
+    expected = (
+        expected
+        + (bce(queries[0], bag, torch.tensor([0, 1.0, 0])) + bce(queries[1], bag, torch.tensor([1.0, 0, 1]))) / 2
+    )
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    got.backward()
+    assert bag.weight.grad[1:].abs().sum() > 0 and bag.weight.grad[0].abs().sum() == 0
+    assert attribute_prediction_loss(tower, queries.detach(), torch.tensor([3, 3])) is None
+    plain = ItemTower(3, 4, None, [])
+    assert attribute_prediction_loss(plain, queries.detach(), targets) is None
+
+
+def test_a_negative_attribute_loss_is_refused_naming_the_key():
+    with pytest.raises(ValueError, match=r"model\.attribute_loss=-1\.0; expected a weight >= 0"):
+        make_model(encoder="dif_sr", attribute_loss=-1.0)

@@ -75,6 +75,24 @@ def test_every_variant_trains_and_evaluates_by_full_ranking(artifacts, tmp_path,
         assert max(p["val/ndcg@10"] for p in curve) == pytest.approx(on_disk["val/ndcg@10"], abs=1e-6)
 
 
+def test_the_attribute_loss_trains_beside_the_next_item_loss(artifacts, tmp_path, caplog):
+    metrics = run(artifacts, tmp_path / "aux", "model=dif_sr", "model.attribute_loss=1.0", "ranker.enabled=false")
+    with open(tmp_path / "aux" / "logs" / "metrics.csv") as f:
+        logged = [float(row["train/attribute"]) for row in csv.DictReader(f) if row.get("train/attribute")]
+    assert logged and all(0 < value < 10 for value in logged)
+    assert 0.0 <= metrics["test/ndcg@10"] <= 1.0
+    # Items without content: the weight is ignored, with a message saying why.
+    run(
+        artifacts,
+        tmp_path / "id",
+        "model=dif_sr",
+        "model.attribute_loss=1.0",
+        "model.item_features=id",
+        "ranker.enabled=false",
+    )
+    assert "model.attribute_loss=1.0 is ignored: the items have no content features" in caplog.text
+
+
 @pytest.mark.parametrize("loss", ["full", "sampled", "gbce"])
 def test_each_loss_trains(artifacts, tmp_path, loss):
     metrics = run(artifacts, tmp_path, f"loss.name={loss}", "loss.num_negatives=32")

@@ -83,6 +83,7 @@ def test_optuna_sweeper_runs_three_trials_and_reports_the_study(tmp_path):
         f"artifacts_dir={tmp_path / 'artifacts'}",
         "ranker.enabled=false",
         "hydra.sweeper.n_trials=3",
+        f"hydra.sweeper.storage=sqlite:///{tmp_path / 'study.db'}",
         f"hydra.sweep.dir={sweep}",
     ]
     env = {**os.environ, "INTENTREC_PROGRESS": "0"}
@@ -103,6 +104,12 @@ def test_optuna_sweeper_runs_three_trials_and_reports_the_study(tmp_path):
     assert results["best_value"] == pytest.approx(max(values))
     best = params[values.index(max(values))]
     assert {k: str(v) for k, v in results["best_params"].items()} == best
+    # the study is kept in its storage: optuna reads the same trials back
+    import optuna
+
+    stored = optuna.load_study(study_name="filter_mix", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert sorted(t.value for t in stored.trials) == pytest.approx(sorted(values))
+    assert stored.best_params == results["best_params"]
 
     report = subprocess.run(
         [sys.executable, "-m", "training.study", str(sweep)], cwd=REPO_ROOT, capture_output=True, text=True
