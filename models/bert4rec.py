@@ -92,7 +92,7 @@ def cloze_states(
     real = ids > 0
     lengths = real.sum(dim=1)
     if step_items is None:
-        step_items = model.item_tower(ids)
+        step_items = model.item_embeddings(ids)  # the served table's vectors (normalized for cosine)
     steps = model.steps(batch, step_items)  # (B, T, D), pads 0
     mask_step = model.encoder.mask_step.to(steps.dtype)
     if masked is not None:

@@ -141,7 +141,7 @@ class ContrastiveObjective(nn.Module):
     def _view_queries(self, model, batch: dict[str, torch.Tensor], step_keys) -> torch.Tensor:
         kinds = torch.randint(0, len(AUGMENTATIONS), (batch["item_ids"].shape[0],), device=batch["item_ids"].device)
         view, masked = augment(batch, step_keys, kinds, self.shares)
-        step_items = model.item_tower(view["item_ids"])
+        step_items = model.item_embeddings(view["item_ids"])
         step_items = torch.where(masked.unsqueeze(-1), self.mask_vector.to(step_items.dtype), step_items)
         return model.query(view, step_items=step_items)
 

@@ -122,7 +122,7 @@ class TwoTower(nn.Module):
     ) -> torch.Tensor:
         """Mean embedding of purchases before the window and in it up to each step: (B, T, D)."""
         past_ids = batch["past_purchase_ids"]  # (B, P), 0 = none
-        past_items = self.item_tower(past_ids) if past_items is None else past_items * (past_ids > 0).unsqueeze(-1)
+        past_items = self.item_embeddings(past_ids) if past_items is None else past_items * (past_ids > 0).unsqueeze(-1)
         past = past_items.sum(dim=1, keepdim=True)  # (B, 1, D)
         past_count = (past_ids > 0).sum(dim=1, keepdim=True).unsqueeze(-1)  # (B, 1, 1)
         bought = torch.zeros_like(batch["event_types"], dtype=torch.bool)
@@ -142,7 +142,8 @@ class TwoTower(nn.Module):
         """Queries at every position (B, T, D): position t predicts the step after t.
 
         Serving passes the item vectors itself (`step_items` (B, T, D), `past_items` (B, P, D)) from
-        the served embedding table, so items added after training are read like any other; then
+        the served embedding table, so items added after training are read like any other; training
+        reads the same vectors (`item_embeddings`: normalized for cosine, as the table is); then
         only `item_ids > 0` and `past_purchase_ids > 0` (which steps are real) are used from the batch.
         An encoder that reads attributes takes them the same way (`step_attributes` (B, T, A, D)).
         """
@@ -150,7 +151,7 @@ class TwoTower(nn.Module):
             raise ValueError("a bidirectional encoder (bert4rec) has no causal per-position queries; use query()")
         mask = batch["item_ids"] > 0
         if step_items is None:
-            step_items = self.item_tower(batch["item_ids"])  # (B, T, D)
+            step_items = self.item_embeddings(batch["item_ids"])  # (B, T, D); the served table's vectors
         steps = self.steps(batch, step_items)
         if self.reads_attributes:
             if step_attributes is None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the built-in synthetic shop: set up .venv, generate and prepare the shop, train the
-# default model (transformer query tower with context), evaluate it by full-catalogue ranking, run the
+# default model (dif_sr_filter: attribute-aware attention beside a filter branch, with context, cosine scores), evaluate it by full-catalogue ranking, run the
 # popularity baseline through the same pipeline, export the model (ONNX + FAISS), serve it on the
 # real Triton server (127.0.0.1) and send example requests: an intent shift, a context effect,
 # business rules and similar items; then the personalization platform (event collector, identity

@@ -114,8 +114,29 @@ def test_a_negative_cross_rank_is_refused_naming_the_key():
         Ranker(RankerConfig(cross_rank=-1), 32, [9] * 7, [5, 11])
 
 
-def test_serving_decodes_requests_exactly_as_training_prepared_them(serving_run, bundle):
-    """Raw requests rebuilt from the test split give the checkpoint's own queries (gaps, sessions, context, past)."""
+@pytest.fixture(scope="module", params=["default", "dif_sr_filter"])
+def decode_case(request, serving_run, bundle, tmp_path_factory):
+    """(serving_run, bundle) of the default model, and of the recipe (attribute streams, cosine scores)."""
+    if request.param == "default":
+        return serving_run, bundle
+    from intentrec.training.train import train
+    from tests.conftest import compose_config
+    from tests.serving.conftest import SERVING_SHOP, export_config
+
+    artifacts, _ = serving_run
+    root = tmp_path_factory.mktemp("recipe")
+    run = root / "run"
+    train(
+        compose_config("train", [*SERVING_SHOP, f"artifacts_dir={artifacts}", f"run_dir={run}", "model=dif_sr_filter"])
+    )
+    export(export_config((artifacts, run), root / "bundle"))
+    return (artifacts, run), root / "bundle"
+
+
+def test_serving_decodes_requests_exactly_as_training_prepared_them(decode_case):
+    """Raw requests rebuilt from the test split give the checkpoint's own queries (gaps, sessions, context, past),
+    for the default model and for the recipe, whose cosine scores normalize the served item table."""
+    serving_run, bundle = decode_case
     from intentrec.training.datamodule import PreparedData, evaluation_examples, read_split
     from intentrec.training.evaluate import load_checkpoint
 
@@ -196,7 +217,7 @@ def test_index_recall_against_exact_search_for_each_factory_in_config(index_inpu
 def test_manifest_records_what_serving_needs(bundle):
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["num_items"] == load_bundle(bundle).embeddings.shape[0] - 1
-    assert manifest["dim"] == 32 and manifest["model"]["similarity"] == "dot"
+    assert manifest["dim"] == 32 and manifest["model"]["similarity"] == "cosine"  # the default recipe
     assert {"torch", "onnx", "onnxruntime", "faiss"} <= set(manifest["versions"])
     assert set(manifest["files"]) >= {
         "query_encoder.onnx",
@@ -267,7 +288,10 @@ def test_items_added_later_are_embedded_from_their_features_and_served(serving_r
     # The torch item tower embeds a cold item with the same feature codes to the same vector.
     codes = torch.as_tensor(after.feature_codes()[-2:])
     with torch.no_grad():
-        expected = sum(e(codes[:, j]) for j, e in enumerate(model.item_tower.feature_embeddings)).numpy()
+        expected = sum(e(codes[:, j]) for j, e in enumerate(model.item_tower.feature_embeddings))
+        if model.cfg.similarity == "cosine":  # the served table holds what the model scores: unit vectors
+            expected = torch.nn.functional.normalize(expected, dim=-1)
+        expected = expected.numpy()
     np.testing.assert_allclose(after.embeddings[-2:], expected, atol=1e-6)
     assert codes[1, before.manifest["feature_columns"].index("category_idx")] == 0  # unknown category -> code 0
     recommender = Recommender(tmp_path / "v2")

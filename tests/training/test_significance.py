@@ -43,7 +43,9 @@ def test_runs_write_ranks_that_reproduce_their_metrics_and_feed_the_leaderboard(
 
     runs = tmp_path / "runs"
     metrics = {
-        "transformer": run(artifacts, runs / "transformer", "trainer.max_epochs=2", "hybrid.enabled=true"),
+        "transformer": run(
+            artifacts, runs / "transformer", "model=transformer", "trainer.max_epochs=2", "hybrid.enabled=true"
+        ),
         "popularity": run(artifacts, runs / "popularity", "model=popularity"),
     }
     for name, values in metrics.items():

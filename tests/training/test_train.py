@@ -461,7 +461,7 @@ def test_training_prepares_again_when_the_prepared_data_is_from_an_older_version
     [
         (
             ["loss.name=bogus"],
-            r"model='transformer': loss\.name='bogus'; expected one of \['auto', 'full', 'sampled', 'gbce'\]",
+            r"model='dif_sr_filter': loss\.name='bogus'; expected one of \['auto', 'full', 'sampled', 'gbce'\]",
         ),
         (
             ["model.context=sideways"],

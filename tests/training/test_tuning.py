@@ -32,9 +32,9 @@ def test_mlflow_logger_writes_a_run_mlflow_reads_back(artifacts, tmp_path):
     experiment = client.get_experiment_by_name("intentrec-synthetic")
     assert experiment is not None
     (found,) = client.search_runs([experiment.experiment_id])
-    assert found.info.run_name == "transformer-seed3"
+    assert found.info.run_name == "dif_sr_filter-seed3"  # the default model
     assert found.info.status == "FINISHED"
-    assert found.data.params["model/encoder"] == "transformer"
+    assert found.data.params["model/encoder"] == "dif_sr"
     assert found.data.params["model/embedding_dim"] == "16"
     # one validation per epoch during fit, then the final figures
     history = client.get_metric_history(found.info.run_id, "val/ndcg_at_10")
