@@ -21,7 +21,7 @@ What differs from the paper, and why:
 - positions enter the attention only (their own stream), not the item stream, as in the paper;
 - the paper's auxiliary attribute-prediction loss is `model.attribute_loss` (its lambda; 0 = off, the
   default), with the attribute tables of the item tower as the predictors' weights instead of separate
-  linear layers (`attribute_prediction_loss`); it works with every encoder, training only;
+  linear layers (`models.losses.attribute_prediction_loss`); it works with every encoder, training only;
 - without attribute columns (`model.item_features=id`, or data without them) only the item and position
   streams remain;
 - `model.filter_mix` > 0 adds the filter-mixing branch of models/filter_mix.py beside the decoupled
@@ -171,31 +171,3 @@ class DifSrEncoder(TransformerEncoder):
         for block in self.blocks:
             x = block(x, streams, positions)
         return self.norm(x)
-
-
-def attribute_prediction_loss(item_tower, queries: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
-    """DIF-SR's auxiliary loss: from each query state, predict the attributes of its target item.
-
-    Per content feature f of the item tower (vocabulary V_f), the logits are the query times that feature's
-    embedding table, (M, D) x (D, V_f), and the labels the target's codes as a multi-hot vector (a bag
-    feature has several); binary cross-entropy over the known codes (code 0, unknown, is never a label nor
-    a logit), averaged over the targets that have at least one known code, summed over the features.
-    queries (M, D), targets (M,) item ids -> a scalar, or None when no target has a known attribute.
-    """
-    if item_tower.feature_codes is None:
-        return None
-    codes = item_tower.feature_codes[targets]  # (M, F)
-    total, start, used = queries.new_zeros(()), 0, False
-    for embedding, width in zip(item_tower.feature_embeddings, item_tower.feature_widths):
-        block = codes[:, start : start + width]
-        start += width
-        rows = (block > 0).any(dim=1)
-        if embedding.num_embeddings < 2 or not bool(rows.any()):
-            continue
-        labels = torch.zeros(int(rows.sum()), embedding.num_embeddings, device=queries.device, dtype=queries.dtype)
-        labels.scatter_(1, block[rows], 1.0)
-        logits = queries[rows] @ embedding.weight.t()  # (M', V_f)
-        loss = nn.functional.binary_cross_entropy_with_logits(logits[:, 1:], labels[:, 1:], reduction="none")
-        total = total + loss.sum(dim=1).mean() / (embedding.num_embeddings - 1)
-        used = True
-    return total if used else None

@@ -8,6 +8,9 @@
 
 Every loss takes queries (M, D) and target ids (M,) of the M target positions of a batch, the item
 tower's embedding function and the logit scale.
+
+Beside them, `attribute_prediction_loss` (DIF-SR's auxiliary term, `model.attribute_loss`): each query
+also predicts its target item's attributes.
 """
 
 from __future__ import annotations
@@ -96,3 +99,32 @@ class GBCE:
         negative = negative.masked_fill(negatives == targets.unsqueeze(1), float("-inf"))
         # log(sigmoid(s)^beta) = beta * logsigmoid(s); log(1 - sigmoid(s)) = logsigmoid(-s)
         return -(self.beta * F.logsigmoid(positive) + F.logsigmoid(-negative).sum(-1)).mean()
+
+
+def attribute_prediction_loss(item_tower, queries: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+    """DIF-SR's auxiliary loss: from each query state, predict the attributes of its target item.
+
+    Per content feature f of the item tower (vocabulary V_f), the logits are the query times that feature's
+    embedding table, (M, D) x (D, V_f), and the labels the target's codes as a multi-hot vector (a bag
+    feature has several); binary cross-entropy over the known codes (code 0, unknown, is never a label nor
+    a logit), averaged over the targets that have at least one known code (0 when none has), summed over
+    the features. No host synchronisation: the masks stay on the device.
+    queries (M, D), targets (M,) item ids -> a scalar, or None when the tower has no content feature.
+    """
+    tables = [(e, w) for e, w in zip(item_tower.feature_embeddings, item_tower.feature_widths)]
+    if item_tower.feature_codes is None or not any(e.num_embeddings > 1 for e, _ in tables):
+        return None
+    codes = item_tower.feature_codes[targets]  # (M, F)
+    total, start = queries.new_zeros(()), 0
+    for embedding, width in tables:
+        block = codes[:, start : start + width]
+        start += width
+        if embedding.num_embeddings < 2:  # only the unknown code
+            continue
+        known = (block > 0).any(dim=1).to(queries.dtype)  # (M,)
+        labels = torch.zeros(len(block), embedding.num_embeddings, device=queries.device, dtype=queries.dtype)
+        labels.scatter_(1, block, 1.0)  # unknown codes land in column 0, which is dropped
+        logits = queries @ embedding.weight.t()  # (M, V_f)
+        per_target = F.binary_cross_entropy_with_logits(logits[:, 1:], labels[:, 1:], reduction="none").sum(dim=1)
+        total = total + (per_target * known).sum() / known.sum().clamp(min=1) / (embedding.num_embeddings - 1)
+    return total

@@ -11,8 +11,7 @@ import torch
 
 from intentrec.models.bert4rec import cloze_examples
 from intentrec.models.contrastive import ContrastiveObjective
-from intentrec.models.dif_sr import attribute_prediction_loss
-from intentrec.models.losses import GBCE, SampledSoftmax, causal_history, full_softmax
+from intentrec.models.losses import GBCE, SampledSoftmax, attribute_prediction_loss, causal_history, full_softmax
 from intentrec.models.two_tower import TwoTower, TwoTowerConfig, Vocabulary
 from intentrec.training.datamodule import SEQUENCE_ARRAYS
 from intentrec.training.metrics import RankingAccumulator, make_accumulator, mask_scores
@@ -76,9 +75,11 @@ class RetrievalTask(pl.LightningModule):
         self.register_buffer("train_counts", counts, persistent=True)
         self.model.item_tower.set_cold_items(self.train_counts)
         self.loss_name = self._choose_loss(loss)
+        # DIF-SR's auxiliary term: its weight, or 0 when no item has an attribute to predict.
         tower_codes = self.model.item_tower.feature_codes
-        self.has_attributes = tower_codes is not None and bool(tower_codes.any())
-        if self.model_cfg.attribute_loss > 0 and not self.has_attributes:
+        has_attributes = tower_codes is not None and bool(tower_codes.any())
+        self.attribute_loss = self.model_cfg.attribute_loss if has_attributes else 0.0
+        if self.model_cfg.attribute_loss > 0 and not has_attributes:
             log.warning(
                 "model.attribute_loss=%s is ignored: the items have no content features to predict "
                 "(no category, brand, price or attribute columns in the item file).",
@@ -136,11 +137,10 @@ class RetrievalTask(pl.LightningModule):
             loss = self.sampled(queries, targets, self.model.item_embeddings, scale)
         else:
             loss = self.gbce(queries, targets, self.model.item_embeddings, scale)
-        if self.model_cfg.attribute_loss > 0 and self.has_attributes:
+        if self.attribute_loss > 0:
             attribute = attribute_prediction_loss(self.model.item_tower, queries, targets)
-            if attribute is not None:
-                self.log("train/attribute", attribute, batch_size=int(mask.sum()))
-                loss = loss + self.model_cfg.attribute_loss * attribute
+            self.log("train/attribute", attribute, batch_size=int(mask.sum()))
+            loss = loss + self.attribute_loss * attribute
         if self.contrastive is not None:
             contrastive = self.contrastive(self.model, batch, STEP_ARRAYS)
             self.log("train/contrastive", contrastive, batch_size=int(mask.sum()))

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from intentrec.models.dif_sr import DecoupledAttention, attribute_prediction_loss
+from intentrec.models.dif_sr import DecoupledAttention
+from intentrec.models.losses import attribute_prediction_loss
 from intentrec.models.towers import ItemTower
 from tests.models.test_two_tower import make_batch, make_model
 
@@ -87,7 +88,11 @@ def test_the_attribute_loss_is_bce_over_each_features_codes_of_the_target():
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
     got.backward()
     assert bag.weight.grad[1:].abs().sum() > 0 and bag.weight.grad[0].abs().sum() == 0
-    assert attribute_prediction_loss(tower, queries.detach(), torch.tensor([3, 3])) is None
+    # targets without a known attribute: nothing to predict, a zero loss and no gradient
+    unknown = torch.randn(2, 4, requires_grad=True)
+    nothing = attribute_prediction_loss(tower, unknown, torch.tensor([3, 3]))
+    nothing.backward()
+    assert nothing.item() == 0.0 and unknown.grad.abs().sum() == 0
     plain = ItemTower(3, 4, None, [])
     assert attribute_prediction_loss(plain, queries.detach(), targets) is None
 

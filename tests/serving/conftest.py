@@ -29,13 +29,17 @@ SERVING_SHOP = [
 ]
 
 
+def train_serving_model(artifacts, run, *overrides):
+    """Train a model of the serving shop into `run` (the shop prepared under `artifacts`, once)."""
+    train(compose_config("train", [*SERVING_SHOP, f"artifacts_dir={artifacts}", f"run_dir={run}", *overrides]))
+    return artifacts, run
+
+
 @pytest.fixture(scope="session")
 def serving_run(tmp_path_factory):
-    """(artifacts_dir, run_dir) of the trained model."""
+    """(artifacts_dir, run_dir) of the trained default model."""
     root = tmp_path_factory.mktemp("serving")
-    artifacts, run = root / "artifacts", root / "run"
-    train(compose_config("train", [*SERVING_SHOP, f"artifacts_dir={artifacts}", f"run_dir={run}"]))
-    return artifacts, run
+    return train_serving_model(root / "artifacts", root / "run")
 
 
 def export_config(serving_run, out, *overrides):

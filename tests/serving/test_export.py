@@ -114,28 +114,23 @@ def test_a_negative_cross_rank_is_refused_naming_the_key():
         Ranker(RankerConfig(cross_rank=-1), 32, [9] * 7, [5, 11])
 
 
-@pytest.fixture(scope="module", params=["default", "dif_sr_filter"])
+@pytest.fixture(scope="module", params=["default", "transformer"])
 def decode_case(request, serving_run, bundle, tmp_path_factory):
-    """(serving_run, bundle) of the default model, and of the recipe (attribute streams, cosine scores)."""
+    """(serving_run, bundle) of the default model (attribute streams, cosine scores over a normalized served
+    table) and of the transformer (dot products over the raw table): both ways of scoring are served."""
     if request.param == "default":
         return serving_run, bundle
-    from intentrec.training.train import train
-    from tests.conftest import compose_config
-    from tests.serving.conftest import SERVING_SHOP, export_config
+    from tests.serving.conftest import export_config, train_serving_model
 
-    artifacts, _ = serving_run
-    root = tmp_path_factory.mktemp("recipe")
-    run = root / "run"
-    train(
-        compose_config("train", [*SERVING_SHOP, f"artifacts_dir={artifacts}", f"run_dir={run}", "model=dif_sr_filter"])
-    )
-    export(export_config((artifacts, run), root / "bundle"))
-    return (artifacts, run), root / "bundle"
+    root = tmp_path_factory.mktemp(request.param)
+    run = train_serving_model(serving_run[0], root / "run", f"model={request.param}")
+    export(export_config(run, root / "bundle"))
+    return run, root / "bundle"
 
 
 def test_serving_decodes_requests_exactly_as_training_prepared_them(decode_case):
     """Raw requests rebuilt from the test split give the checkpoint's own queries (gaps, sessions, context, past),
-    for the default model and for the recipe, whose cosine scores normalize the served item table."""
+    for a cosine model (the default) and a dot-product one."""
     serving_run, bundle = decode_case
     from intentrec.training.datamodule import PreparedData, evaluation_examples, read_split
     from intentrec.training.evaluate import load_checkpoint
