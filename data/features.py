@@ -1,10 +1,110 @@
-"""Feature transforms shared by training and serving, so both compute exactly the same inputs."""
+"""Feature rules shared by training and serving, so both compute exactly the same inputs.
+
+Every rule that turns a shopper's events into model inputs or rule inputs lives here once and is
+imported by preparation (`data.prepare`), training, serving (`serving.recommender`) and the event
+platform (`serving.events`): event-type sets, session starts, step time gaps and their buckets,
+hour and day codes, the cart after a sequence of events, and co-occurrence evidence. Each works on
+numpy arrays, so the batch path (a whole split) and one request call the same function.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 NUM_GAP_BUCKETS = 24  # 0 = padding/unknown, 1 = no gap (first step), 2.. = log2 buckets of seconds
+SESSION_GAP_MS = 30 * 60 * 1000  # without session ids, a pause longer than this starts a new session
+MS_PER_HOUR = 3_600_000
+MS_PER_DAY = 86_400_000
+
+# Event-type sets by name (data.schema.EVENT_TYPES holds the names and their codes).
+PURCHASE_EVENTS = ("purchase", "store_purchase")  # what a shopper bought, online or in a store
+CART_EVENTS = ("add_to_cart", "remove_from_cart")
+
+
+def event_codes(names: Iterable[str], vocabulary: Sequence[str]) -> np.ndarray:
+    """Codes of the event types `names` in `vocabulary` (a code is a position in it; 0 is padding), those
+    present only: e.g. event_codes(PURCHASE_EVENTS, ["", *EVENT_TYPES])."""
+    position = {name: code for code, name in enumerate(vocabulary) if code > 0}
+    return np.asarray([position[name] for name in names if name in position], dtype=np.int64)
+
+
+def session_starts(
+    first: np.ndarray,
+    sessions: np.ndarray,
+    has_session: np.ndarray,
+    times_ms: np.ndarray | None,
+    gap_ms: int = SESSION_GAP_MS,
+) -> np.ndarray:
+    """Which steps start a session, over consecutive steps in time order (bool (n,)).
+
+    A sequence's first step (`first`) starts one. After that, when a step and the step before both carry
+    a session id, the shop's ids decide: a new id starts a session, and a long pause under the same id
+    does not (the shop's own definition of a visit, as its analytics count them). When either has no
+    id, a pause longer than `gap_ms` (SESSION_GAP_MS; milliseconds, compared exactly) starts one; without
+    times, nothing more does.
+    """
+    new = np.asarray(first, dtype=bool).copy()
+    if len(new) < 2:
+        return new
+    has_session = np.asarray(has_session, dtype=bool)
+    both = has_session[1:] & has_session[:-1]
+    changed = np.asarray(sessions[1:] != sessions[:-1], dtype=bool)
+    paused = np.zeros(len(new) - 1, bool)
+    if times_ms is not None:
+        times_ms = np.asarray(times_ms, dtype=np.int64)
+        paused = (times_ms[1:] - times_ms[:-1]) > gap_ms
+    new[1:] |= np.where(both, changed, paused)
+    return new
+
+
+def step_gaps_seconds(times_ms: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Whole seconds since the step before (0 at a sequence's first step, and for out-of-order times)."""
+    times_ms = np.asarray(times_ms, dtype=np.int64)
+    gaps = np.zeros(len(times_ms), np.int64)
+    gaps[1:] = (times_ms[1:] - times_ms[:-1]) // 1000
+    gaps[np.asarray(first, dtype=bool)] = 0
+    return np.clip(gaps, 0, np.iinfo(np.int32).max)
+
+
+def hour_codes(times_ms) -> np.ndarray:
+    """Hour of day (UTC) + 1: 1..24; 0 is kept for unknown."""
+    return (np.asarray(times_ms, dtype=np.int64) // MS_PER_HOUR) % 24 + 1
+
+
+def day_codes(times_ms) -> np.ndarray:
+    """Day of week: 1 = Monday ... 7 = Sunday (1970-01-01 was a Thursday); 0 is kept for unknown."""
+    return (np.asarray(times_ms, dtype=np.int64) // MS_PER_DAY + 3) % 7 + 1
+
+
+def replay_cart(events: Iterable[tuple]) -> tuple[dict, int | None, int | None]:
+    """The web cart after `events` (item, event type, quantity, time), oldest first.
+
+    Returns (cart {item: quantity}, time of the last cart change, time of the last online purchase).
+    add_to_cart adds its quantity (1 when missing or 0), remove_from_cart takes its quantity away (the
+    item leaves the cart at 0), an online `purchase` checks the item out of the cart, and a store
+    purchase leaves the web cart as it is (the shopper's web cart still shows it; rules that must not
+    remind a shopper of what they bought in a store check purchases, not the cart).
+    """
+    cart: dict = {}
+    changed = purchased = None
+    for item, kind, quantity, when in events:
+        quantity = int(quantity or 1)
+        if kind == "add_to_cart":
+            cart[item] = cart.get(item, 0) + quantity
+            changed = when
+        elif kind == "remove_from_cart":
+            left = cart.get(item, 0) - quantity
+            if left > 0:
+                cart[item] = left
+            else:
+                cart.pop(item, None)
+            changed = when
+        elif kind == "purchase":
+            cart.pop(item, None)
+            purchased = when
+    return cart, changed, purchased
 
 
 def time_gap_buckets(gaps_seconds: np.ndarray) -> np.ndarray:

@@ -53,14 +53,13 @@ import pyarrow.parquet as pq
 from intentrec.data import item_content
 from intentrec.data.canonical import SPLIT_COLUMN, LoadedData
 from intentrec.data.errors import ConfigError, DataError
+from intentrec.data.features import MS_PER_DAY, day_codes, hour_codes, session_starts, step_gaps_seconds
 from intentrec.data.schema import CHANNELS, DEVICE_TYPES, EVENT_TYPES, REFERRERS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
 SPLIT_TYPES = ("leave_last_out", "temporal", "predefined")
 SEQUENCE_KEYS = ("session", "customer")
-MS_PER_DAY = 86_400_000
-SESSION_GAP_MS = 30 * 60 * 1000
 # Version of the prepared files' layout; bump when columns change so older preparations are redone.
 PREPARED_FORMAT_VERSION = 2
 
@@ -332,21 +331,12 @@ def _row_lists(
     rows = flat.take(index)
     first = np.zeros(len(index), bool)
     first[offsets[:-1][lengths > 0]] = True
-    # A step starts a new session when its session id differs from the previous step's; without
-    # session ids, after a gap of more than SESSION_GAP_MS (the usual 30-minute sessionization).
-    new_session = first.copy()
-    if (rows.session >= 0).any():
-        new_session[1:] |= rows.session[1:] != rows.session[:-1]
-    elif rows.time_ms is not None:
-        new_session[1:] |= (rows.time_ms[1:] - rows.time_ms[:-1]) > SESSION_GAP_MS
+    new_session = session_starts(first, rows.session, rows.session >= 0, rows.time_ms)
     if rows.time_ms is not None:
-        gap = np.zeros(len(index), np.int64)
-        gap[1:] = (rows.time_ms[1:] - rows.time_ms[:-1]) // 1000
-        gap[first] = 0
-        time_gaps = np.clip(gap, 0, np.iinfo(np.int32).max).astype(np.int32)
+        time_gaps = step_gaps_seconds(rows.time_ms, first).astype(np.int32)
         timestamps = rows.time_ms
-        hours = ((rows.time_ms // 3_600_000) % 24 + 1).astype(np.int8)
-        days = (((rows.time_ms // MS_PER_DAY) + 3) % 7 + 1).astype(np.int8)
+        hours = hour_codes(rows.time_ms).astype(np.int8)
+        days = day_codes(rows.time_ms).astype(np.int8)
     else:
         time_gaps = np.full(len(index), -1, np.int32)
         timestamps = np.zeros(len(index), np.int64)

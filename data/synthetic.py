@@ -89,6 +89,10 @@ ET = {name: i for i, name in enumerate(EVENT_TYPES)}
 GENERATOR_VERSION = 3
 
 
+# A break inside a session (data.long_pause_prob): longer than the 30-minute session gap, under 2 hours.
+LONG_PAUSE_MS = (31 * 60_000, 120 * 60_000)
+
+
 @dataclass(frozen=True)
 class ShopConfig:
     """Knobs of the synthetic shop (`conf/data/synthetic.yaml` documents each)."""
@@ -107,6 +111,7 @@ class ShopConfig:
     context_strength: float = 2.0
     complement_strength: float = 3.0
     shift_pause_s: float = 300.0
+    long_pause_prob: float = 0.0
     popularity_exponent: float = 1.0
     guest_session_prob: float = 0.08
     late_login_prob: float = 0.25
@@ -133,6 +138,7 @@ class ShopConfig:
             "late_login_prob",
             "store_visit_prob",
             "new_item_share",
+            "long_pause_prob",
         ):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"data.{key}={getattr(self, key)}; expected a probability in [0, 1].")
@@ -444,6 +450,10 @@ def _chunk(world: _World, num_sessions: int, rng: np.random.Generator) -> dict:
     # The event's own exponential draw, mapped to uniform(0, 1), sets where in that range it falls.
     pause = (0.5 + -np.expm1(-gaps / mean_gap)) * cfg.shift_pause_s * 1000
     gaps = np.where(new_intent & (cfg.shift_pause_s > 0), pause, gaps)
+    if cfg.long_pause_prob > 0:  # a shopper back after a break, in the same session (same session id)
+        breaks = rng.spawn(1)[0]  # a child stream: the rest of the shop is drawn as without breaks
+        away = breaks.random(E) < cfg.long_pause_prob
+        gaps = np.where(away, breaks.uniform(LONG_PAUSE_MS[0], LONG_PAUSE_MS[1], E), gaps)
     gaps[rank == 0] = 0
     elapsed = np.cumsum(gaps)
     elapsed -= np.repeat(elapsed[np.cumsum(counts) - counts], counts)
@@ -663,6 +673,7 @@ def _write_static(world: _World, out: Path) -> None:
         },
         "complement_strength": cfg.complement_strength,
         "shift_pause_s": [0.5 * cfg.shift_pause_s, 1.5 * cfg.shift_pause_s],
+        "long_pause_ms": list(LONG_PAUSE_MS) if cfg.long_pause_prob > 0 else None,
         "campaigns": [
             {"campaign": i, "time_ms": int(t), "category": world.category_names[c], "item_id": f"i{item}"}
             for i, (t, c, item) in enumerate(zip(world.campaign_ms, world.campaign_category, world.campaign_item))

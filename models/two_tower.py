@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from intentrec.data.features import PURCHASE_EVENTS, event_codes
+from intentrec.data.schema import EVENT_TYPES
 from intentrec.models.bert4rec import Bert4RecEncoder, slot_query
 from intentrec.models.context import ContextEmbedding, ContextFusion
 from intentrec.models.dif_sr import DifSrEncoder
@@ -23,8 +25,8 @@ from intentrec.models.filter_mix import FilterMixEncoder
 from intentrec.models.towers import ENCODERS as BASE_ENCODERS
 from intentrec.models.towers import ItemTower, StepEmbedding
 
-# 1-based event-type codes (data.schema.EVENT_TYPES order) that count as purchases.
-PURCHASE_EVENT_CODES = (4, 7)  # purchase, store_purchase
+# Event-type codes (data.schema.EVENT_TYPES order, 1-based) of the purchases (data.features.PURCHASE_EVENTS).
+PURCHASE_EVENT_CODES = tuple(event_codes(PURCHASE_EVENTS, ("", *EVENT_TYPES)).tolist())
 SIMILARITIES = ("dot", "cosine")
 # Query encoders by model.encoder (one module each: models/towers.py, models/filter_mix.py).
 ENCODERS = {**BASE_ENCODERS, "filter_mix": FilterMixEncoder, "bert4rec": Bert4RecEncoder, "dif_sr": DifSrEncoder}

@@ -307,7 +307,7 @@ def main() -> None:
 
     from hydra import compose, initialize_config_dir
 
-    from intentrec.training.train import prepared_data
+    from intentrec.training.prepared import prepared_data
 
     python = ensure_venv(args.venv) if args.recbole_models else None
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -59,8 +59,9 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
 
     from intentrec.training.datamodule import ArrayDataset, BatchIndexSampler
+    from intentrec.training.prepared import build_datamodule, prepared_data
     from intentrec.training.runtime import set_heap_mode
-    from intentrec.training.train import build_datamodule, build_task, prepared_data
+    from intentrec.training.train import build_task
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(

@@ -120,6 +120,11 @@ def recommend_arrays(requests: list[RecommendRequest]) -> dict[str, np.ndarray]:
             list(map(str, r.session_ids)) if r.session_ids is not None else [""] * len(r.item_ids) for r in requests
         ]
         arrays["session_ids"] = _rows(sessions, b"", object)
+    if any(r.quantities is not None for r in requests):  # 0 = 1 unit (also the padding)
+        quantities = [
+            list(map(int, r.quantities)) if r.quantities is not None else [0] * len(r.item_ids) for r in requests
+        ]
+        arrays["quantities"] = _rows(quantities, 0, np.int64)
     for name in ("device_type", "referrer", "region", "loyalty", "identity"):
         if any(getattr(r, name) for r in requests):
             arrays[name] = np.asarray([[(getattr(r, name) or "").encode()] for r in requests], dtype=object)

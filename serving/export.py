@@ -29,9 +29,8 @@ import torch
 from intentrec.data import CONF_DIR, REPO_ROOT, progress
 from intentrec.data.cli import config_dict
 from intentrec.data.errors import ConfigError
-from intentrec.data.features import NUM_GAP_BUCKETS
+from intentrec.data.features import NUM_GAP_BUCKETS, SESSION_GAP_MS
 from intentrec.data.item_content import list_column
-from intentrec.data.prepare import SESSION_GAP_MS
 from intentrec.models.context import CONTEXT_FIELDS
 from intentrec.serving.bundle import library_versions, write_manifest
 from intentrec.serving.index import build_index, recall_against_exact, resolve_factory, set_search_params, write_index

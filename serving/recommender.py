@@ -50,14 +50,24 @@ from pathlib import Path
 import numpy as np
 
 from intentrec.data.errors import ConfigError, DataError, IntentrecError
-from intentrec.data.features import cooccurrence_scores, time_gap_buckets
+from intentrec.data.features import (
+    PURCHASE_EVENTS,
+    cooccurrence_scores,
+    day_codes,
+    event_codes,
+    hour_codes,
+    replay_cart,
+    session_starts,
+    step_gaps_seconds,
+    time_gap_buckets,
+)
 from intentrec.data.schema import MAX_EVENT_TIME_MS, MIN_EVENT_TIME_MS
 from intentrec.serving.bundle import attribute_vectors, check_index, feature_widths, load_bundle
 
 log = logging.getLogger(__name__)
 
-PURCHASE_TYPES = ("purchase", "store_purchase")
 MAX_K = 100
+MAX_QUANTITY = 1_000_000
 COMPLEMENT_POOL = 200  # most-trained items per complement category the complement rule scores
 
 
@@ -155,10 +165,11 @@ class RequestLimits:
 def check_lengths(q: Query) -> int:
     """The number of events; every per-event list must have one value per event."""
     n = len(q.item_ids)
-    for name in ("event_types", "timestamps", "channels", "session_ids"):
+    for name in ("event_types", "timestamps", "channels", "session_ids", "quantities"):
         values = getattr(q, name)
         if values is not None and len(values) != n:
-            raise RequestError(f"{name} has {len(values)} values but item_ids has {n}; send one {name[:-1]} per event.")
+            one = "quantity" if name == "quantities" else name[:-1]
+            raise RequestError(f"{name} has {len(values)} values but item_ids has {n}; send one {one} per event.")
     return n
 
 
@@ -207,7 +218,8 @@ class Query:
     exclude_in_cart: bool = False
     categories: list[str] = field(default_factory=list)  # only these categories (empty = all)
     channels: list[str] | None = None  # per event; default "web"
-    session_ids: list[str] | None = None  # per event; a change starts a new session (as does a 30-minute gap)
+    session_ids: list[str] | None = None  # per event; a new id starts a session (without ids: a 30-minute pause)
+    quantities: list[int] | None = None  # per event: units added to / removed from the cart (default 1)
     identity: str | None = None  # "customer:<id>" | "device:<id>" | "session:<id>": read the profile store
     min_price: float | None = None  # only items priced within [min_price, max_price] (either may be None)
     max_price: float | None = None
@@ -258,16 +270,14 @@ class Recommender:
         self.max_seq_len = int(m["model"]["max_seq_len"])
         self.past = max(1, int(m["past_purchases"]))
         self.scale = float(m["model"]["logit_scale"])
-        self.session_gap_s = int(m["session_gap_s"])
+        self.session_gap_ms = int(m["session_gap_s"]) * 1000
         vocab = m["vocab"]
         self.codes = {
             name: {value: code for code, value in enumerate(vocab.get(name, [])) if code > 0}
             for name in ("event_types", "device_types", "referrers", "regions", "channels", "loyalty")
         }
         self.event_names = {code: name for name, code in self.codes["event_types"].items()}
-        self.purchase_codes = np.asarray(
-            [self.codes["event_types"][t] for t in PURCHASE_TYPES if t in self.codes["event_types"]], dtype=np.int64
-        )
+        self.purchase_codes = event_codes(PURCHASE_EVENTS, vocab["event_types"])
         self.item_index = {item_id: i + 1 for i, item_id in enumerate(self.bundle.items["item_id"].tolist())}
         self.item_ids = np.concatenate([[""], self.bundle.items["item_id"].astype(str)]).astype(object)
         self.categories = self.bundle.padded("category", "").astype(str)
@@ -370,9 +380,16 @@ class Recommender:
             raise RequestError(f"hour={q.hour!r}; expected 0-23 (UTC), or leave it out to use the request time.")
         if q.day_of_week is not None and not 1 <= int(q.day_of_week) <= 7:
             raise RequestError(f"day_of_week={q.day_of_week!r}; expected 1 (Monday) to 7 (Sunday), or leave it out.")
+        if q.quantities is not None:
+            for position, value in enumerate(q.quantities):
+                if isinstance(value, bool) or not isinstance(value, int | np.integer) or not 0 <= value <= MAX_QUANTITY:
+                    raise RequestError(
+                        f"quantities[{position}]={value!r}; expected a whole number of units from 0 to "
+                        f"{MAX_QUANTITY:,} (0 or missing counts as 1)."
+                    )
         info: dict = {"unknown_items": 0, "truncated": 0, "fallback": None}
         types = list(q.event_types) if q.event_types is not None else ["view"] * n
-        event_codes = []
+        type_codes = []
         for position, value in enumerate(types):
             code = self.codes["event_types"].get(str(value))
             if code is None:
@@ -380,11 +397,12 @@ class Recommender:
                     f"event_types[{position}]={value!r} is not an event type; expected one of "
                     f"{sorted(self.codes['event_types'])}."
                 )
-            event_codes.append(code)
+            type_codes.append(code)
         times = np.asarray(q.timestamps if q.timestamps is not None else [-1] * n, dtype=np.int64)
+        quantities = np.asarray(q.quantities if q.quantities is not None else [1] * n, dtype=np.int64)
         order = np.argsort(times, kind="stable") if q.timestamps is not None else np.arange(n)
         ids = [str(q.item_ids[i]) for i in order]
-        event_codes = np.asarray(event_codes, dtype=np.int64)[order] if n else np.zeros(0, np.int64)
+        type_codes = np.asarray(type_codes, dtype=np.int64)[order] if n else np.zeros(0, np.int64)
         times = times[order]
         channels = (
             np.asarray([self._code("channels", q.channels[i], f"channels[{i}]", info) for i in order], np.int64)
@@ -396,18 +414,16 @@ class Recommender:
         info["unknown_items"] = int((~known).sum())
         sessions = np.asarray([str(q.session_ids[i]) for i in order] if q.session_ids is not None else [""] * n, object)
         # Gaps and session starts over the known events, in time order (as preparation does).
-        idx, event_codes, times, channels = idx[known], event_codes[known], times[known], channels[known]
+        idx, type_codes, times, channels = idx[known], type_codes[known], times[known], channels[known]
+        quantities = quantities[order][known]
         sessions = sessions[known]
-        new_session = np.zeros(len(idx), np.int64)
-        if len(idx):
-            new_session[0] = 1
-            new_session[1:] = sessions[1:] != sessions[:-1]
-        if q.timestamps is not None and len(times):
-            gaps = np.zeros(len(times), np.int64)
-            gaps[1:] = (times[1:] - times[:-1]) // 1000
-            new_session[1:] |= gaps[1:] > self.session_gap_s
-        else:
-            gaps = np.full(len(idx), -1, np.int64)
+        first = np.zeros(len(idx), bool)
+        first[:1] = True
+        timed = q.timestamps is not None
+        new_session = session_starts(
+            first, sessions, sessions != "", times if timed else None, self.session_gap_ms
+        ).astype(np.int64)
+        gaps = step_gaps_seconds(times, first) if timed else np.full(len(idx), -1, np.int64)
         if len(idx) > self.max_seq_len:
             info["truncated"] = int(len(idx) - self.max_seq_len)
         keep = slice(max(0, len(idx) - self.max_seq_len), None)
@@ -416,16 +432,16 @@ class Recommender:
         ctx_gap = time_gap_buckets(np.asarray([(now - last) // 1000 if last is not None else -1]))[0]
         if last is not None and now < last:
             ctx_gap = 1
-        hour = int(q.hour) if q.hour is not None else int(now // 3_600_000 % 24)
-        day = int(q.day_of_week) if q.day_of_week is not None else int((now // 86_400_000 + 3) % 7 + 1)
+        hour = int(q.hour) + 1 if q.hour is not None else int(hour_codes(now))
+        day = int(q.day_of_week) if q.day_of_week is not None else int(day_codes(now))
         past = np.asarray([self.item_index.get(str(i), 0) for i in q.past_purchases], dtype=np.int64)
         info["unknown_items"] += int((past == 0).sum())
         # Purchases among events too old for the window join the past purchases (as in training).
         dropped = slice(0, max(0, len(idx) - self.max_seq_len))
-        old_purchases = idx[dropped][member(event_codes[dropped], self.purchase_codes)]
+        old_purchases = idx[dropped][member(type_codes[dropped], self.purchase_codes)]
         past = np.concatenate([past[past > 0], old_purchases])[-self.past :]
         # Business-rule sets over all known events (not only the kept window).
-        purchased_at = np.flatnonzero(member(event_codes, self.purchase_codes))
+        purchased_at = np.flatnonzero(member(type_codes, self.purchase_codes))
         bought = set(idx[purchased_at].tolist()) | set(past.tolist())
         complement_of = None
         if (
@@ -434,13 +450,14 @@ class Recommender:
             and now - int(times[purchased_at[-1]]) <= self.complement_window_ms
         ):
             complement_of = self.categories[idx[purchased_at[-1]]]
-        cart: dict[int, bool] = {}
-        for item, code in zip(idx.tolist(), event_codes.tolist()):
-            name = self.event_names.get(code, "")
-            if name == "add_to_cart":
-                cart[item] = True
-            elif name in ("remove_from_cart", *PURCHASE_TYPES):
-                cart.pop(item, None)
+        cart, _, _ = replay_cart(
+            zip(
+                idx.tolist(),
+                (self.event_names.get(c, "") for c in type_codes.tolist()),
+                quantities.tolist(),
+                times.tolist(),
+            )
+        )
         allowed = None
         if q.categories:
             unknown = [c for c in q.categories if c not in self.category_items]
@@ -478,13 +495,13 @@ class Recommender:
             excluded |= set(cart)
         return {
             "idx": idx[keep],
-            "event_types": event_codes[keep],
+            "event_types": type_codes[keep],
             "gap_buckets": time_gap_buckets(gaps[keep]),
             "channels": channels[keep],
             "new_session": new_session[keep],
             "context": [
                 self._code("device_types", q.device_type, "device_type", info),
-                hour + 1,
+                hour,
                 day,
                 self._code("referrers", q.referrer, "referrer", info),
                 self._code("regions", q.region, "region", info),
@@ -747,6 +764,8 @@ class Recommender:
             + [q.channels[i] if q.channels is not None else "web" for i in keep],
             session_ids=pick([e["session_id"] for e in stored], "")
             + [q.session_ids[i] if q.session_ids is not None else "" for i in keep],
+            quantities=[int(e.get("quantity") or 1) for e in stored]
+            + [q.quantities[i] if q.quantities is not None else 1 for i in keep],
             past_purchases=list(dict.fromkeys([*q.past_purchases, *(e["item_id"] for e in bought[::-1])])),
             loyalty=q.loyalty
             if q.loyalty is not None or "loyalty_member" not in traits

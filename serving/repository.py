@@ -58,6 +58,7 @@ RECOMMEND_INPUTS = [
     ("timestamps", "INT64", [-1], True),
     ("channels", "BYTES", [-1], True),
     ("session_ids", "BYTES", [-1], True),
+    ("quantities", "INT64", [-1], True),
     ("now", "INT64", [1], True),
     ("device_type", "BYTES", [1], True),
     ("referrer", "BYTES", [1], True),

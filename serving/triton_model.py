@@ -44,7 +44,8 @@ except ImportError:  # pragma: no cover - imported outside Triton for documentat
 
 from intentrec.serving.recommender import Query, Recommender, RequestError, RequestLimits, Unavailable
 
-SEQUENCE_INPUTS = ("item_ids", "event_types", "timestamps", "channels", "session_ids")
+SEQUENCE_INPUTS = ("item_ids", "event_types", "timestamps", "channels", "session_ids", "quantities")
+NUMERIC_SEQUENCES = ("timestamps", "quantities")
 SCALAR_INPUTS = {
     "now": int,
     "device_type": str,
@@ -235,8 +236,14 @@ class RecommendModel(_Base):
                 if value.shape[0] != rows:
                     raise RequestError(f"{name} has {value.shape[0]} rows; item_ids has {rows}.")
                 self.recommender.limits.items(name, value.reshape(rows, -1).shape[1])
-        texts = {name: _texts(value) for name, value in sequences.items() if value is not None and name != "timestamps"}
+        texts = {
+            name: _texts(value)
+            for name, value in sequences.items()
+            if value is not None and name not in NUMERIC_SEQUENCES
+        }
         stamps = sequences["timestamps"].tolist() if sequences["timestamps"] is not None else None
+        if sequences["quantities"] is not None:
+            texts["quantities"] = sequences["quantities"].tolist()
         queries = []
         for row in range(rows):
             try:
@@ -252,7 +259,7 @@ class RecommendModel(_Base):
             (lambda values: values) if len(present) == len(item_row) else (lambda values: [values[j] for j in present])
         )
         q = Query(item_ids=pick(item_row))
-        for name in ("event_types", "channels", "session_ids"):
+        for name in ("event_types", "channels", "session_ids", "quantities"):
             if name in texts:
                 setattr(q, name, pick(texts[name][row]))
         if stamps is not None:

@@ -15,39 +15,18 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import open_dict
 
 from intentrec.data import progress
 from intentrec.data.cli import config_dict
 from intentrec.data.errors import ConfigError
-from intentrec.training.metrics import make_accumulator, mask_scores
 
 log = logging.getLogger(__name__)
 
 HEADLINE = ("hr", "ndcg", "mrr")
-
-
-def evaluate_scorer(
-    score: Callable, datamodule, split: str, evaluation: dict, num_items: int, ranks: dict | None = None
-) -> dict[str, float]:
-    """Rank the catalogue for every example of `split` with `score(batch) -> (B, N)` scores; `ranks[split]`
-    receives each example's rank counts when a dict is given (see `write_ranks`)."""
-    batch_arrays, slices, seen = datamodule.eval_sets[split]
-    accumulator = make_accumulator(evaluation, num_items, datamodule.train_counts, seen)
-    loader = datamodule.eval_loader(split)
-    with torch.no_grad():
-        for batch in progress.bar(loader, desc=f"evaluate {split}"):
-            index = batch["example_index"].numpy()
-            scores = mask_scores(score(batch).double(), index, seen, bool(evaluation.get("exclude_seen", False)))
-            accumulator.add(scores, batch["target"], {name: mask[index] for name, mask in slices.items()}, index)
-    if ranks is not None:
-        ranks[split] = accumulator.ranks()
-    return accumulator.result(split)
 
 
 def markdown_table(metrics: dict, ks) -> str:
@@ -198,8 +177,8 @@ def open_run(cfg, command: str):
     """Checkpoint `cfg.ckpt_path` for a later stage: its recorded settings applied to `cfg` (in place; see
     training.run_settings), its prepared data, and the settings forced by `force=true`.
     Returns (ckpt, task, data, forced)."""
+    from intentrec.training.prepared import prepared_data
     from intentrec.training.run_settings import adopt_checkpoint
-    from intentrec.training.train import prepared_data
 
     ckpt = checkpoint_path(cfg.get("ckpt_path"), command)
     task = _load_task(ckpt)
@@ -223,7 +202,7 @@ def evaluate(cfg) -> dict:
     `run_dir` (default `<run>/evaluations/<time>/`)."""
     import pytorch_lightning as pl
 
-    from intentrec.training.train import build_datamodule
+    from intentrec.training.prepared import build_datamodule
 
     ckpt, task, data, forced = open_run(cfg, "python -m training.evaluate")
     if cfg.hybrid.enabled:

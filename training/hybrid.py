@@ -22,7 +22,7 @@ import torch
 from intentrec.data.errors import ConfigError
 from intentrec.training.baselines import CoOccurrence
 from intentrec.training.datamodule import read_split
-from intentrec.training.evaluate import evaluate_scorer
+from intentrec.training.metrics import evaluate_scorer
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,12 @@ model and seed is ranked against the same ones.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 import torch
+
+from intentrec.data import progress
 
 DEFAULT_KS = (5, 10, 20, 50, 100)
 MAX_DRAW_ROUNDS = 100
@@ -353,3 +356,21 @@ def mask_scores(scores: torch.Tensor, example_index: np.ndarray, seen: dict | No
         )
         scores[torch.from_numpy(rows), torch.from_numpy(items[index].astype(np.int64))] = float("-inf")
     return scores
+
+
+def evaluate_scorer(
+    score: Callable, datamodule, split: str, evaluation: dict, num_items: int, ranks: dict | None = None
+) -> dict[str, float]:
+    """Rank the catalogue for every example of `split` with `score(batch) -> (B, N)` scores; `ranks[split]`
+    receives each example's rank counts when a dict is given (see `write_ranks`)."""
+    batch_arrays, slices, seen = datamodule.eval_sets[split]
+    accumulator = make_accumulator(evaluation, num_items, datamodule.train_counts, seen)
+    loader = datamodule.eval_loader(split)
+    with torch.no_grad():
+        for batch in progress.bar(loader, desc=f"evaluate {split}"):
+            index = batch["example_index"].numpy()
+            scores = mask_scores(score(batch).double(), index, seen, bool(evaluation.get("exclude_seen", False)))
+            accumulator.add(scores, batch["target"], {name: mask[index] for name, mask in slices.items()}, index)
+    if ranks is not None:
+        ranks[split] = accumulator.ranks()
+    return accumulator.result(split)

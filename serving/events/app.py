@@ -35,7 +35,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from intentrec.serving.events.profile import build_profile
-from intentrec.serving.events.schema import EventBatch, Identify, IngestResult, _short, validate_events
+from intentrec.serving.events.schema import EventBatch, Identify, IngestResult, shorten, validate_events
 from intentrec.serving.events.store import KINDS, EventStore, now_ms
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def create_app(
         except RecursionError:
             raise too_deep from None
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise HTTPException(400, f"request body is not valid JSON: {_short(str(error))}") from None
+            raise HTTPException(400, f"request body is not valid JSON: {shorten(str(error))}") from None
         if _too_deep(payload, settings.max_json_depth):
             raise too_deep
         return payload
@@ -167,7 +167,7 @@ def create_app(
             got = (
                 type(payload).__name__
                 if not isinstance(payload, dict)
-                else f"an object with keys {_short(sorted(payload))}"
+                else f"an object with keys {shorten(sorted(payload))}"
             )
             return _error(422, f'expected {{"events": [event, ...]}}, got {got}')
         raw = payload["events"]
@@ -227,7 +227,7 @@ def create_app(
         elif sep:
             return _error(
                 404 if kind in KINDS else 422,
-                f"identity {_short(identity)!r}: expected one of {[f'{k}:<id>' for k in KINDS]} or a bare id",
+                f"identity {shorten(identity)!r}: expected one of {[f'{k}:<id>' for k in KINDS]} or a bare id",
             )
         else:
             kind, value = await run_in_threadpool(_guess_kind, store, identity)
@@ -242,7 +242,7 @@ def create_app(
             )
         )
         if found.customer_id is None and not found.recent_events:
-            return _error(404, f"no events or links for {kind}:{_short(value)}")
+            return _error(404, f"no events or links for {kind}:{shorten(value)}")
         return found.as_dict()
 
     @app.get("/healthz")

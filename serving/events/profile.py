@@ -14,10 +14,8 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
+from intentrec.data.features import replay_cart
 from intentrec.serving.events.store import EventStore, now_ms
-
-CART_EVENTS = ("add_to_cart", "remove_from_cart")
-PURCHASES = ("purchase", "store_purchase")
 
 
 @dataclass
@@ -43,29 +41,6 @@ class Profile:
         return asdict(self)
 
 
-def _replay_cart(events_oldest_first: list[dict]) -> tuple[dict[str, int], int | None, int | None]:
-    """Cart contents, time of the last cart change and time of the last purchase."""
-    cart: dict[str, int] = {}
-    changed = purchased = None
-    for event in events_oldest_first:
-        kind, item = event["event_type"], event["item_id"]
-        quantity = int(event.get("quantity") or 1)
-        if kind == "add_to_cart":
-            cart[item] = cart.get(item, 0) + quantity
-            changed = event["event_time"]
-        elif kind == "remove_from_cart":
-            left = cart.get(item, 0) - quantity
-            if left > 0:
-                cart[item] = left
-            else:
-                cart.pop(item, None)
-            changed = event["event_time"]
-        elif kind == "purchase":  # buying online checks the item out of the web cart; a store purchase does not
-            cart.pop(item, None)
-            purchased = event["event_time"]
-    return cart, changed, purchased
-
-
 def build_profile(
     store: EventStore,
     kind: str,
@@ -88,7 +63,9 @@ def build_profile(
     keys = store.identity_keys(kind, value)
     newest_first = store.events_of(keys, limit=window)
     oldest_first = newest_first[::-1]
-    cart, changed, purchased = _replay_cart(oldest_first)
+    cart, changed, purchased = replay_cart(
+        (e["item_id"], e["event_type"], e.get("quantity"), e["event_time"]) for e in oldest_first
+    )
     last_activity = max(t for t in (changed, purchased) if t is not None) if changed is not None else None
     abandoned = bool(cart) and last_activity is not None and now - last_activity >= abandon_after_ms
     views = list(dict.fromkeys(e["item_id"] for e in newest_first if e["event_type"] == "view"))

@@ -145,7 +145,7 @@ def validate_events(raw: list[Any], received_ms: int) -> tuple[list[dict], list[
     for index, item in enumerate(raw):
         if not isinstance(item, dict):
             rejected.append(
-                Rejection(index=index, event_id=None, field="", value=_short(item), reason="expected a JSON object")
+                Rejection(index=index, event_id=None, field="", value=shorten(item), reason="expected a JSON object")
             )
             continue
         event_id = item.get("event_id") if isinstance(item.get("event_id"), str) else None
@@ -155,7 +155,7 @@ def validate_events(raw: list[Any], received_ms: int) -> tuple[list[dict], list[
             for detail in error.errors(include_url=False):
                 field = ".".join(str(part) for part in detail["loc"] if not isinstance(part, int))
                 # Literal errors carry the allowed values in the message; keep pydantic's wording.
-                value = None if detail["type"] == "missing" else _short(detail.get("input"))
+                value = None if detail["type"] == "missing" else shorten(detail.get("input"))
                 rejected.append(
                     Rejection(index=index, event_id=event_id, field=field, value=value, reason=detail["msg"])
                 )
@@ -197,11 +197,11 @@ def differences(sent: dict, stored: dict) -> dict[str, dict]:
         else:
             same = a == b
         if not same:
-            out[name] = {"stored": _short(a), "sent": _short(b)}
+            out[name] = {"stored": shorten(a), "sent": shorten(b)}
     return out
 
 
-def _short(value: Any, limit: int = 80) -> Any:
+def shorten(value: Any, limit: int = 80) -> Any:
     if isinstance(value, str | int | float | bool) or value is None:
         return value if not isinstance(value, str) or len(value) <= limit else value[: limit - 3] + "..."
     text = repr(value)

@@ -33,10 +33,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from intentrec.data.errors import ConfigError
+from intentrec.data.features import PURCHASE_EVENTS
 from intentrec.serving.events.schema import EVENT_FIELDS, differences
 
 KINDS = ("customer", "device", "session")
-PURCHASE_TYPES = ("purchase", "store_purchase")
 
 
 def now_ms() -> int:
@@ -335,8 +335,8 @@ class SQLiteStore(EventStore):
         where = " OR ".join(clauses)
         if purchases_only:
             # `+event_type` keeps SQLite on the identity indexes: the event-type index would walk every purchase.
-            where = f"({where}) AND +event_type IN ({', '.join('?' * len(PURCHASE_TYPES))})"
-            params.extend(PURCHASE_TYPES)
+            where = f"({where}) AND +event_type IN ({', '.join('?' * len(PURCHASE_EVENTS))})"
+            params.extend(PURCHASE_EVENTS)
         # Anonymous events of other shoppers never match `owns`, so a generous limit keeps enough owned ones.
         rows = self.reader.execute(
             f"SELECT {', '.join(_COLUMNS)} FROM events WHERE {where} ORDER BY event_time DESC, seq DESC LIMIT ?",
@@ -424,7 +424,7 @@ for i = 2, #ARGV do
     redis.call('HSET', p .. 'ids', e.event_id, seq)
     e.seq = seq
     redis.call('HSET', p .. 'ev', seq, cjson.encode(e))
-    local purchase = e.event_type == 'purchase' or e.event_type == 'store_purchase'
+    local purchase = PURCHASE_TEST
     for _, kind in ipairs({'customer', 'device', 'session'}) do
       local value = e[kind .. '_id']
       if value then
@@ -440,6 +440,8 @@ end
 return {accepted, existing}
 """
 )
+# The purchase test of the Lua script, written from PURCHASE_EVENTS (data.features).
+_APPEND_LUA = _APPEND_LUA.replace("PURCHASE_TEST", " or ".join(f"e.event_type == '{t}'" for t in PURCHASE_EVENTS))
 _IDENTIFY_LUA = (
     _LINK_LUA
     + """

@@ -7,6 +7,7 @@ trained for about a minute on 2 cores has learned it; everything else is the def
 from __future__ import annotations
 
 import shutil
+from contextlib import contextmanager
 
 import pytest
 
@@ -27,6 +28,24 @@ SERVING_SHOP = [
     "ranker.max_train_examples=5000",
     "ranker.epochs=2",
 ]
+
+
+def request_context(split, vocab: dict, target: int) -> dict:
+    """The context fields of a recommend request made at step `target` of a prepared split (raw values)."""
+    steps, row = split.steps, split.row_of_step[target]
+
+    def name(table, code):
+        return vocab[table][int(code)] if int(code) > 0 else None
+
+    return {
+        "now": int(steps["timestamps"][target]),
+        "device_type": name("device_types", steps["device_types"][target]),
+        "referrer": name("referrers", steps["referrers"][target]),
+        "region": name("regions", steps["regions"][target]),
+        "hour": int(steps["hours"][target]) - 1,
+        "day_of_week": int(steps["days_of_week"][target]),
+        "loyalty": name("loyalty", split.loyalty[row]),
+    }
 
 
 def train_serving_model(artifacts, run, *overrides):
@@ -72,11 +91,17 @@ def shop_truth(serving_run):
     return json.loads((shop / "truth" / "effects.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def server(bundle, tmp_path_factory):
-    """The real tritonserver on a fresh repository of `bundle`, on free loopback ports."""
-    root = tmp_path_factory.mktemp("triton")
+@contextmanager
+def triton_for(bundle, root):
+    """The real tritonserver on a fresh repository of `bundle` under `root`, on free loopback ports."""
     repository = build(bundle, root / "repository")
     with TritonServer(repository, None, None, None, log_file=root / "server.log", backend_root=root / "backends") as s:
         yield s
     shutil.rmtree(root / "repository", ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def server(bundle, tmp_path_factory):
+    """The real tritonserver on a fresh repository of `bundle`, on free loopback ports."""
+    with triton_for(bundle, tmp_path_factory.mktemp("triton")) as s:
+        yield s

@@ -31,9 +31,9 @@ from intentrec.serving.onnx_models import (
     query_input_names,
 )
 from intentrec.serving.recommender import Query, Recommender, member
-from intentrec.training.train import prepared_data
+from intentrec.training.prepared import prepared_data
 from tests.conftest import CONF_DIR, compose_config
-from tests.serving.conftest import SERVING_SHOP, export_config
+from tests.serving.conftest import SERVING_SHOP, export_config, request_context
 
 SIZES = {"event_types": 8, "gap_buckets": 24, "channels": 5, **{name: 9 for name in CONTEXT_FIELDS}}
 
@@ -165,13 +165,7 @@ def test_serving_decodes_requests_exactly_as_training_prepared_them(decode_case)
                 timestamps=steps["timestamps"][history].tolist(),
                 channels=[name("channels", c) or "" for c in steps["channels"][history]],
                 session_ids=[str(x) for x in np.cumsum(steps["new_session"][history])],
-                now=int(steps["timestamps"][target]),
-                device_type=name("device_types", steps["device_types"][target]),
-                referrer=name("referrers", steps["referrers"][target]),
-                region=name("regions", steps["regions"][target]),
-                hour=int(steps["hours"][target]) - 1,
-                day_of_week=int(steps["days_of_week"][target]),
-                loyalty=name("loyalty", split.loyalty[row]),
+                **request_context(split, vocab, target),
             )
         )
     served = recommender.encode([recommender.decode(q) for q in queries])

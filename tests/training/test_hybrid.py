@@ -25,7 +25,8 @@ def test_hybrid_scores_are_logits_plus_weighted_log_cooccurrence(artifacts, tmp_
     from intentrec.training.baselines import CoOccurrence
     from intentrec.training.datamodule import read_split
     from intentrec.training.hybrid import hybrid_scorer
-    from intentrec.training.train import build_datamodule, build_task, prepared_data
+    from intentrec.training.prepared import build_datamodule, prepared_data
+    from intentrec.training.train import build_task
 
     cfg = compose_config("train", [*FAST, f"artifacts_dir={artifacts}", f"run_dir={tmp_path}"])
     data = prepared_data(cfg)

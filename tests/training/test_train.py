@@ -419,9 +419,10 @@ def test_ddp_trains_with_two_cpu_processes_over_gloo(artifacts, tmp_path):
 
 def test_reranking_in_retrieval_order_gives_the_retrieval_metrics(artifacts, tmp_path):
     """A ranker that agrees with retrieval must reproduce the retrieval metrics exactly."""
-    from intentrec.training.evaluate import evaluate_scorer
+    from intentrec.training.metrics import evaluate_scorer
+    from intentrec.training.prepared import build_datamodule, prepared_data
     from intentrec.training.ranking import RankerTask, evaluate_reranked
-    from intentrec.training.train import build_datamodule, build_task, prepared_data
+    from intentrec.training.train import build_task
 
     cfg = compose_config("train", [*FAST, f"artifacts_dir={artifacts}", f"run_dir={tmp_path}"])
     data = prepared_data(cfg)
@@ -498,7 +499,8 @@ def test_evaluate_needs_an_existing_checkpoint(artifacts, tmp_path):
 
 
 def test_embedding_weight_decay_is_its_own_optimizer_group(artifacts, tmp_path):
-    from intentrec.training.train import build_datamodule, build_task, prepared_data
+    from intentrec.training.prepared import build_datamodule, prepared_data
+    from intentrec.training.train import build_task
 
     cfg = compose_config("train", [*FAST, f"artifacts_dir={artifacts}", "optim.embedding_weight_decay=0.05"])
     data = prepared_data(cfg)
