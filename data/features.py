@@ -18,9 +18,8 @@ SESSION_GAP_MS = 30 * 60 * 1000  # without session ids, a pause longer than this
 MS_PER_HOUR = 3_600_000
 MS_PER_DAY = 86_400_000
 
-# Event-type sets by name (data.schema.EVENT_TYPES holds the names and their codes).
+# The purchase event set by name (data.schema.EVENT_TYPES holds the names and their codes).
 PURCHASE_EVENTS = ("purchase", "store_purchase")  # what a shopper bought, online or in a store
-CART_EVENTS = ("add_to_cart", "remove_from_cart")
 
 
 def event_codes(names: Iterable[str], vocabulary: Sequence[str]) -> np.ndarray:

@@ -403,7 +403,7 @@ class Recommender:
         order = np.argsort(times, kind="stable") if q.timestamps is not None else np.arange(n)
         ids = [str(q.item_ids[i]) for i in order]
         type_codes = np.asarray(type_codes, dtype=np.int64)[order] if n else np.zeros(0, np.int64)
-        times = times[order]
+        times, quantities = times[order], quantities[order]
         channels = (
             np.asarray([self._code("channels", q.channels[i], f"channels[{i}]", info) for i in order], np.int64)
             if q.channels is not None
@@ -415,7 +415,7 @@ class Recommender:
         sessions = np.asarray([str(q.session_ids[i]) for i in order] if q.session_ids is not None else [""] * n, object)
         # Gaps and session starts over the known events, in time order (as preparation does).
         idx, type_codes, times, channels = idx[known], type_codes[known], times[known], channels[known]
-        quantities = quantities[order][known]
+        quantities = quantities[known]
         sessions = sessions[known]
         first = np.zeros(len(idx), bool)
         first[:1] = True

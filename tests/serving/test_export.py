@@ -372,6 +372,12 @@ def test_request_errors_name_the_input_and_what_is_expected(bundle, tmp_path):
         (Query(item_ids=[item, item], event_types=["view"]), r"event_types has 1 values but item_ids has 2"),
         (Query(item_ids=[item], timestamps=[1, 2]), r"timestamps has 2 values but item_ids has 1"),
         (Query(item_ids=[item], day_of_week=0), r"day_of_week=0; expected 1 \(Monday\) to 7 \(Sunday\)"),
+        (Query(item_ids=[item], quantities=[1, 2]), r"quantities has 2 values but item_ids has 1; send one quantity"),
+        (
+            Query(item_ids=[item, item], quantities=[1, -2]),
+            r"quantities\[1\]=-2; expected a whole number of units from 0 to 1,000,000 \(0 or missing counts as 1\)",
+        ),
+        (Query(item_ids=[item], quantities=[1.5]), r"quantities\[0\]=1\.5; expected a whole number"),
     ]
     results = recommender.recommend([q for q, _ in checks])
     for (_, pattern), result in zip(checks, results):
