@@ -13,17 +13,18 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from intentrec.data.errors import FILE_COLUMN, LINE_COLUMN, DataError, RejectBook
+from intentrec.data.errors import FILE_COLUMN, LINE_COLUMN, RejectBook
+from intentrec.data.features import MAX_EVENT_TIME_MS
 from intentrec.data.schema import (
     CUSTOMER_SCHEMA,
     ENUMS,
     EVENT_SCHEMA,
     EVENT_TYPES,
     ITEM_SCHEMA,
-    MAX_EVENT_TIME_MS,
     MIN_SOURCE_TIME_MS,
     conform,
 )
+from intentrec.errors import DataError
 
 TIME_UNITS = ("s", "ms", "us", "ns", "iso")
 _UNIT_TO_MS = {"s": 1e3, "ms": 1.0, "us": 1e-3, "ns": 1e-6}

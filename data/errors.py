@@ -1,4 +1,4 @@
-"""Errors for bad input and config, and the row-level reject book-keeping shared by loaders.
+"""Row-level reject book-keeping shared by loaders (the error classes are intentrec.errors).
 
 Every user-facing message names the input (file and line, config key), shows the value received,
 states what was expected and says how to fix it. Nothing is dropped silently: with `strict=true`
@@ -15,23 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from intentrec.errors import DataError
+
 log = logging.getLogger(__name__)
 
 # Columns every raw frame carries so a bad value can be traced to its source line.
 FILE_COLUMN = "_source_file"
 LINE_COLUMN = "_source_line"
-
-
-class IntentrecError(ValueError):
-    """Base class for errors caused by the user's data or config (not by a bug)."""
-
-
-class DataError(IntentrecError):
-    """A data file is malformed: names file, line, column, value, what was expected and the fix."""
-
-
-class ConfigError(IntentrecError):
-    """A config key has a bad value: names the key, the value, what was expected and the fix."""
 
 
 def _short(value: object, limit: int = 60) -> str:

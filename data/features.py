@@ -17,6 +17,10 @@ NUM_GAP_BUCKETS = 24  # 0 = padding/unknown, 1 = no gap (first step), 2.. = log2
 SESSION_GAP_MS = 30 * 60 * 1000  # without session ids, a pause longer than this starts a new session
 MS_PER_HOUR = 3_600_000
 MS_PER_DAY = 86_400_000
+# Event times outside this window are almost certainly unit mistakes (seconds sent as ms or the
+# reverse); the collector, the recommend model and preparation's upper bound refuse them alike.
+MIN_EVENT_TIME_MS = 946_684_800_000  # 2000-01-01
+MAX_EVENT_TIME_MS = 4_102_444_800_000  # 2100-01-01
 
 # The purchase event set by name (data.schema.EVENT_TYPES holds the names and their codes).
 PURCHASE_EVENTS = ("purchase", "store_purchase")  # what a shopper bought, online or in a store

@@ -31,7 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from intentrec.data.errors import ConfigError, DataError
+from intentrec.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,9 @@ from intentrec.data.canonical import (
     flag_times,
     items_from_events,
 )
-from intentrec.data.errors import FILE_COLUMN, LINE_COLUMN, ConfigError, DataError, RejectBook
+from intentrec.data.errors import FILE_COLUMN, LINE_COLUMN, RejectBook
 from intentrec.data.schema import CUSTOMER_SCHEMA, ENUMS, EVENT_SCHEMA, EVENT_TYPES, ITEM_SCHEMA, conform
+from intentrec.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -50,11 +50,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from intentrec.config import config_dict
 from intentrec.data import item_content
 from intentrec.data.canonical import SPLIT_COLUMN, LoadedData
-from intentrec.data.errors import ConfigError, DataError
 from intentrec.data.features import MS_PER_DAY, day_codes, hour_codes, session_starts, step_gaps_seconds
 from intentrec.data.schema import CHANNELS, DEVICE_TYPES, EVENT_TYPES, REFERRERS, SCHEMA_VERSION
+from intentrec.errors import ConfigError, DataError
+from intentrec.hashing import settings_hash, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +64,6 @@ SPLIT_TYPES = ("leave_last_out", "temporal", "predefined")
 SEQUENCE_KEYS = ("session", "customer")
 # Version of the prepared files' layout; bump when columns change so older preparations are redone.
 PREPARED_FORMAT_VERSION = 2
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # Keys of the `data` config group read by training only: they do not change prepared data.
@@ -111,7 +105,7 @@ def drop_generator_keys(cfg) -> None:
 
 def config_hash(cfg: Mapping) -> str:
     """Hash of the keys that decide the prepared data (training-only keys left out)."""
-    return hashlib.sha256(json.dumps(preparation_config(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return settings_hash(preparation_config(cfg))
 
 
 def library_versions() -> dict:
@@ -744,7 +738,6 @@ def run(cfg, out_dir: Path | None = None) -> dict:
 
     Plain function so tests and other stages call it with a composed config; `main` wraps it.
     """
-    from intentrec.data.cli import config_dict
 
     drop_generator_keys(cfg)
     data_cfg = config_dict(cfg, "data")
@@ -804,7 +797,6 @@ def format_stats(stats: dict, out_dir: Path) -> str:
 def explain(cfg, rows: int = 5) -> str:
     """What a load of `cfg.data` finds, without writing anything: the column mapping (given, found by
     name, not used), the event types, counts, warnings and the first events as the model will see them."""
-    from intentrec.data.cli import config_dict
 
     data_cfg = config_dict(cfg, "data")
     loaded, _ = load_source(data_cfg, Path(cfg.artifacts_dir))
@@ -866,6 +858,6 @@ def _cli(cfg) -> None:
 
 
 if __name__ == "__main__":
-    from intentrec.data.cli import hydra_main
+    from intentrec.config import hydra_main
 
     hydra_main("prepare", _cli)

@@ -21,10 +21,7 @@ import pyarrow as pa
 
 SCHEMA_VERSION = 1
 
-# Event times outside this window are almost certainly unit mistakes (seconds sent as ms or the
-# reverse); the collector and the recommend model refuse them alike.
-MIN_EVENT_TIME_MS = 946_684_800_000  # 2000-01-01
-MAX_EVENT_TIME_MS = 4_102_444_800_000  # 2100-01-01
+# Live event times must lie in data.features' MIN_EVENT_TIME_MS..MAX_EVENT_TIME_MS (2000-2100).
 # Loaded datasets may be older (MovieLens-100k is from 1997); before 1990 is still a unit mistake.
 MIN_SOURCE_TIME_MS = 631_152_000_000  # 1990-01-01
 

@@ -25,7 +25,6 @@ Everything is vectorised per chunk of sessions and streamed to Parquet, so memor
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -37,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from intentrec.data.errors import ConfigError
+from intentrec.config import config_dict
 from intentrec.data.schema import (
     CHANNELS,
     CUSTOMER_SCHEMA,
@@ -48,6 +47,8 @@ from intentrec.data.schema import (
     REFERRERS,
     SCHEMA_VERSION,
 )
+from intentrec.errors import ConfigError
+from intentrec.hashing import settings_hash
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +153,7 @@ class ShopConfig:
         return ShopConfig(**{**asdict(self), "catalog_size": catalog_size, "num_customers": num_customers})
 
     def fingerprint(self) -> str:
-        payload = json.dumps({**asdict(self.resolved()), "generator_version": GENERATOR_VERSION}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return settings_hash({**asdict(self.resolved()), "generator_version": GENERATOR_VERSION})
 
 
 def _gumbel_argmax(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -795,7 +795,6 @@ def shop_dir_for(artifacts_dir: Path, cfg: ShopConfig) -> Path:
 
 
 def _cli(cfg) -> None:
-    from intentrec.data.cli import config_dict
 
     data_cfg = config_dict(cfg, "data")
     if data_cfg.get("format") != "synthetic":
@@ -813,6 +812,6 @@ def _cli(cfg) -> None:
 
 
 if __name__ == "__main__":
-    from intentrec.data.cli import hydra_main
+    from intentrec.config import hydra_main
 
     hydra_main("prepare", _cli)

@@ -38,8 +38,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from scripts.bench_common import append_results, environment  # noqa: E402
+from bench_common import append_results, environment  # noqa: E402
 
 FLOOD_ROWS, FLOOD_EVENTS = 64, 10_000
 INTEGER_INPUTS = ("k", "hour", "day_of_week")  # INT32 in repositories built before the hardening
@@ -112,7 +111,7 @@ def victim(url: str, bodies: list[bytes], max_requests: int, max_seconds: float,
         i += 1
     channel.close()
     ordered = sorted(latencies)
-    from scripts.bench_serving import percentile
+    from bench_serving import percentile
 
     return {
         "requests": len(ordered),
@@ -212,8 +211,9 @@ def worktree_of(rev: str, work: Path) -> Path:
 
 def limits_cost(bundle_dir: Path, passes: int = 20) -> dict:
     """In process: microseconds `check_limits` adds to one request of the pool (median over passes)."""
-    from intentrec.serving.recommender import RequestLimits, check_limits
-    from scripts.bench_serving import requests_pool
+    from bench_serving import requests_pool
+
+    from intentrec.serving.request import RequestLimits, check_limits
 
     pool, _ = requests_pool(bundle_dir, 500, 1)
     limits, per_request = RequestLimits(), []
@@ -279,10 +279,11 @@ def main() -> None:
 
     from contextlib import ExitStack
 
+    from bench_serving import requests_pool, scaled_bundle
+
     from intentrec.serving.client import recommend_arrays
     from intentrec.serving.repository import ServingOptions, build
     from intentrec.serving.server import TritonServer
-    from scripts.bench_serving import requests_pool, scaled_bundle
 
     common = {"command": " ".join(sys.argv), **environment("numpy", "faiss", "onnxruntime", "tritonclient")}
     args.work.mkdir(parents=True, exist_ok=True)

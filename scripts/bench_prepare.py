@@ -22,8 +22,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from scripts.bench_common import append_results, environment  # noqa: E402
+from bench_common import append_results, environment  # noqa: E402
 
 CHILD = r"""
 import json, resource, sys, time

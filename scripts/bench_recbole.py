@@ -45,8 +45,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from scripts.bench_common import append_results, environment  # noqa: E402
+from bench_common import append_results, environment  # noqa: E402
 
 RECBOLE_REQUIREMENTS = ["recbole==1.2.1", "torch==2.13.0", "numpy<2", "pandas<2", "setuptools<81", "scipy<1.16"]
 METRICS = ["hr@10", "ndcg@10", "mrr@10", "hr@20", "ndcg@20"]

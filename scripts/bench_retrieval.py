@@ -26,8 +26,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from scripts.bench_common import append_results, environment, noisy_copies, scaled_vectors  # noqa: E402
+from bench_common import append_results, environment, noisy_copies, scaled_vectors  # noqa: E402
 
 
 def catalogue(bundle_dir: Path, num_items: int, num_queries: int, noise: float, seed: int):

@@ -36,8 +36,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from scripts.bench_common import append_results, environment, scaled_vectors  # noqa: E402
+from bench_common import append_results, environment, scaled_vectors  # noqa: E402
 
 
 def scaled_bundle(

@@ -24,11 +24,12 @@ import sys
 import time
 from pathlib import Path
 
-from intentrec.data.errors import IntentrecError
+from intentrec.errors import IntentrecError
 from intentrec.serving.cli import key_value_flags
 from intentrec.serving.events.profile import build_profile
 from intentrec.serving.events.store import EventStore, now_ms
-from intentrec.serving.recommender import Query, Recommender, RequestError
+from intentrec.serving.recommender import Recommender
+from intentrec.serving.request import Query, RequestError
 
 KEY_FLAGS = {
     "bundle": "--bundle",

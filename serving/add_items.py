@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from intentrec.data.errors import IntentrecError
+from intentrec.errors import IntentrecError
 from intentrec.serving.bundle import add_items
 
 

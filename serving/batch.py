@@ -25,10 +25,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from intentrec.data import progress
-from intentrec.data.errors import IntentrecError
+from intentrec import progress
+from intentrec.errors import IntentrecError
 from intentrec.serving.cli import key_value_flags
-from intentrec.serving.recommender import MAX_K, Query, Recommender, RequestError
+from intentrec.serving.recommender import Recommender
+from intentrec.serving.request import MAX_K, Query, RequestError
 
 KEY_FLAGS = {
     "bundle": "--bundle",

@@ -27,9 +27,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from intentrec.data.errors import ConfigError, DataError
 from intentrec.data.item_content import code_matrix, encode_values, list_column, pad_column, split_values, table_arrays
-from intentrec.data.prepare import sha256_file as sha256
+from intentrec.errors import ConfigError, DataError
+from intentrec.hashing import sha256_file as sha256
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from intentrec.data.errors import IntentrecError
-from intentrec.serving.recommender import Query as RecommendRequest
+from intentrec.errors import IntentrecError
+from intentrec.serving.request import Query as RecommendRequest
 
 __all__ = ["AsyncClient", "Client", "Recommendation", "RecommendRequest", "ServingError"]
 

@@ -26,12 +26,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from intentrec.data import CONF_DIR, REPO_ROOT, progress
-from intentrec.data.cli import config_dict
-from intentrec.data.errors import ConfigError
+from intentrec import progress
+from intentrec.config import config_dict
 from intentrec.data.features import NUM_GAP_BUCKETS, SESSION_GAP_MS
 from intentrec.data.item_content import list_column
+from intentrec.errors import ConfigError
 from intentrec.models.context import CONTEXT_FIELDS
+from intentrec.paths import CONF_DIR, REPO_ROOT
 from intentrec.serving.bundle import library_versions, write_manifest
 from intentrec.serving.index import build_index, recall_against_exact, resolve_factory, set_search_params, write_index
 from intentrec.serving.onnx_models import export_query_encoder, export_ranker
@@ -382,6 +383,6 @@ def _cli(cfg) -> None:
 
 
 if __name__ == "__main__":
-    from intentrec.data.cli import hydra_main
+    from intentrec.config import hydra_main
 
     hydra_main("export", _cli)

@@ -16,7 +16,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from intentrec.data.errors import ConfigError
+from intentrec.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -30,10 +30,10 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from intentrec.data import CONF_DIR, REPO_ROOT
-from intentrec.data.errors import ConfigError, IntentrecError
+from intentrec.errors import ConfigError, IntentrecError
+from intentrec.paths import CONF_DIR, REPO_ROOT
 from intentrec.serving.bundle import load_bundle
-from intentrec.serving.recommender import RequestLimits
+from intentrec.serving.request import RequestLimits
 
 log = logging.getLogger(__name__)
 

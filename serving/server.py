@@ -40,8 +40,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from intentrec.data import IMPORT_ROOT, REPO_ROOT
-from intentrec.data.errors import ConfigError
+from intentrec.errors import ConfigError
+from intentrec.paths import IMPORT_ROOT, REPO_ROOT
 from intentrec.serving.cli import key_value_flags
 
 log = logging.getLogger(__name__)

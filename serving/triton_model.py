@@ -42,7 +42,8 @@ try:  # only inside the Triton python backend
 except ImportError:  # pragma: no cover - imported outside Triton for documentation and tests
     pb_utils = None
 
-from intentrec.serving.recommender import Query, Recommender, RequestError, RequestLimits, Unavailable
+from intentrec.serving.recommender import Recommender
+from intentrec.serving.request import Query, RequestError, RequestLimits, Unavailable
 
 SEQUENCE_INPUTS = ("item_ids", "event_types", "timestamps", "channels", "session_ids", "quantities")
 NUMERIC_SEQUENCES = ("timestamps", "quantities")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-import intentrec.data  # noqa: F401  (registers the ${repo_root:} resolver)
+import intentrec.config  # noqa: F401  (registers the ${repo_root:} resolver)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"

@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("data", "models", "training", "serving")
+PACKAGES = ("intentrec", "data", "models", "training", "serving")  # intentrec/: the plumbing (errors, config, paths)
 
 
 def project_modules() -> dict[str, Path]:
@@ -15,7 +15,7 @@ def project_modules() -> dict[str, Path]:
     for package in PACKAGES:
         for path in sorted((REPO_ROOT / package).rglob("*.py")):
             parts = path.relative_to(REPO_ROOT).with_suffix("").parts
-            name = ".".join(("intentrec", *parts))
+            name = ".".join(parts if parts[0] == "intentrec" else ("intentrec", *parts))
             modules[name.removesuffix(".__init__")] = path
     return modules
 
@@ -25,7 +25,7 @@ def imports(modules: dict[str, Path]) -> dict[str, list[tuple[str, str, int]]]:
     found: dict[str, list[tuple[str, str, int]]] = {name: [] for name in modules}
     for name, path in modules.items():
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("intentrec."):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "intentrec":
                 for alias in node.names:
                     if f"{node.module}.{alias.name}" in modules:  # a submodule
                         found[name].append((f"{node.module}.{alias.name}", "", node.lineno))
@@ -95,3 +95,13 @@ def test_the_checker_sees_a_circle_and_a_private_import(tmp_path):
     (tmp_path / "x.py").write_text("def f():\n    from intentrec.models.losses import _hidden\n")
     found = imports({"intentrec.x": tmp_path / "x.py", "intentrec.models.losses": tmp_path / "x.py"})
     assert found["intentrec.x"] == [("intentrec.models.losses", "_hidden", 2)]
+
+
+def test_scripts_import_the_installed_package_without_editing_sys_path():
+    edits = [
+        f"{path.name}:{number}"
+        for path in sorted((REPO_ROOT / "scripts").glob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if "sys.path" in line
+    ]
+    assert not edits, f"scripts edit sys.path instead of importing intentrec: {edits}"

@@ -178,7 +178,7 @@ def journey(tmp_path: Path, case: str) -> None:
 def test_a_wheel_installed_outside_the_checkout_runs_the_journey_and_claims_no_generic_names(tmp_path, monkeypatch):
     import shutil
 
-    from intentrec.data import PACKAGE_ROOT
+    from intentrec.paths import PACKAGE_ROOT
 
     # The wheel is built from a copy of the sources, so the build leaves nothing in the checkout.
     source = tmp_path / "source"
@@ -213,7 +213,7 @@ def test_a_wheel_installed_outside_the_checkout_runs_the_journey_and_claims_no_g
     where = intentrec(tmp_path, "--help")
     assert "stages:" in where.stdout
     origin = subprocess.run(
-        [sys.executable, "-c", "import intentrec.data as d; print(d.__file__, d.CHECKOUT)"],
+        [sys.executable, "-c", "import intentrec.data, intentrec.paths as p; print(intentrec.data.__file__, p.CHECKOUT)"],
         cwd=tmp_path, env=environment(site), capture_output=True, text=True,
     )  # fmt: skip
     assert origin.stdout.startswith(str(site)) and origin.stdout.split()[-1] == "False", origin.stdout + origin.stderr

@@ -14,8 +14,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from intentrec.data.errors import ConfigError
 from intentrec.data.features import cooccurrence_scores
+from intentrec.errors import ConfigError
 from intentrec.training.datamodule import Split
 
 BASELINES = ("popularity", "cooccurrence")

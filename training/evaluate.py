@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from omegaconf import open_dict
 
-from intentrec.data import progress
-from intentrec.data.cli import config_dict
-from intentrec.data.errors import ConfigError
+from intentrec import progress
+from intentrec.config import config_dict
+from intentrec.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +252,6 @@ def _cli(cfg) -> None:
 
 
 if __name__ == "__main__":
-    from intentrec.data.cli import hydra_main
+    from intentrec.config import hydra_main
 
     hydra_main("evaluate", _cli)

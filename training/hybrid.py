@@ -19,7 +19,7 @@ import logging
 import numpy as np
 import torch
 
-from intentrec.data.errors import ConfigError
+from intentrec.errors import ConfigError
 from intentrec.training.baselines import CoOccurrence
 from intentrec.training.datamodule import read_split
 from intentrec.training.metrics import evaluate_scorer

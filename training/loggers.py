@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 from pytorch_lightning.loggers import MLFlowLogger as _LightningMLFlowLogger
 
-from intentrec.data.errors import ConfigError
+from intentrec.errors import ConfigError
 
 EXTRAS = {"mlflow": "intentrec[mlflow]"}  # module -> what to install, where the project has an extra for it
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from intentrec.data import progress
+from intentrec import progress
 
 DEFAULT_KS = (5, 10, 20, 50, 100)
 MAX_DRAW_ROUNDS = 100
@@ -223,7 +223,7 @@ def sample_negatives(seen: dict, num_items: int, count: int, seed: int) -> np.nd
     Args:
         seen: an evaluation split's histories: {"offsets": (E+1,), "items": (H,), "targets": (E,)}.
     """
-    from intentrec.data.errors import ConfigError
+    from intentrec.errors import ConfigError
 
     offsets, targets = seen["offsets"], np.asarray(seen["targets"], np.int64)
     examples = len(targets)
@@ -261,7 +261,7 @@ def sample_negatives(seen: dict, num_items: int, count: int, seed: int) -> np.nd
 def split_negatives(evaluation: dict, num_items: int, seen: dict | None) -> np.ndarray | None:
     """The sampled negatives an evaluation config asks for (`evaluate.sampled_negatives`, `sampled_seed`),
     drawn once per split and kept in `seen`; None for full ranking only (the default)."""
-    from intentrec.data.errors import ConfigError
+    from intentrec.errors import ConfigError
 
     count = evaluation.get("sampled_negatives", 0) or 0
     if isinstance(count, bool) or not isinstance(count, int) or count < 0 or (count and count >= num_items):

@@ -11,8 +11,8 @@ import json
 import logging
 from pathlib import Path
 
-from intentrec.data.cli import config_dict
-from intentrec.data.errors import ConfigError
+from intentrec.config import config_dict
+from intentrec.errors import ConfigError
 from intentrec.training.datamodule import PreparedData, SequenceDataModule
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 import torch
 from torch.nn import functional as F
 
-from intentrec.data import progress
+from intentrec import progress
 from intentrec.models.context import CONTEXT_FIELDS
 from intentrec.models.ranker import Ranker, RankerConfig
 from intentrec.training.datamodule import ArrayDataset, BatchIndexSampler, evaluation_examples, read_split

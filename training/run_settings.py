@@ -25,9 +25,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf, open_dict
 
-from intentrec.data.cli import config_dict
-from intentrec.data.errors import ConfigError
+from intentrec.config import config_dict
 from intentrec.data.prepare import TRAINING_KEYS, drop_generator_keys
+from intentrec.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from intentrec.data import progress
-from intentrec.data.cli import config_dict
-from intentrec.data.errors import ConfigError
+from intentrec import progress
+from intentrec.config import config_dict
+from intentrec.errors import ConfigError
 from intentrec.training.datamodule import PreparedData, SequenceDataModule
 from intentrec.training.evaluate import write_metrics
 from intentrec.training.metrics import evaluate_scorer
@@ -73,7 +73,7 @@ def build_trainer(cfg, run_dir: Path, callbacks: list) -> pl.Trainer:
     logger = build_logger(cfg)
     if trainer_cfg.get("accelerator") == "gpu" and not torch.cuda.is_available():
         raise ConfigError("trainer=gpu but no CUDA GPU is visible; use trainer=default (auto) or trainer=cpu.")
-    # The bar only on a terminal (intentrec.data.progress), and only when the config wants it.
+    # The bar only on a terminal (intentrec.progress), and only when the config wants it.
     trainer_cfg["enable_progress_bar"] = bool(trainer_cfg.get("enable_progress_bar", True)) and progress.enabled()
     return pl.Trainer(
         default_root_dir=str(run_dir),
@@ -356,7 +356,7 @@ def _cli(cfg) -> float:
 
 
 if __name__ == "__main__":
-    from intentrec.data.cli import hydra_main
+    from intentrec.config import hydra_main
 
     torch.set_float32_matmul_precision("high")
     hydra_main("train", _cli)

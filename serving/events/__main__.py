@@ -36,7 +36,7 @@ def collector_token(host: str, argv_token: str | None, token_file: Path | None) 
     import ipaddress
     import os
 
-    from intentrec.data.errors import ConfigError
+    from intentrec.errors import ConfigError
 
     if argv_token is not None:
         raise ConfigError(
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(key_value_flags(sys.argv[1:] if argv is None else argv, KEY_FLAGS))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from intentrec.data.errors import IntentrecError
+    from intentrec.errors import IntentrecError
     from intentrec.serving.events.store import open_store
 
     try:

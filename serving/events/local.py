@@ -20,8 +20,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from intentrec.data import IMPORT_ROOT
-from intentrec.data.errors import ConfigError
+from intentrec.errors import ConfigError
+from intentrec.paths import IMPORT_ROOT
 from intentrec.serving.server import free_port
 
 

@@ -17,7 +17,7 @@ import csv
 from collections import defaultdict
 from pathlib import Path
 
-from intentrec.data.errors import DataError
+from intentrec.errors import DataError
 from intentrec.serving.events.schema import validate_events
 from intentrec.serving.events.store import EventStore, now_ms
 

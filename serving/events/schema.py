@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from intentrec.data.schema import CHANNELS, DEVICE_TYPES, EVENT_TYPES, MAX_EVENT_TIME_MS, MIN_EVENT_TIME_MS, REFERRERS
+from intentrec.data.features import MAX_EVENT_TIME_MS, MIN_EVENT_TIME_MS
+from intentrec.data.schema import CHANNELS, DEVICE_TYPES, EVENT_TYPES, REFERRERS
 
 ID_MAX_LENGTH = 200
 

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from intentrec.data.errors import ConfigError
 from intentrec.data.features import PURCHASE_EVENTS
+from intentrec.errors import ConfigError
 from intentrec.serving.events.schema import EVENT_FIELDS, differences
 
 KINDS = ("customer", "device", "session")

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from intentrec.data.errors import ConfigError, DataError
 from intentrec.data.prepare import run as prepare
+from intentrec.errors import ConfigError, DataError
 from tests.conftest import compose_config
 
 
@@ -152,7 +152,8 @@ def served_attribute_streams_equal_the_item_towers(ckpt, bundle_dir, data):
     """An attribute-fusion model served from a bundle (with items added later) gives torch's query."""
     from intentrec.models.context import CONTEXT_FIELDS
     from intentrec.serving.onnx_models import QueryEncoder
-    from intentrec.serving.recommender import Query, Recommender
+    from intentrec.serving.recommender import Recommender
+    from intentrec.serving.request import Query
     from intentrec.training.evaluate import load_checkpoint
 
     model = load_checkpoint(ckpt, data).eval().model

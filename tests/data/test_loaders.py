@@ -10,10 +10,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from intentrec.data.errors import ConfigError, DataError
 from intentrec.data.loaders import load
 from intentrec.data.prepare import run
 from intentrec.data.schema import EVENT_SCHEMA
+from intentrec.errors import ConfigError, DataError
 from tests.conftest import compose_config
 
 pytestmark = []

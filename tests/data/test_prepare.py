@@ -10,8 +10,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from intentrec.data.errors import ConfigError, DataError
 from intentrec.data.prepare import run
+from intentrec.errors import ConfigError, DataError
 from tests.conftest import REPO_ROOT, compose_config
 
 DAY = 86_400
@@ -269,7 +269,7 @@ def test_cli_reports_a_bad_config_without_a_traceback(tmp_path):
 
 
 def test_a_missing_mandatory_key_names_it(tmp_path):
-    from intentrec.data.errors import ConfigError
+    from intentrec.errors import ConfigError
 
     with pytest.raises(
         ConfigError, match=r"data\.path must be given \(it is \?\?\? in the config\); add data\.path=<value>"

@@ -9,7 +9,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from intentrec.data.errors import ConfigError
 from intentrec.data.schema import (
     CHANNELS,
     CUSTOMER_SCHEMA,
@@ -20,6 +19,7 @@ from intentrec.data.schema import (
     REFERRERS,
 )
 from intentrec.data.synthetic import ShopConfig, generate
+from intentrec.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

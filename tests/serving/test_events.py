@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
-from intentrec.data.errors import ConfigError, DataError
 from intentrec.data.loaders import load_canonical
+from intentrec.errors import ConfigError, DataError
 from intentrec.serving.events.__main__ import collector_token
 from intentrec.serving.events.app import CollectorSettings, create_app
 from intentrec.serving.events.export import export_events

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from intentrec.data.errors import ConfigError, DataError
+from intentrec.errors import ConfigError, DataError
 from intentrec.models.context import CONTEXT_FIELDS
 from intentrec.models.ranker import Ranker, RankerConfig
 from intentrec.models.two_tower import TwoTower, TwoTowerConfig, Vocabulary
@@ -30,7 +30,8 @@ from intentrec.serving.onnx_models import (
     export_ranker,
     query_input_names,
 )
-from intentrec.serving.recommender import Query, Recommender, member
+from intentrec.serving.recommender import Recommender, member
+from intentrec.serving.request import Query
 from intentrec.training.prepared import prepared_data
 from tests.conftest import CONF_DIR, compose_config
 from tests.serving.conftest import SERVING_SHOP, export_config, request_context
@@ -363,8 +364,8 @@ def test_a_recent_purchase_keeps_complements_in_the_list_an_old_one_does_not(bun
 
 
 def test_request_errors_name_the_input_and_what_is_expected(bundle, tmp_path):
-    from intentrec.serving.recommender import RequestError
     from intentrec.serving.repository import add_version, build
+    from intentrec.serving.request import RequestError
 
     recommender = Recommender(bundle)
     item = str(recommender.bundle.items["item_id"][0])

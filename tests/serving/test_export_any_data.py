@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from intentrec.serving.export import export
-from intentrec.serving.recommender import Query, Recommender, RequestError
+from intentrec.serving.recommender import Recommender
+from intentrec.serving.request import Query, RequestError
 from tests.conftest import compose_config
 
 CASES = {

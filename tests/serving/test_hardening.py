@@ -420,7 +420,7 @@ def test_a_fault_of_the_server_is_internal_not_a_client_error_and_other_models_k
 
 
 def test_limits_control_keys_and_repositories_refuse_bad_settings_by_name(bundle, tmp_path, monkeypatch):
-    from intentrec.data.errors import ConfigError
+    from intentrec.errors import ConfigError
     from intentrec.serving.repository import add_version, serving_options
     from intentrec.serving.server import control_key
 
@@ -445,7 +445,8 @@ def test_limits_control_keys_and_repositories_refuse_bad_settings_by_name(bundle
 
 
 def test_a_profile_store_that_cannot_be_opened_is_unavailable_naming_only_its_host(bundle, items):
-    from intentrec.serving.recommender import Query, Recommender, Unavailable
+    from intentrec.serving.recommender import Recommender
+    from intentrec.serving.request import Query, Unavailable
 
     port = free_port()
     recommender = Recommender(bundle, profile_store=f"redis://:secret@127.0.0.1:{port}/0")

@@ -11,10 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from intentrec.data.errors import ConfigError
+from intentrec.errors import ConfigError
 from intentrec.serving.bundle import add_items, load_bundle
 from intentrec.serving.export import export
-from intentrec.serving.recommender import Query, Recommender
+from intentrec.serving.recommender import Recommender
+from intentrec.serving.request import Query
 from intentrec.training.evaluate import evaluate
 from tests.conftest import compose_config
 from tests.serving.conftest import SERVING_SHOP, export_config
@@ -135,7 +136,7 @@ def test_items_added_to_a_hybrid_bundle_are_served_without_co_occurrence(hybrid_
 def test_a_changed_cooccurrence_file_is_refused(hybrid_bundle, tmp_path):
     import scipy.sparse as sp
 
-    from intentrec.data.errors import DataError
+    from intentrec.errors import DataError
 
     copy = tmp_path / "b"
     shutil.copytree(hybrid_bundle, copy)
@@ -149,7 +150,7 @@ def test_a_changed_cooccurrence_file_is_refused(hybrid_bundle, tmp_path):
 def test_a_cooccurrence_matrix_of_another_catalogue_size_is_refused(hybrid_bundle, tmp_path):
     import scipy.sparse as sp
 
-    from intentrec.data.errors import DataError
+    from intentrec.errors import DataError
 
     copy = tmp_path / "b"
     shutil.copytree(hybrid_bundle, copy)

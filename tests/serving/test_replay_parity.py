@@ -22,7 +22,8 @@ import torch
 from intentrec.data.features import SESSION_GAP_MS, replay_cart
 from intentrec.models.context import CONTEXT_FIELDS  # the order of Recommender.decode's "context"
 from intentrec.serving.export import export
-from intentrec.serving.recommender import Query, Recommender
+from intentrec.serving.recommender import Recommender
+from intentrec.serving.request import Query
 from tests.serving.conftest import export_config, request_context, train_serving_model, triton_for
 
 EXAMPLES = 600

@@ -72,7 +72,7 @@ def test_every_generated_config_is_valid_against_tritons_schema(bundle, tmp_path
 def test_serving_options_come_from_the_config_file_with_flags_on_top(tmp_path):
     from types import SimpleNamespace
 
-    from intentrec.data.errors import ConfigError
+    from intentrec.errors import ConfigError
     from intentrec.serving.repository import serving_options
 
     defaults = serving_options(REPO_ROOT / "conf" / "serving.yaml")
@@ -281,6 +281,50 @@ def test_command_line_client(server, catalogue):
         timeout=60,
     )
     assert out.returncode == 2 and "k=0; expected an integer from 1 to 100" in out.stderr
+
+
+LIGHT_CLIENT = """
+import importlib.abc, json, sys
+
+HEAVY = {"pandas", "pyarrow", "torch", "omegaconf", "hydra", "faiss", "onnx", "onnxruntime", "scipy",
+         "pytorch_lightning", "lightning", "fastapi", "redis"}
+
+class Unimportable(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in HEAVY:
+            raise ImportError(f"{name} is made unimportable for this check")
+
+sys.meta_path.insert(0, Unimportable())
+from intentrec.serving.client import Client, RecommendRequest, ServingError
+
+url, items = sys.argv[1], sys.argv[2].split(",")
+with Client(url) as client:
+    answer = client.recommend(RecommendRequest(item_ids=items, event_types=["view", "add_to_cart"], quantities=[1, 2], k=4))
+    try:
+        client.recommend(RecommendRequest(item_ids=items, k=0))
+        refused = ""
+    except ServingError as error:
+        refused = str(error)
+third_party = sorted({m.split(".")[0] for m in sys.modules} - set(sys.stdlib_module_names))
+print(json.dumps({"item_ids": answer.item_ids, "refused": refused, "third_party": third_party}))
+"""
+# What tritonclient itself loads (gRPC, protobuf, its JSON and dtype helpers) beside numpy and intentrec.
+# Private helpers (a leading underscore: Cython's runtime, setuptools' hook, the editable finder) aside.
+CLIENT_MODULES = {"intentrec", "numpy", "tritonclient", "grpc", "google", "rapidjson", "ml_dtypes", "packaging",
+                  "typing_extensions", "cython_runtime"}  # fmt: skip
+
+
+def test_the_client_runs_with_pandas_pyarrow_torch_and_omegaconf_unimportable(server, catalogue):
+    out = subprocess.run(
+        [sys.executable, "-c", LIGHT_CLIENT, server.grpc_url, ",".join(catalogue["top"]["shoes"][:2])],
+        capture_output=True, text=True, cwd="/", timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    reply = json.loads(out.stdout)
+    assert len(reply["item_ids"]) == 4
+    assert "k=0; expected an integer from 1 to 100" in reply["refused"]
+    extra = {m for m in reply["third_party"] if not m.startswith("_")} - CLIENT_MODULES
+    assert not extra, f"serving.client loaded {sorted(extra)}"
 
 
 def test_a_new_version_loads_under_load_without_a_failed_request(bundle, catalogue, tmp_path):

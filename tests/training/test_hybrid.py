@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from intentrec.data.errors import ConfigError
+from intentrec.errors import ConfigError
 from intentrec.training.compare import main as compare
 from tests.conftest import compose_config
 from tests.training.conftest import FAST as TRAINING_FAST

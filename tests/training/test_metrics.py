@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from intentrec.data.errors import ConfigError
+from intentrec.errors import ConfigError
 from intentrec.training.metrics import (
     RankingAccumulator,
     expected_metrics,

@@ -13,7 +13,7 @@ import pytest
 import torch
 from hydra.errors import MissingConfigException
 
-from intentrec.data.errors import ConfigError
+from intentrec.errors import ConfigError
 from intentrec.training.datamodule import BatchIndexSampler
 from tests.conftest import REPO_ROOT, compose_config
 from tests.training.conftest import FAST, run

@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from intentrec.data.errors import ConfigError
+from intentrec.errors import ConfigError
 from tests.conftest import REPO_ROOT, compose_config
 from tests.training.conftest import FAST, run
 

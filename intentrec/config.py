@@ -1,7 +1,11 @@
-"""One way to turn a plain `fn(cfg)` into a Hydra command line, shared by every stage's entry point.
+"""Config resolution and the command line every stage shares (Hydra).
 
-User errors (`IntentrecError`: bad data or config) print one clear message and exit with status 2,
-without a traceback; anything else is a bug and keeps its traceback.
+Importing this module registers the resolvers the configs use: `${repo_root:}` (the checkout, or
+the current directory for an installed intentrec; intentrec.paths) and
+`${dataset_name:${data_dir},${data.name}}` (a run's folder is named after the prepared folder it
+trains on). `hydra_main` turns a plain `fn(cfg)` into a command line: user errors (`IntentrecError`:
+bad data or config) print one clear message and exit with status 2, without a traceback; anything
+else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -9,11 +13,19 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
-from intentrec.data import CONF_DIR
-from intentrec.data.errors import IntentrecError
+from omegaconf import OmegaConf
+
+from intentrec.errors import ConfigError, IntentrecError
+from intentrec.paths import CONF_DIR, REPO_ROOT
 
 log = logging.getLogger(__name__)
+
+OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
+OmegaConf.register_new_resolver(
+    "dataset_name", lambda data_dir, name: Path(str(data_dir)).name if data_dir else name, replace=True
+)
 
 
 def hydra_main(config_name: str, task: Callable) -> None:
@@ -33,10 +45,7 @@ def hydra_main(config_name: str, task: Callable) -> None:
 
 def config_dict(cfg, key: str) -> dict:
     """`cfg.<key>` resolved to a plain dict; a missing mandatory value (`???`) is a ConfigError naming it."""
-    from omegaconf import OmegaConf
     from omegaconf.errors import MissingMandatoryValue
-
-    from intentrec.data.errors import ConfigError
 
     try:
         return OmegaConf.to_container(cfg[key], resolve=True, throw_on_missing=True)
