@@ -94,9 +94,15 @@ def _complements(recommender: Recommender, identity: str, cart: dict[str, int], 
     result = recommender.recommend([Query(identity=identity, k=min(3 * k, 100), exclude_in_cart=True, now=now)])[0]
     if isinstance(result, RequestError):
         raise result
-    category = {i: recommender.categories[recommender.item_index[i]] for i in result.item_ids}
-    cart_categories = {recommender.categories[recommender.item_index[i]] for i in cart if i in recommender.item_index}
-    complements = {c for cat in cart_categories for c in recommender.complements.get(cat, [])} - cart_categories
+    category = {i: recommender.catalogue.categories[recommender.catalogue.item_index[i]] for i in result.item_ids}
+    cart_categories = {
+        recommender.catalogue.categories[recommender.catalogue.item_index[i]]
+        for i in cart
+        if i in recommender.catalogue.item_index
+    }
+    complements = {
+        c for cat in cart_categories for c in recommender.catalogue.complements.get(cat, [])
+    } - cart_categories
     items = [i for i in result.item_ids if i not in cart]
     order = sorted(
         range(len(items)),

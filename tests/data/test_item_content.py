@@ -158,30 +158,30 @@ def served_attribute_streams_equal_the_item_towers(ckpt, bundle_dir, data):
 
     model = load_checkpoint(ckpt, data).eval().model
     recommender = Recommender(bundle_dir)
-    assert "step_attributes" in recommender.encoder_inputs
+    assert "step_attributes" in recommender.encoder.inputs
     history = ["3", "17", "n1", "5"]  # n1: added after training, embedded from its attributes alone
     decoded = recommender.decode(Query(item_ids=history, k=5))
     served = recommender.encode([decoded])[0]
-    ids = torch.as_tensor(decoded["idx"])[None]
+    ids = torch.as_tensor(decoded.idx)[None]
     T, D = ids.shape[1], model.cfg.embedding_dim
-    codes = torch.as_tensor(recommender.feature_codes)
+    codes = torch.as_tensor(recommender.catalogue.feature_codes)
     known = ids < model.item_tower.num_items + 1
     with torch.no_grad():
         model.item_tower.feature_codes = codes  # the bundle's codes: trained items and the added ones
         attributes = model.item_tower.attribute_vectors(ids)
     assert not known.all() and attributes.shape == (1, T, len(model.item_tower.feature_embeddings), D)
-    step = {name: torch.as_tensor(decoded[name])[None] for name in ("event_types", "gap_buckets", "channels")}
-    context = [torch.tensor([int(c)]) for c in decoded["context"]][: len(CONTEXT_FIELDS)]
+    step = {name: torch.as_tensor(getattr(decoded, name))[None] for name in ("event_types", "gap_buckets", "channels")}
+    context = [torch.tensor([int(c)]) for c in decoded.context][: len(CONTEXT_FIELDS)]
     with torch.no_grad():
         expected = QueryEncoder(model)(
-            torch.as_tensor(recommender.embeddings[decoded["idx"]])[None],
+            torch.as_tensor(recommender.catalogue.embeddings[decoded.idx])[None],
             torch.ones(1, T, dtype=torch.long),
             step["event_types"],
             step["gap_buckets"],
             step["channels"],
-            torch.as_tensor(decoded["new_session"]).long()[None],
+            torch.as_tensor(decoded.new_session).long()[None],
             *context,
-            torch.tensor([int(decoded["loyalty"])]),
+            torch.tensor([int(decoded.loyalty)]),
             torch.zeros(1, 1, D),
             torch.zeros(1, 1, dtype=torch.long),
             attributes,

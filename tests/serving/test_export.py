@@ -30,8 +30,9 @@ from intentrec.serving.onnx_models import (
     export_ranker,
     query_input_names,
 )
-from intentrec.serving.recommender import Recommender, member
+from intentrec.serving.recommender import Recommender
 from intentrec.serving.request import Query
+from intentrec.serving.rows import member
 from intentrec.training.prepared import prepared_data
 from tests.conftest import CONF_DIR, compose_config
 from tests.serving.conftest import SERVING_SHOP, export_config, request_context
@@ -334,8 +335,10 @@ def test_add_items_command_line_refuses_known_ids_with_exit_status_2(bundle, tmp
 def test_a_recent_purchase_keeps_complements_in_the_list_an_old_one_does_not(bundle):
     recommender = Recommender(bundle, complement_slots=3, complement_window_hours=24)
     category_of, top = recommender.bundle.items_by_category()
-    bought = next(items[0] for category, items in sorted(top.items()) if recommender.complements.get(category))
-    complements = recommender.complements[category_of[bought]]
+    bought = next(
+        items[0] for category, items in sorted(top.items()) if recommender.catalogue.complements.get(category)
+    )
+    complements = recommender.catalogue.complements[category_of[bought]]
     views = top[category_of[bought]][1:5]
     now = 1_772_000_000_000
     hour = 3_600_000
@@ -396,3 +399,36 @@ def test_member_agrees_with_isin_for_short_and_long_pools():
         pool = rng.integers(0, 60, size=size)
         assert np.array_equal(member(values, pool), np.isin(values, pool)), size
     assert member(np.zeros(0, np.int64), [1, 2]).shape == (0,)
+
+
+def test_a_stage_added_to_the_pipeline_runs_in_its_place_and_is_timed(bundle):
+    """An experiment arm as one more stage: it sees the typed rows between retrieval and ranking."""
+    from intentrec.serving.request import RequestError
+    from intentrec.serving.rows import Batch, Row
+
+    recommender = Recommender(bundle)
+    _, top = recommender.bundle.items_by_category()
+    views = next(iter(top.values()))[:3]
+    requests = [Query(item_ids=views, k=5), Query(item_ids=views, k=0), Query(item_ids=["unknown"], k=5)]
+    before = recommender.recommend(requests)
+    assert [stage.name for stage in recommender.stages] == ["decode", "encode", "retrieve", "rank", "rules", "respond"]
+    held_out = recommender.catalogue.item_index[before[0].item_ids[0]]
+
+    class HoldOut:  # an arm that never shows one item
+        name = "holdout"
+
+        def run(self, batch: Batch) -> None:
+            for row in batch.active():
+                keep = row.items != held_out
+                row.items, row.scores = row.items[keep], row.scores[keep]
+                row.info["arm"] = "holdout"
+
+    recommender.stages.insert(3, HoldOut())
+    after = recommender.recommend(requests)
+    assert before[0].item_ids[0] not in after[0].item_ids and after[0].item_ids == before[0].item_ids[1:] + [
+        after[0].item_ids[-1]
+    ]
+    assert after[0].info["arm"] == "holdout" and "arm" not in after[2].info  # the fallback row is not active
+    assert isinstance(after[1], RequestError) and after[2].item_ids == before[2].item_ids
+    assert list(recommender.timing) == ["decode", "encode", "retrieve", "holdout", "rank", "rules", "respond"]
+    assert isinstance(recommender.decode(requests[0]), Row)

@@ -95,13 +95,13 @@ def test_filters_the_catalogue_lacks_are_refused_naming_the_field(exported):
     by_price = recommender.recommend([Query(item_ids=["i3"], min_price=10.0, max_price=40.0, k=5)])[0]
     if "category_id" in CASES[case]:
         assert not isinstance(by_category, RequestError), str(by_category)
-        assert {recommender.categories[row[i]] for i in by_category.item_ids} == {"c1"}
+        assert {recommender.catalogue.categories[row[i]] for i in by_category.item_ids} == {"c1"}
     else:
         assert isinstance(by_category, RequestError)
         assert "this catalogue has no categories (its data had no category column)" in str(by_category)
     if "price" in CASES[case]:
         assert not isinstance(by_price, RequestError), str(by_price)
-        prices = [recommender.prices[row[i]] for i in by_price.item_ids]
+        prices = [recommender.catalogue.prices[row[i]] for i in by_price.item_ids]
         assert prices and all(10.0 <= p <= 40.0 for p in prices)
     else:
         assert isinstance(by_price, RequestError)

@@ -79,17 +79,21 @@ def test_served_top_k_equals_the_hybrid_ranking_of_the_whole_catalogue(hybrid_ru
         queries.append(Query(item_ids=items, event_types=types, k=20))
     decoded = [recommender.decode(q) for q in queries]
     vectors = recommender.encode(decoded)
-    served = recommender._candidates(vectors, decoded)
-    steps = np.zeros((len(decoded), max(len(d["idx"]) for d in decoded)), np.int64)
+    for row, vector in zip(decoded, vectors):
+        row.query = vector
+    served = recommender.retriever.candidates(decoded)
+    steps = np.zeros((len(decoded), max(len(d.idx) for d in decoded)), np.int64)
     for row, d in enumerate(decoded):
-        steps[row, : len(d["idx"])] = d["idx"]
+        steps[row, : len(d.idx)] = d.idx
     evidence = cooc.sparse(steps).toarray()
-    logits = vectors.astype(np.float64) @ recommender.embeddings.T.astype(np.float64) * recommender.scale
+    logits = (
+        vectors.astype(np.float64) @ recommender.catalogue.embeddings.T.astype(np.float64) * recommender.catalogue.scale
+    )
     full = logits + settings["weight"] * np.log(settings["eps"] + evidence)
     reached = 0
     for row, d in enumerate(decoded):
         full[row, 0] = -np.inf
-        full[row, d["excluded"]] = -np.inf
+        full[row, d.excluded] = -np.inf
         expected = np.argsort(-full[row], kind="stable")[:20]
         got_items, got_scores = served[row][0][:20], served[row][1][:20]
         np.testing.assert_allclose(got_scores, full[row, expected], rtol=1e-5, atol=1e-4)
@@ -102,7 +106,7 @@ def test_served_top_k_equals_the_hybrid_ranking_of_the_whole_catalogue(hybrid_ru
     assert reached > 0, "co-occurrence must have placed items in the served lists for this test to mean something"
     result = recommender.recommend(queries[:1])[0]
     found = np.flatnonzero(evidence[0] > 0)
-    assert result.info["cooccurring_items"] == len(found[~np.isin(found, decoded[0]["excluded"])])
+    assert result.info["cooccurring_items"] == len(found[~np.isin(found, decoded[0].excluded)])
     assert len(result.item_ids) == 20
 
 
@@ -128,7 +132,7 @@ def test_items_added_to_a_hybrid_bundle_are_served_without_co_occurrence(hybrid_
     pq.write_table(pa.table({"item_id": ["new-1"], "category_id": ["shoes"]}), tmp_path / "new.parquet")
     add_items(hybrid_bundle, tmp_path / "new.parquet", tmp_path / "v2")
     recommender = Recommender(tmp_path / "v2")
-    assert recommender.cooccurrence.shape == (recommender.num_items + 1,) * 2
+    assert recommender.catalogue.cooccurrence.shape == (recommender.catalogue.num_items + 1,) * 2
     result = recommender.recommend([Query(item_ids=["new-1"], k=5)])[0]
     assert result.info["fallback"] is None and result.info["cooccurring_items"] == 0 and len(result.item_ids) == 5
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from intentrec.data.features import SESSION_GAP_MS, replay_cart
-from intentrec.models.context import CONTEXT_FIELDS  # the order of Recommender.decode's "context"
+from intentrec.models.context import CONTEXT_FIELDS  # the order of Recommender.decode's Row.context
 from intentrec.serving.export import export
 from intentrec.serving.recommender import Recommender
 from intentrec.serving.request import Query
@@ -141,12 +141,12 @@ def test_serving_decodes_raw_events_into_the_features_training_saw(replay):
     for n, d in enumerate(decoded):
         length = int((arrays["item_ids"][n] > 0).sum())
         for served, offline in STEP_FIELDS.items():
-            assert d[served].tolist() == arrays[offline][n, :length].tolist(), (n, served)
-        assert d["new_session"].tolist() == arrays["new_session"][n, :length].tolist(), n
+            assert getattr(d, served).tolist() == arrays[offline][n, :length].tolist(), (n, served)
+        assert d.new_session.tolist() == arrays["new_session"][n, :length].tolist(), n
         context = [int(arrays[name][n, length - 1]) for name in CONTEXT_FIELDS]
-        assert d["context"] == context, (n, d["context"], context)
-        assert d["info"]["unknown_items"] == replay["unknown"][n]
-        assert d["loyalty"] == int(arrays["loyalty"][n])
+        assert d.context == context, (n, d.context, context)
+        assert d.info["unknown_items"] == replay["unknown"][n]
+        assert d.loyalty == int(arrays["loyalty"][n])
     # ... and the encoder reads them into the checkpoint's own queries.
     served = recommender.encode(decoded)
     batch = {k: torch.as_tensor(v.astype(np.int64)) for k, v in arrays.items() if v.dtype.kind in "iub"}
@@ -184,9 +184,9 @@ def test_the_cart_serving_keeps_is_the_profiles(replay, tmp_path):
         )
     partial = 0
     for n, q in enumerate(with_cart):
-        in_cart = set(recommender.item_ids[recommender.decode(q)["in_cart"]])
+        in_cart = set(recommender.catalogue.item_ids[recommender.decode(q).in_cart])
         profile = build_profile(store, "device", f"d{n}", now=q.now, window=len(q.item_ids))  # every event
-        known = {i for i in profile.cart if i in recommender.item_index}
+        known = {i for i in profile.cart if i in recommender.catalogue.item_index}
         assert in_cart == known, n
         cart, _, _ = replay_cart(zip(q.item_ids, q.event_types, q.quantities, q.timestamps))
         assert profile.cart == cart
