@@ -143,3 +143,55 @@ def cooccurrence_scores(matrix, item_ids: np.ndarray, history: int, decay: float
         (weight.ravel(), (np.repeat(np.arange(B), history), recent.ravel())), shape=(B, matrix.shape[0])
     )
     return (query @ matrix).tocsr()
+
+
+def bucket_edges(values, num_buckets: int) -> list[float]:
+    """Quantile edges that split the known (non-NaN) `values` into at most `num_buckets` buckets (equal edges merged).
+
+    Preparation fits them on the catalogue (prices, numeric item attributes); the bundle keeps them, so
+    an item added later is bucketed by `value_buckets` with the training edges."""
+    x = np.asarray(values, dtype=np.float64)
+    known = x[~np.isnan(x)]
+    if not len(known):
+        return []
+    return np.unique(np.quantile(known, np.linspace(0, 1, num_buckets + 1)[1:-1])).tolist()
+
+
+def value_buckets(values, edges) -> np.ndarray:
+    """Bucket codes of numeric values by `edges` (bucket_edges): 1..len(edges) + 1; 0 for an unknown (NaN) value."""
+    x = np.asarray(values, dtype=np.float64)
+    return np.where(np.isnan(x), 0, np.searchsorted(np.asarray(edges, np.float64), x, side="right") + 1).astype(
+        np.int64
+    )
+
+
+def window_starts(lengths, max_len: int) -> np.ndarray:
+    """Where the model's window starts in sequences of `lengths` steps: the most recent `max_len` steps are
+    kept, older ones are cut (their purchases still count: `purchases_before`)."""
+    return np.maximum(0, np.asarray(lengths, dtype=np.int64) - int(max_len))
+
+
+def purchases_before(items, event_types, offsets, rows, starts, count: int, purchase_codes) -> np.ndarray:
+    """(W, count) the last `count` items each row purchased before its window, oldest first, 0 on the left.
+
+    items, event_types: flat step arrays of all rows; offsets: where each row starts in them; rows (W,)
+    and starts (W,): the row of each window and its first flat step. Purchases are `purchase_codes`
+    (event_codes(PURCHASE_EVENTS, vocabulary))."""
+    rows, starts = np.asarray(rows, np.int64), np.asarray(starts, np.int64)
+    bought = np.flatnonzero(np.isin(event_types, purchase_codes))
+    if len(bought) == 0:
+        return np.zeros((len(rows), count), np.int64)
+    before = np.searchsorted(bought, starts)  # purchases (over all rows) before each window
+    first = np.searchsorted(bought, np.asarray(offsets)[rows])  # each row's first purchase
+    index = before[:, None] - count + np.arange(count)[None, :]
+    found = np.asarray(items)[bought][np.clip(index, 0, len(bought) - 1)]
+    return np.where(index >= first[:, None], found, 0).astype(np.int64)
+
+
+def hybrid_bonus(counts, weight: float, eps: float) -> np.ndarray:
+    """The co-occurrence term of the hybrid score beyond its constant: weight * (log(eps + C) - log(eps)), 0 at C = 0.
+
+    score(q, i) = logit(q, i) + weight * log(eps + C(q, i)) = logit + weight * log(eps) + hybrid_bonus(C):
+    items without co-occurrence keep the model's order (training.hybrid and serving.retrieve)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    return weight * (np.log(eps + counts) - np.log(eps))

@@ -31,6 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from intentrec.data.features import bucket_edges, value_buckets
 from intentrec.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -274,8 +275,7 @@ def encode_values(values: pa.Array, kind: str, vocabulary: list[str] | None, edg
     categorical -> (M,) int64; numeric -> (M,) int64 buckets 1..len(edges)+1; multi -> (M, width) int64
     (distinct known values in order, 0-padded). Unknown and missing values are 0."""
     if kind == "numeric":
-        x = values.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
-        return np.where(np.isnan(x), 0, np.searchsorted(np.asarray(edges, float), x, side="right") + 1).astype(np.int64)
+        return value_buckets(values.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False), edges)
     lookup = {value: code for code, value in enumerate(vocabulary or []) if code > 0}
     if kind == "categorical":
         return np.asarray([lookup.get(v, 0) for v in values.cast(pa.string()).to_pylist()], np.int64)
@@ -290,9 +290,7 @@ def fit(values: pa.Array, kind: str, num_buckets: int, max_values: int) -> dict:
     """The vocabulary (sorted values, code 0 unknown), bucket edges or bag width of one column."""
     if kind == "numeric":
         x = values.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
-        known = x[~np.isnan(x)]
-        edges = np.unique(np.quantile(known, np.linspace(0, 1, num_buckets + 1)[1:-1])).tolist() if len(known) else []
-        return {"kind": kind, "edges": edges}
+        return {"kind": kind, "edges": bucket_edges(x, num_buckets)}
     if kind == "multi":
         flat = pc.list_flatten(values)
         vocabulary = ["<unknown>", *sorted(set(flat.cast(pa.string()).to_pylist()) - {None})]

@@ -53,7 +53,15 @@ import pyarrow.parquet as pq
 from intentrec.config import config_dict
 from intentrec.data import item_content
 from intentrec.data.canonical import SPLIT_COLUMN, LoadedData
-from intentrec.data.features import MS_PER_DAY, day_codes, hour_codes, session_starts, step_gaps_seconds
+from intentrec.data.features import (
+    MS_PER_DAY,
+    bucket_edges,
+    day_codes,
+    hour_codes,
+    session_starts,
+    step_gaps_seconds,
+    value_buckets,
+)
 from intentrec.data.schema import CHANNELS, DEVICE_TYPES, EVENT_TYPES, REFERRERS, SCHEMA_VERSION
 from intentrec.errors import ConfigError, DataError
 from intentrec.hashing import settings_hash, sha256_file
@@ -557,8 +565,8 @@ def item_features(
     edges = []
     bucket = np.zeros(len(present), np.int8)
     if not np.isnan(price).all():
-        edges = np.unique(np.nanquantile(price, np.linspace(0, 1, num_price_buckets + 1)[1:-1])).tolist()
-        bucket = np.where(np.isnan(price), 0, np.searchsorted(edges, price, side="right") + 1).astype(np.int8)
+        edges = bucket_edges(price, num_price_buckets)
+        bucket = value_buckets(price, edges).astype(np.int8)
     table["price_bucket"] = bucket
     vocab["price_bucket_edges"] = edges
     return pa.table(table), item_index, vocab

@@ -19,10 +19,12 @@ import numpy as np
 from intentrec.data.features import (
     day_codes,
     hour_codes,
+    purchases_before,
     replay_cart,
     session_starts,
     step_gaps_seconds,
     time_gap_buckets,
+    window_starts,
 )
 from intentrec.serving.catalogue import Catalogue
 from intentrec.serving.profiles import Profiles
@@ -124,9 +126,9 @@ class Decode:
             first, sessions, sessions != "", times if timed else None, c.session_gap_ms
         ).astype(np.int64)
         gaps = step_gaps_seconds(times, first) if timed else np.full(len(idx), -1, np.int64)
-        if len(idx) > c.max_seq_len:
-            info["truncated"] = int(len(idx) - c.max_seq_len)
-        keep = slice(max(0, len(idx) - c.max_seq_len), None)
+        start = int(window_starts(len(idx), c.max_seq_len))
+        info["truncated"] = start
+        keep = slice(start, None)
         now = int(q.now) if q.now is not None else int(time.time() * 1000)
         last = int(times[-1]) if len(times) and timed else None
         ctx_gap = time_gap_buckets(np.asarray([(now - last) // 1000 if last is not None else -1]))[0]
@@ -137,9 +139,8 @@ class Decode:
         past = c.indexes(q.past_purchases)
         info["unknown_items"] += int((past == 0).sum())
         # Purchases among events too old for the window join the past purchases (as in training).
-        dropped = slice(0, max(0, len(idx) - c.max_seq_len))
-        old_purchases = idx[dropped][member(type_codes[dropped], c.purchase_codes)]
-        past = np.concatenate([past[past > 0], old_purchases])[-c.past :]
+        old_purchases = purchases_before(idx, type_codes, [0], [0], [start], c.past, c.purchase_codes)[0]
+        past = np.concatenate([past[past > 0], old_purchases[old_purchases > 0]])[-c.past :]
         # Business-rule sets over all known events (not only the kept window).
         purchased_at = np.flatnonzero(member(type_codes, c.purchase_codes))
         bought = set(idx[purchased_at].tolist()) | set(past.tolist())

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from intentrec.data.features import cooccurrence_scores
+from intentrec.data.features import cooccurrence_scores, hybrid_bonus
 from intentrec.serving.catalogue import Catalogue
 from intentrec.serving.rows import Batch, Row, member
 
@@ -79,10 +79,10 @@ class Retrieve:
         extra = found[~member(found, items)]
         items = np.concatenate([items, extra])
         scores = np.concatenate([logits, c.embeddings[extra] @ row.query * c.scale]).astype(np.float64)
-        scores += weight * np.log(eps)
+        scores += weight * np.log(eps)  # every item's share of weight * log(eps + C)
         if len(found):
             order = np.argsort(items, kind="stable")
             at = order[np.searchsorted(items[order], found)]
-            scores[at] += weight * (np.log(eps + counts) - np.log(eps))
+            scores[at] += hybrid_bonus(counts, weight, eps)
         best = np.argsort(-scores, kind="stable")
         return items[best], scores[best]

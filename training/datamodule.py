@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import pytorch_lightning as pl
 import torch
 
-from intentrec.data.features import NUM_GAP_BUCKETS, time_gap_buckets
+from intentrec.data.features import NUM_GAP_BUCKETS, purchases_before, time_gap_buckets, window_starts
 from intentrec.data.item_content import code_matrix, pad_column, table_arrays
 from intentrec.models.two_tower import PURCHASE_EVENT_CODES, Vocabulary
 
@@ -84,17 +84,6 @@ def _gather(values: np.ndarray, index: np.ndarray, valid: np.ndarray, fill=0) ->
     return np.where(valid, values[np.clip(index, 0, len(values) - 1)], fill)
 
 
-def _past_purchases(split: Split, row: np.ndarray, window_start: np.ndarray, count: int) -> np.ndarray:
-    """(W, count) ids of the last `count` purchases of each row before its window start (0 = none)."""
-    bought = np.flatnonzero(np.isin(split.steps["event_types"], PURCHASE_EVENT_CODES))
-    if len(bought) == 0:
-        return np.zeros((len(row), count), np.int64)
-    before = np.searchsorted(bought, window_start)  # purchases (globally) before the window
-    row_first = np.searchsorted(bought, split.offsets[row])  # first purchase of the row
-    index = before[:, None] - count + np.arange(count)[None, :]
-    return _gather(split.steps["item_ids"][bought], index, index >= row_first[:, None])
-
-
 def _inputs(
     split: Split, row: np.ndarray, start: np.ndarray, length: np.ndarray, T: int, past: int
 ) -> dict[str, np.ndarray]:
@@ -109,7 +98,10 @@ def _inputs(
         batch[name] = _gather(split.steps[column], index + 1, valid)
     batch["ctx_gap_buckets"] = _gather(split.steps["gap_buckets"], index + 1, valid)
     batch["loyalty"] = split.loyalty[row]
-    batch["past_purchase_ids"] = _past_purchases(split, row, start, past)
+    steps = split.steps
+    batch["past_purchase_ids"] = purchases_before(
+        steps["item_ids"], steps["event_types"], split.offsets, row, start, past, PURCHASE_EVENT_CODES
+    )
     return batch
 
 
@@ -121,7 +113,7 @@ def training_windows(split: Split, T: int, past: int) -> dict[str, np.ndarray]:
     row = np.repeat(np.arange(len(lengths)), per_row)
     k = np.arange(per_row.sum()) - np.repeat(np.cumsum(per_row) - per_row, per_row)
     last_slot = slots[row] - k * T  # last predicted step of the window, relative to the row start
-    first_input = np.maximum(0, last_slot - T)
+    first_input = window_starts(last_slot, T)
     length = last_slot - first_input
     start = split.offsets[row] + first_input
     batch = _inputs(split, row, start, length, T, past)
@@ -151,7 +143,7 @@ def evaluation_examples(
     position = targets - split.offsets[row]
     keep = position >= 1
     targets, row, position = targets[keep], row[keep], position[keep]
-    first_input = np.maximum(0, position - T)
+    first_input = window_starts(position, T)
     start = split.offsets[row] + first_input
     batch = _inputs(split, row, start, position - first_input, T, past)
     # _inputs puts the context of step start + length at the last position + 1; the query reads the

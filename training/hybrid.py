@@ -19,6 +19,7 @@ import logging
 import numpy as np
 import torch
 
+from intentrec.data.features import hybrid_bonus
 from intentrec.errors import ConfigError
 from intentrec.training.baselines import CoOccurrence
 from intentrec.training.datamodule import read_split
@@ -49,13 +50,13 @@ def hybrid_scorer(model, cooccurrence: CoOccurrence, weight: float, eps: float):
     """score(batch) -> (B, N) float64 hybrid scores of every item."""
     items = model.item_embeddings()
     scale = model.logit_scale()
-    log_eps = float(np.log(eps))
+    offset = weight * float(np.log(eps))  # every item's share of weight * log(eps + C)
 
     def score(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = (model.query(batch) @ items.T * scale).double()
         evidence = cooccurrence.sparse(batch["item_ids"].numpy())
-        evidence.data = np.log(eps + evidence.data) - log_eps  # log(eps + C) - log(eps): 0 where C = 0
-        return logits + weight * (torch.from_numpy(evidence.toarray()) + log_eps)
+        evidence.data = hybrid_bonus(evidence.data, weight, eps)  # 0 where C = 0
+        return logits + offset + torch.from_numpy(evidence.toarray())
 
     return score
 

@@ -48,3 +48,40 @@ def test_the_cart_counts_units_and_a_store_purchase_leaves_it():
     cart, changed, purchased = features.replay_cart(events)
     assert cart == {"a": 1, "b": 1} and changed == 5 and purchased == 6
     assert features.replay_cart([("a", "add_to_cart", 1, 1), ("a", "remove_from_cart", 3, 2)])[0] == {}
+
+
+def test_value_buckets_use_the_fitted_edges_and_give_unknown_values_0():
+    prices = np.array([1.0, 2.0, 2.0, 3.0, np.nan, 10.0, 20.0, 40.0])
+    edges = features.bucket_edges(prices, 4)
+    assert edges == sorted(set(edges)) and len(edges) == 3
+    codes = features.value_buckets(prices, edges)
+    assert codes[4] == 0 and codes[[0, 1, 3, 5, 7]].tolist() == sorted(codes[[0, 1, 3, 5, 7]].tolist())
+    assert set(codes[~np.isnan(prices)].tolist()) <= {1, 2, 3, 4}
+    # Constant values merge the edges into one; no known value at all gives no edges.
+    assert features.bucket_edges(np.full(5, 7.0), 10) == [7.0]
+    assert features.bucket_edges(np.full(3, np.nan), 10) == []
+    assert features.value_buckets([5.0, 8.0, np.nan], []).tolist() == [1, 1, 0]
+
+
+def test_purchases_before_a_window_are_the_last_ones_of_the_row_only():
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(1, 30, 200)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    items = rng.integers(1, 500, offsets[-1])
+    types = rng.integers(1, 8, offsets[-1])
+    purchase = features.event_codes(features.PURCHASE_EVENTS, ["", *EVENT_TYPES])
+    rows = np.arange(len(lengths))
+    starts = offsets[:-1] + features.window_starts(lengths, 10)
+    got = features.purchases_before(items, types, offsets, rows, starts, 4, purchase)
+    for row in rows:
+        span = slice(offsets[row], starts[row])
+        bought = items[span][np.isin(types[span], purchase)][-4:].tolist()
+        assert got[row].tolist() == [0] * (4 - len(bought)) + bought, row
+    assert features.window_starts([3, 10, 25], 10).tolist() == [0, 0, 15]
+
+
+def test_the_hybrid_bonus_is_zero_without_co_occurrence_and_the_log_above_it():
+    counts = np.array([0.0, 1.0, 9.5])
+    bonus = features.hybrid_bonus(counts, 2.0, 0.1)
+    assert bonus[0] == 0.0
+    np.testing.assert_allclose(2.0 * np.log(0.1) + bonus, 2.0 * np.log(0.1 + counts), rtol=1e-12)
