@@ -196,9 +196,15 @@ class RetrievalTask(pl.LightningModule):
         with torch.no_grad():
             self._all_items = self.model.item_embeddings()
 
+    def catalogue_scores(self, batch: dict[str, torch.Tensor], items: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N + 1) the model's score of every catalogue item for each query (what evaluation ranks and
+        serving's retrieval returns): query . item * logit scale."""
+        items = self.model.item_embeddings() if items is None else items
+        return self.model.query(batch) @ items.T * self.model.logit_scale()
+
     def _step(self, batch: dict[str, torch.Tensor], split: str) -> None:
         with torch.no_grad():
-            scores = self.model.query(batch) @ self._all_items.T * self.model.logit_scale()
+            scores = self.catalogue_scores(batch, self._all_items)
         index = batch["example_index"].cpu().numpy()
         scores = mask_scores(
             scores.float(), index, self.seen.get(split), bool(self.eval_cfg.get("exclude_seen", False))

@@ -4,8 +4,9 @@ Test sequences of the serving shop made with 31-120 minute breaks inside session
 (`data.long_pause_prob`) are turned back into the events a shop sends: raw item ids, event types, times,
 the shop's own session ids, channels, quantities and the context of the moment, with unknown items
 mixed in. `Recommender.decode` must give the offline step and context codes of `training.datamodule`
-for every one, the encoder the checkpoint's own queries, and the cart the same as the event platform's
-profile replays from the same events.
+for every one, the encoder the checkpoint's own queries, retrieval the catalogue ranking training.evaluate
+computes, and the cart the same as the event platform's profile replays from the same events. The same
+replay runs on the real Diginetica sample (../shared/data), whose session ids are its sequences.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from intentrec.models.context import CONTEXT_FIELDS  # the order of Recommender.
 from intentrec.serving.export import export
 from intentrec.serving.recommender import Recommender
 from intentrec.serving.request import Query
+from intentrec.training.train import train
+from tests.conftest import SHARED_DATA, compose_config
 from tests.serving.conftest import export_config, request_context, train_serving_model, triton_for
 
 EXAMPLES = 600
@@ -39,26 +42,19 @@ def paused(tmp_path_factory):
     return run, root / "bundle"
 
 
-@pytest.fixture(scope="module")
-def replay(paused):
-    """Chosen test examples: their offline arrays and the raw-event queries rebuilt from the shop's events."""
-    from intentrec.data.prepare import sequence_keys
+def replay_examples(data_dir, run, bundle, sessions_of, count: int = EXAMPLES) -> dict:
+    """`count` random test examples of the prepared data in `data_dir`: their offline arrays and the raw-event
+    queries rebuilt from them (raw ids, event types, times, channels, quantities, the context of the moment;
+    `sessions_of(sequence_key, items, times, types)` gives the shop's session id of each event), with an item
+    the catalogue does not know put into every fifth."""
     from intentrec.training.datamodule import PreparedData, evaluation_examples, read_split
     from intentrec.training.evaluate import load_checkpoint
 
-    (artifacts, run), bundle = paused
-    data = PreparedData.load(artifacts / "data" / "synthetic")
+    data = PreparedData.load(data_dir)
     task = load_checkpoint(run / "checkpoints" / "best.ckpt", data).eval()
     split = read_split(data.directory / "test.parquet")
     T = task.model.cfg.max_seq_len
     arrays, _, _ = evaluation_examples(split, T, 20, data.padded("category_idx"), data.padded("train_count"), 5)
-    raw = pq.read_table(next((artifacts / "shops").iterdir()) / "events.parquet")
-    times_ms = pc.cast(raw["event_time"], pa.int64()).to_pylist()
-    # The shopper each raw event belongs to, by preparation's own stitching (anonymous events join the customer
-    # of their device or session), tells apart events that tie on item, time and type (a campaign's e-mails).
-    codes, shoppers, _, _ = sequence_keys(raw, "customer", True)
-    columns = (raw[c].to_pylist() for c in ("item_id", "event_type", "session_id"))
-    session_of = {(i, t, e, k): s for (i, e, s), t, k in zip(zip(*columns), times_ms, shoppers[codes])}
     keys = pq.read_table(data.directory / "sequence_map.parquet", columns=["seq_idx", "sequence_key"])
     key_of = dict(zip(keys["seq_idx"].to_pylist(), keys["sequence_key"].to_pylist()))
     seq_idx = pq.read_table(data.directory / "test.parquet", columns=["seq_idx"])["seq_idx"].to_numpy()
@@ -70,12 +66,10 @@ def replay(paused):
     usable = np.flatnonzero(position >= 1)  # evaluation_examples keeps these, in this order
     chosen, queries, unknown = [], [], []
     rng = np.random.default_rng(0)
-    for e in rng.permutation(len(usable)):
+    for e in rng.permutation(len(usable))[:count]:
         target = targets[usable[e]]
         row = split.row_of_step[target]
         history = np.arange(split.offsets[row], target)
-        if len(chosen) >= EXAMPLES:
-            break
         types = [vocab["event_types"][c] for c in steps["event_types"][history]]
         times = steps["timestamps"][history].astype(np.int64).tolist()
         items = raw_ids[steps["item_ids"][history]].tolist()
@@ -87,7 +81,7 @@ def replay(paused):
             "item_ids": items,
             "event_types": types,
             "timestamps": times,
-            "session_ids": [session_of[(i, t, k, key_of[int(seq_idx[row])])] for i, t, k in zip(items, times, types)],
+            "session_ids": sessions_of(key_of[int(seq_idx[row])], items, times, types),
             "channels": [name("channels", c) or "" for c in steps["channels"][history]],
             "quantities": [int(q) for q in steps["quantities"][history]],
         }
@@ -118,6 +112,53 @@ def replay(paused):
     }
 
 
+@pytest.fixture(scope="module")
+def replay(paused):
+    """The serving shop's replay: session ids from the shop's raw events."""
+    from intentrec.data.prepare import sequence_keys
+
+    (artifacts, run), bundle = paused
+    raw = pq.read_table(next((artifacts / "shops").iterdir()) / "events.parquet")
+    times_ms = pc.cast(raw["event_time"], pa.int64()).to_pylist()
+    # The shopper each raw event belongs to, by preparation's own stitching (anonymous events join the customer
+    # of their device or session), tells apart events that tie on item, time and type (a campaign's e-mails).
+    codes, shoppers, _, _ = sequence_keys(raw, "customer", True)
+    columns = (raw[c].to_pylist() for c in ("item_id", "event_type", "session_id"))
+    session_of = {(i, t, e, k): s for (i, e, s), t, k in zip(zip(*columns), times_ms, shoppers[codes])}
+
+    def sessions_of(key, items, times, types):
+        return [session_of[(i, t, k, key)] for i, t, k in zip(items, times, types)]
+
+    return replay_examples(artifacts / "data" / "synthetic", run, bundle, sessions_of)
+
+
+@pytest.fixture(scope="module")
+def diginetica_replay(tmp_path_factory):
+    """A small model of the real Diginetica sample (sessions are its sequences, so a session id is the key)."""
+    shared_data = SHARED_DATA
+    if not (shared_data / "diginetica").is_dir():
+        pytest.skip(f"shared data not found at {shared_data} (the real-data replay needs ../shared/data/diginetica)")
+    root = tmp_path_factory.mktemp("diginetica")
+    overrides = [
+        "data=diginetica",
+        f"data.path={shared_data / 'diginetica'}",
+        f"artifacts_dir={root / 'artifacts'}",
+        "trainer.max_epochs=1",
+        "model.embedding_dim=16",
+        "ranker.enabled=false",
+        "data.max_seq_len=8",  # shorter than many of its sessions, so truncation is replayed too
+    ]
+    train(compose_config("train", [*overrides, f"run_dir={root / 'run'}"]))
+    export(compose_config("export", [*overrides, f"ckpt_path={root / 'run' / 'checkpoints' / 'best.ckpt'}",
+                                     f"export.out_dir={root / 'bundle'}"]))  # fmt: skip
+    return replay_examples(
+        root / "artifacts" / "data" / "diginetica",
+        root / "run",
+        root / "bundle",
+        lambda key, items, *_: [key] * len(items),
+    )
+
+
 def test_replayed_events_cover_the_cases_that_disagree(replay):
     """The sample holds in-session breaks over 30 minutes, truncation, unknown items, removals, quantities and
     store purchases, so the parity below is a claim about each."""
@@ -135,7 +176,19 @@ def test_replayed_events_cover_the_cases_that_disagree(replay):
     assert sum(max(q.quantities) > 1 for q in queries) >= 10
 
 
-def test_serving_decodes_raw_events_into_the_features_training_saw(replay):
+def test_the_real_diginetica_replay_holds_long_pauses_purchases_truncation_and_unknown_items(diginetica_replay):
+    queries, T = diginetica_replay["queries"], diginetica_replay["T"]
+    assert len(queries) >= 500
+    pauses = sum(int((np.diff(np.asarray(q.timestamps)) > SESSION_GAP_MS).any()) for q in queries)
+    assert pauses >= 5, pauses  # the sample's own sessions, with their own breaks
+    assert sum("purchase" in q.event_types for q in queries) >= 20
+    assert sum(len(q.item_ids) > T + 1 for q in queries) >= 1
+    assert diginetica_replay["unknown"].sum() >= 100
+
+
+@pytest.mark.parametrize("replayed", ["replay", "diginetica_replay"])
+def test_serving_decodes_raw_events_into_the_features_training_saw(replayed, request):
+    replay = request.getfixturevalue(replayed)
     recommender, arrays = replay["recommender"], replay["arrays"]
     decoded = [recommender.decode(q) for q in replay["queries"]]
     for n, d in enumerate(decoded):
@@ -153,6 +206,33 @@ def test_serving_decodes_raw_events_into_the_features_training_saw(replay):
     with torch.no_grad():
         expected = replay["task"].model.query(batch).numpy()
     assert np.abs(served - expected).max() < 1e-5
+
+
+@pytest.mark.parametrize("replayed", ["replay", "diginetica_replay"])
+def test_served_top_k_and_scores_are_training_evaluates_for_the_same_checkpoint(replayed, request):
+    """Retrieval (exact index) ranks the catalogue as training.evaluate ranks it for the model: the same top 20
+    (up to the order of near-ties) with the same scores. The ranker and the list rules come after, apart."""
+    from intentrec.serving.rows import Batch
+
+    replay = request.getfixturevalue(replayed)
+    recommender, arrays, task, K = replay["recommender"], replay["arrays"], replay["task"], 20
+    within = [n for n, q in enumerate(replay["queries"]) if len(q.item_ids) <= recommender.limits.max_events]
+    assert len(within) >= 450
+    queries = [replay["queries"][n] for n in within]
+    batch = Batch([replace(q, exclude_purchased=False, exclude_in_cart=False, k=K) for q in queries])
+    for stage in recommender.stages[: [s.name for s in recommender.stages].index("rank")]:
+        stage.run(batch)
+    tensors = {k: torch.as_tensor(v[within].astype(np.int64)) for k, v in arrays.items() if v.dtype.kind in "iub"}
+    with torch.no_grad():
+        offline = task.catalogue_scores(tensors).double().numpy()
+    for n, row in enumerate(batch.rows):
+        assert not isinstance(row, Exception), f"{n}: {row}"
+        items, scores = row.items[:K], row.scores[:K]
+        expected = np.argsort(-offline[n], kind="stable")[:K]
+        np.testing.assert_allclose(scores, offline[n, items], rtol=1e-6, atol=1e-5, err_msg=str(n))
+        np.testing.assert_allclose(scores, offline[n, expected], rtol=1e-6, atol=1e-5, err_msg=str(n))
+        swapped = np.setxor1d(items, expected)  # only items tied with the 20th within float error
+        assert (np.abs(offline[n, swapped] - offline[n, expected[-1]]) < 1e-5).all(), n
 
 
 def test_the_cart_serving_keeps_is_the_profiles(replay, tmp_path):
