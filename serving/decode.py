@@ -139,8 +139,11 @@ class Decode:
         past = c.indexes(q.past_purchases)
         info["unknown_items"] += int((past == 0).sum())
         # Purchases among events too old for the window join the past purchases (as in training).
-        old_purchases = purchases_before(idx, type_codes, [0], [0], [start], c.past, c.purchase_codes)[0]
-        past = np.concatenate([past[past > 0], old_purchases[old_purchases > 0]])[-c.past :]
+        if start:
+            old_purchases = purchases_before(idx, type_codes, [0], [0], [start], c.past, c.purchase_codes)[0]
+            past = np.concatenate([past[past > 0], old_purchases[old_purchases > 0]])[-c.past :]
+        else:
+            past = past[past > 0][-c.past :]
         # Business-rule sets over all known events (not only the kept window).
         purchased_at = np.flatnonzero(member(type_codes, c.purchase_codes))
         bought = set(idx[purchased_at].tolist()) | set(past.tolist())
