@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from intentrec.models.towers import Dropout
+
 CONTEXT_FIELDS = (
     "ctx_device_types",
     "ctx_hours",
@@ -58,7 +60,7 @@ class ContextFusion(nn.Module):
             self.mlp = nn.Sequential(
                 nn.Linear(2 * embedding_dim, 2 * embedding_dim),
                 nn.GELU(),
-                nn.Dropout(dropout),
+                Dropout(dropout),
                 nn.Linear(2 * embedding_dim, embedding_dim),
             )
         self.norm = nn.LayerNorm(embedding_dim) if kind != "none" else nn.Identity()

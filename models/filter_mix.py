@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from intentrec.models.towers import SelfAttention, TransformerEncoder
+from intentrec.models.towers import Dropout, SelfAttention, TransformerEncoder
 
 
 class CausalFilter(nn.Module):
@@ -58,7 +58,7 @@ class FilterMixBlock(nn.Module):
         self.linear2 = nn.Linear(4 * embedding_dim, embedding_dim)
         self.norm1 = nn.LayerNorm(embedding_dim)
         self.norm2 = nn.LayerNorm(embedding_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm1(x)

@@ -47,6 +47,78 @@ def full_softmax(
     return F.cross_entropy(logits, targets - 1)
 
 
+class _ChunkedSoftmax(torch.autograd.Function):
+    """Full-softmax cross-entropy whose gradients are made in the forward pass, `chunk` targets at a time.
+
+    For a chunk of rows the logits (chunk, N) are formed, turned into softmax - one-hot, and multiplied
+    straight into the gradients of the queries and the items; nothing of size (M, N) is kept for
+    backward, which only scales the stored gradients. Three matrix products per chunk, as autograd
+    does for `full_softmax`, and a working set of one chunk's logits instead of the (M, N) logits, their
+    log-softmax and their gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, queries, items, targets, scale, seen, chunk):
+        M = len(queries)
+        compute = (
+            torch.get_autocast_dtype(queries.device.type) if torch.is_autocast_enabled(queries.device.type) else None
+        )
+        q_all = queries.to(compute) if compute is not None else queries
+        w = items.to(compute) if compute is not None else items
+        exact = torch.promote_types(queries.dtype, torch.float32)  # softmax and sums in fp32 (fp64 stays fp64)
+        grad_q = torch.empty(queries.shape, dtype=exact, device=queries.device)
+        grad_w = torch.zeros(items.shape, dtype=exact, device=items.device)
+        total = torch.zeros((), dtype=exact, device=queries.device)
+        with torch.autocast(queries.device.type, enabled=False):
+            for start in range(0, M, chunk):
+                q = q_all[start : start + chunk]
+                t = targets[start : start + chunk]
+                rows = torch.arange(len(q), device=q.device)
+                logits = (q @ w.T).to(exact).mul_(scale)  # (c, N)
+                if seen is not None:
+                    s = seen[start : start + chunk]
+                    drop = (s > 0) & (s != (t + 1).unsqueeze(1))
+                    r = rows.unsqueeze(1).expand_as(s)
+                    logits[r[drop], s[drop] - 1] = float("-inf")
+                lse = torch.logsumexp(logits, dim=1)
+                total += (lse - logits[rows, t]).sum()
+                # d loss / d logits = (softmax - one-hot) / M; times scale for d / d (q . w).
+                grad = logits.sub_(lse.unsqueeze(1)).exp_()
+                grad[rows, t] -= 1.0
+                grad.mul_(scale / M)
+                grad = grad.to(w.dtype)
+                grad_q[start : start + chunk] = grad @ w
+                grad_w += grad.T @ q
+        ctx.save_for_backward(grad_q, grad_w)
+        ctx.dtypes = (queries.dtype, items.dtype)
+        return total / M
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_q, grad_w = ctx.saved_tensors
+        return (
+            (grad_q * grad_output).to(ctx.dtypes[0]),
+            (grad_w * grad_output).to(ctx.dtypes[1]),
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def chunked_softmax(
+    queries: torch.Tensor,
+    targets: torch.Tensor,
+    all_items: torch.Tensor,
+    scale: float,
+    seen: torch.Tensor | None = None,
+    chunk: int = 1024,
+) -> torch.Tensor:
+    """`full_softmax` (the same loss and gradients) without materialising the (M, N) logits: `chunk`
+    targets at a time, gradients formed in the forward pass (`loss.chunk_targets`)."""
+    return _ChunkedSoftmax.apply(queries, all_items[1:], targets - 1, float(scale), seen, max(int(chunk), 1))
+
+
 def causal_history(item_ids: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
     """item_ids (B, T), target_mask (B, T) -> (M, T): for each target position t, the steps <= t (0 after)."""
     T = item_ids.shape[1]

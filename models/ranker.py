@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from intentrec.models.towers import feature_vectors
+from intentrec.models.towers import Dropout, feature_vectors
 
 
 @dataclass
@@ -58,7 +58,7 @@ class Ranker(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(width, cfg.hidden_dim),
             nn.GELU(),
-            nn.Dropout(cfg.dropout),
+            Dropout(cfg.dropout),
             nn.Linear(cfg.hidden_dim, cfg.hidden_dim // 2),
             nn.GELU(),
             nn.Linear(cfg.hidden_dim // 2, 1),

@@ -81,7 +81,7 @@ class Bundle:
 
     def items_by_category(self) -> tuple[dict[str, str], dict[str, list[str]]]:
         """(item id -> category, category -> item ids from the most to the least trained on)."""
-        ids, categories = self.items["item_id"].astype(str), self.items["category"].astype(str)
+        ids, categories = self.items["item_id"].astype(str).tolist(), self.items["category"].astype(str).tolist()
         top: dict[str, list[str]] = {}
         for i in np.argsort(-self.items["train_count"], kind="stable"):
             top.setdefault(categories[i], []).append(ids[i])

@@ -55,7 +55,7 @@ def build_task(cfg, data: PreparedData, datamodule: SequenceDataModule):
             feature_codes=codes,
             train_counts=datamodule.train_counts,
             loss=config_dict(cfg, "loss"),
-            optim=config_dict(cfg, "optim"),
+            optim={**config_dict(cfg, "optim"), "batch_size": int(cfg.data.batch_size)},
             evaluation=config_dict(cfg, "evaluate"),
             data_fingerprint=data_fingerprint(data),
             variant=model_cfg.get("name", "two_tower"),
@@ -308,7 +308,7 @@ class TargetsPerSecond(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         now = time.perf_counter()
-        self.targets += int((batch["targets"] > 0).sum())
+        self.targets = self.targets + (batch["targets"] > 0).sum()  # stays on the device: no sync per step
         if self._last is not None:
             self.seconds += now - self._last
         self._last = now
@@ -325,7 +325,7 @@ class TargetsPerSecond(pl.Callback):
         self._last = None  # validation time is not training time
 
     def rate(self) -> float:
-        return round(self.targets / self.seconds, 1) if self.seconds else 0.0
+        return round(int(self.targets) / self.seconds, 1) if self.seconds else 0.0
 
 
 def _hydra_run_dir() -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from intentrec.models.losses import GBCE, SampledSoftmax, causal_history, full_softmax
+from intentrec.models.losses import GBCE, SampledSoftmax, causal_history, chunked_softmax, full_softmax
 from intentrec.models.two_tower import TwoTower, TwoTowerConfig, Vocabulary
 
 NUM_ITEMS = 30
@@ -168,6 +168,44 @@ def test_full_softmax_can_take_the_history_out_of_the_negatives():
     assert loss.item() < full_softmax(queries, targets[mask], items, 1.0).item()
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 64])
+@pytest.mark.parametrize("history", [False, True])
+def test_chunked_softmax_equals_the_full_softmax_in_loss_and_gradients(chunk, history):
+    # The fused loss makes its gradients chunk by chunk in the forward pass; the model's parameters
+    # must get what autograd gives through the full (M, N) logits, within 1e-5.
+    torch.manual_seed(0)
+    item_ids = torch.randint(1, NUM_ITEMS + 1, (6, 5))
+    mask = torch.rand(6, 5) > 0.2
+    targets = torch.randint(1, NUM_ITEMS + 1, (6, 5))[mask]
+    seen = causal_history(item_ids, mask) if history else None
+    grads = []
+    for loss_fn in (full_softmax, lambda *a: chunked_softmax(*a, chunk=chunk)):
+        torch.manual_seed(1)
+        model = make_model(similarity="cosine", temperature=0.1).train()
+        queries = model.query(make_batch()).repeat(10, 1)[: len(targets)]
+        loss = loss_fn(queries, targets, model.item_embeddings(), model.logit_scale(), seen)
+        (2.5 * loss).backward()  # an upstream gradient other than 1 reaches both
+        grads.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (full_loss, full_grads), (chunked_loss, chunked_grads) = grads
+    assert chunked_loss.item() == pytest.approx(full_loss.item(), abs=1e-5)
+    assert full_grads.keys() == chunked_grads.keys() and len(full_grads) > 3
+    for name, grad in full_grads.items():
+        assert torch.allclose(chunked_grads[name], grad, atol=1e-5), name
+
+
+def test_chunked_softmax_runs_under_bfloat16_autocast():
+    queries = torch.nn.functional.normalize(torch.randn(40, 8), dim=1).requires_grad_()
+    items = torch.nn.functional.normalize(torch.randn(NUM_ITEMS + 1, 8), dim=1).requires_grad_()
+    targets = torch.randint(1, NUM_ITEMS + 1, (40,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = chunked_softmax(queries, targets, items, 10.0, chunk=16)
+    loss.backward()
+    exact = full_softmax(queries.detach(), targets, items.detach(), 10.0)
+    assert loss.dtype == torch.float32 and queries.grad.dtype == torch.float32
+    assert loss.item() == pytest.approx(exact.item(), rel=2e-2)
+    assert torch.isfinite(items.grad).all() and items.grad.abs().sum() > 0
+
+
 def test_bad_model_config_names_the_key():
     with pytest.raises(
         ValueError,
@@ -184,3 +222,53 @@ def test_a_sequence_longer_than_the_positions_is_refused_with_the_fix():
         ValueError, match=r"sequence of 16 steps is longer than model\.max_seq_len=12; keep the most recent steps"
     ):
         model.query_states(make_batch(T=16, lengths=(16, 5, 1)))
+
+
+def test_a_bag_feature_is_the_mean_of_its_known_codes_in_training_and_in_the_exported_graph(monkeypatch):
+    from torch import nn
+
+    from intentrec.models.towers import feature_vectors
+
+    torch.manual_seed(0)
+    embedding = nn.Embedding(6, 4)  # no padding_idx: row 0 is not zero, as in a ranker's table
+    codes = torch.tensor([[[1, 3, 0], [0, 0, 0]], [[5, 5, 2], [4, 0, 0]]])  # (2, 2, 3): a bag of 3 per item
+    expected = torch.stack(
+        [
+            torch.stack([embedding.weight[[1, 3]].mean(0), embedding.weight[0]]),  # an empty bag: row 0
+            torch.stack([embedding.weight[[5, 5, 2]].mean(0), embedding.weight[4]]),
+        ]
+    )
+    fused = feature_vectors(nn.ModuleList([embedding]), [3], codes)[0]
+    assert torch.allclose(fused, expected, atol=1e-6)
+    fused.sum().backward()
+    assert embedding.weight.grad[0].abs().sum() > 0  # the empty bag reaches row 0
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)  # the plain ops the exporter sees
+    plain = feature_vectors(nn.ModuleList([embedding]), [3], codes)[0]
+    assert torch.allclose(plain, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("id_dropout", [0.0, 0.3])
+def test_the_whole_catalogue_pass_of_the_item_tower_equals_embedding_every_item(id_dropout):
+    # all_items() builds the catalogue's vectors from the tables (mask, sparse products) instead of
+    # gathering every row; values and every table's gradient must be the gather path's.
+    from intentrec.models.towers import ItemTower
+
+    torch.manual_seed(0)
+    n = 60
+    codes = torch.cat(
+        [torch.randint(0, 4, (n + 1, 1)), torch.randint(0, 6, (n + 1, 3)) * (torch.rand(n + 1, 3) > 0.4)], 1
+    )
+    codes[0] = 0
+    assert ((codes[:, 1:] == 0).all(1)).sum() > 1 and (codes[:, 0] == 0).sum() > 1  # empty bags, unknown codes
+    tower = ItemTower(n, 8, codes, [4, 6], id_dropout=id_dropout, feature_widths=[1, 3]).train()
+    tower.has_id[7] = False  # a cold item: content only
+    upstream = torch.randn(n + 1, 8)
+    results = []
+    for pass_ in (tower.all_items, lambda: tower(torch.arange(n + 1))):
+        torch.manual_seed(3)  # the same id dropout draw
+        vectors = pass_()
+        results.append((vectors, torch.autograd.grad((vectors * upstream).sum(), list(tower.parameters()))))
+    (fast, fast_grads), (gathered, gathered_grads) = results
+    assert torch.allclose(fast, gathered, atol=1e-6)
+    for (name, _), a, b in zip(tower.named_parameters(), fast_grads, gathered_grads):
+        assert torch.allclose(a, b, atol=1e-5), name

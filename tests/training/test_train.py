@@ -93,11 +93,14 @@ def test_the_attribute_loss_trains_beside_the_next_item_loss(artifacts, tmp_path
     assert "model.attribute_loss=1.0 is ignored: the items have no content features" in caplog.text
 
 
-@pytest.mark.parametrize("loss", ["full", "sampled", "gbce"])
+@pytest.mark.parametrize("loss", ["full", "full@0", "sampled", "gbce"])
 def test_each_loss_trains(artifacts, tmp_path, loss):
-    metrics = run(artifacts, tmp_path, f"loss.name={loss}", "loss.num_negatives=32")
+    name, _, chunk = loss.partition("@")  # full@0: the full softmax as one logits matrix (loss.chunk_targets=0)
+    metrics = run(
+        artifacts, tmp_path, f"loss.name={name}", "loss.num_negatives=32", f"loss.chunk_targets={chunk or 'auto'}"
+    )
     info = json.loads((tmp_path / "metrics.json").read_text())["info"]
-    assert info["loss"] == loss and metrics["test/count"] > 0
+    assert info["loss"] == name and metrics["test/count"] > 0
 
 
 def test_a_saved_checkpoint_evaluates_to_the_same_metrics_after_reload(artifacts, tmp_path):
@@ -469,6 +472,11 @@ def test_training_prepares_again_when_the_prepared_data_is_from_an_older_version
             r"model\.context='sideways'; expected one of \['none', 'concat', 'latent_cross'\]",
         ),
         (["model.similarity=l2"], r"model\.similarity='l2'; expected one of \['dot', 'cosine'\]"),
+        (["optim.batch_scaling=cubic"], r"optim\.batch_scaling='cubic'; expected one of \['none', 'sqrt', 'linear'\]"),
+        (
+            ["loss.chunk_targets=-3"],
+            r"loss\.chunk_targets=-3; expected auto, 0 \(no chunks\) or a positive whole number",
+        ),
         (
             ["loss.name=gbce", "loss.exclude_seen=true"],
             r"loss\.exclude_seen=true works with the full softmax only; loss\.name resolved to 'gbce'",
@@ -521,3 +529,15 @@ def test_heap_mode_switches_and_keep_freed_memory_is_idempotent():
 
     assert set_heap_mode(False) is True  # glibc on Linux, as on this machine and CI
     assert keep_freed_memory() is True and keep_freed_memory() is True
+
+
+def test_batch_scaling_raises_the_learning_rate_and_shortens_the_warmup_in_steps():
+    from intentrec.training.module import scaled_lr_and_warmup
+
+    base = {"lr": 1e-3, "warmup_steps": 100, "reference_batch_size": 128}
+    assert scaled_lr_and_warmup({**base, "batch_size": 1024}) == (1e-3, 100)  # batch_scaling absent: none
+    lr, warmup = scaled_lr_and_warmup({**base, "batch_size": 1024, "batch_scaling": "sqrt"})
+    assert lr == pytest.approx(1e-3 * 8**0.5) and warmup == 12  # the same 12,800 windows of warm-up
+    lr, warmup = scaled_lr_and_warmup({**base, "batch_size": 64, "batch_scaling": "linear"})
+    assert lr == pytest.approx(5e-4) and warmup == 200
+    assert scaled_lr_and_warmup({**base, "batch_size": 128, "batch_scaling": "sqrt"}) == (1e-3, 100)
