@@ -85,6 +85,7 @@ TRAINING_KEYS = frozenset(
         "num_workers",
         "bucket_by_length",
         "batch_targets",
+        "min_steps_per_epoch",
     }
 )
 

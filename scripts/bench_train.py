@@ -279,9 +279,7 @@ def main() -> None:
             f"b{row['batch_size']:<5} {ratio:.2f}x the first row"
         )
     if baseline is not None:
-        # The baseline tree prepares its own copy of the data (its artifacts/) from the same source files.
-        source = [f"data.path={cfg.data.path}"] if cfg.data.get("path") else []
-        baseline_rows = run_baseline(baseline, sys.argv[1:], [*args.overrides, *source])
+        baseline_rows = run_baseline(baseline, sys.argv[1:], args.overrides)
 
         def key(row):
             return (row["model"], row["batching"], row["heap"], row["precision"], row["batch_size"])
@@ -329,6 +327,10 @@ def run_baseline(commit: str, argv: list[str], overrides: list[str]) -> list[dic
             forwarded.append(token)
     with tempfile.TemporaryDirectory(prefix="bench_train_") as temporary:
         tree, rows_file = Path(temporary) / "baseline", Path(temporary) / "rows.jsonl"
+        # The baseline prepares its own copy of the data (its artifacts/) from the same source files:
+        # `../shared` beside it is this checkout's.
+        if (REPO.parent / "shared").exists():
+            (Path(temporary) / "shared").symlink_to(REPO.parent / "shared")
         subprocess.run(
             ["git", "worktree", "add", "--detach", str(tree), commit], cwd=REPO, check=True, capture_output=True
         )
@@ -350,7 +352,8 @@ def run_baseline(commit: str, argv: list[str], overrides: list[str]) -> list[dic
             out = subprocess.run(command, cwd=tree, text=True)
             if out.returncode != 0:
                 raise SystemExit(f"error: the baseline run at {commit} failed (exit {out.returncode}).")
-            return [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
+            rows = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
+            return [{**row, "git_commit": commit} for row in rows]  # the code measured, not this checkout's
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, capture_output=True)
 

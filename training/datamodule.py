@@ -477,6 +477,9 @@ class SequenceDataModule(pl.LightningDataModule):
             Every batch is trimmed to its longest window either way; evaluation results are identical.
         batch_targets: with bucket_by_length, cut training batches by target count instead of
             window count; None = batch_size x the mean number of targets per training window.
+        min_steps_per_epoch: > 0: lower batch_size (not below min_batch_size) so that an epoch has at
+            least this many steps: large batches where the data is large, the reference batch where it
+            is small (a few steps an epoch leave too few updates to learn from).
     """
 
     def __init__(
@@ -491,9 +494,12 @@ class SequenceDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         bucket_by_length: bool = False,
         batch_targets: int | None = None,
+        min_steps_per_epoch: int = 0,
+        min_batch_size: int = 128,
     ):
         super().__init__()
         self.bucket_by_length, self.batch_targets = bucket_by_length, batch_targets
+        self.min_steps_per_epoch, self.min_batch_size = min_steps_per_epoch, min_batch_size
         self.data = data
         self.max_seq_len, self.batch_size, self.eval_batch_size = max_seq_len, batch_size, eval_batch_size
         self.past_purchases, self.rare_max_count, self.seed, self.num_workers = (
@@ -509,11 +515,16 @@ class SequenceDataModule(pl.LightningDataModule):
         if self.train_arrays is None:
             train = read_split(self.data.directory / "train.parquet")
             self.train_arrays = training_windows(train, self.max_seq_len, self.past_purchases)
-            log.info(
-                "train: %d windows, %d targets",
-                len(self.train_arrays["targets"]),
-                int((self.train_arrays["targets"] > 0).sum()),
-            )
+            windows = len(self.train_arrays["targets"])
+            log.info("train: %d windows, %d targets", windows, int((self.train_arrays["targets"] > 0).sum()))
+            if self.min_steps_per_epoch > 0:
+                cap = max(self.min_batch_size, windows // self.min_steps_per_epoch)
+                if self.batch_size > cap:
+                    log.info(
+                        "data.batch_size %d -> %d: at least data.min_steps_per_epoch=%d steps an epoch over %d windows",
+                        self.batch_size, cap, self.min_steps_per_epoch, windows,
+                    )  # fmt: skip
+                    self.batch_size = cap
         for name in ("val", "test"):
             if name not in self.eval_sets:
                 split = read_split(self.data.directory / f"{name}.parquet")

@@ -167,17 +167,26 @@ class RetrievalTask(pl.LightningModule):
         mask = batch["targets"] > 0
         if self.model.bidirectional:  # bert4rec: masked steps and the slot after the last (models/bert4rec.py)
             queries, targets = cloze_examples(self.model, batch, self.model_cfg.cloze_mask)
+        elif self.loss_name == "full":
+            # One item-tower pass a step: the catalogue's vectors feed the softmax, and the steps and past
+            # purchases read their rows (as serving reads the served table's rows).
+            all_items = self.model.item_embeddings()
+            states = self.model.query_states(
+                batch, step_items=all_items[batch["item_ids"]], past_items=all_items[batch["past_purchase_ids"]]
+            )
+            queries, targets = states[mask], batch["targets"][mask]  # (M, D), (M,)
         else:
             states = self.model.query_states(batch)  # (B, T, D)
             queries, targets = states[mask], batch["targets"][mask]  # (M, D), (M,)
         scale = self.model.logit_scale()
         if self.loss_name == "full":
+            all_items = self.model.item_embeddings() if self.model.bidirectional else all_items
             seen = causal_history(batch["item_ids"], mask) if self.loss_exclude_seen else None
             chunk = self.loss_chunk(queries.device)
             if chunk:
-                loss = chunked_softmax(queries, targets, self.model.item_embeddings(), scale, seen, chunk)
+                loss = chunked_softmax(queries, targets, all_items, scale, seen, chunk)
             else:
-                loss = full_softmax(queries, targets, self.model.item_embeddings(), scale, seen)
+                loss = full_softmax(queries, targets, all_items, scale, seen)
         elif self.loss_name == "sampled":
             loss = self.sampled(queries, targets, self.model.item_embeddings, scale)
         else:

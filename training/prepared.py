@@ -138,4 +138,6 @@ def build_datamodule(cfg, data: PreparedData) -> SequenceDataModule:
         num_workers=int(d.num_workers),
         bucket_by_length=bool(d.get("bucket_by_length", False)),
         batch_targets=d.get("batch_targets"),
+        min_steps_per_epoch=int(d.get("min_steps_per_epoch", 0) or 0),
+        min_batch_size=int(cfg.optim.get("reference_batch_size", 128)),
     )

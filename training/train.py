@@ -55,7 +55,10 @@ def build_task(cfg, data: PreparedData, datamodule: SequenceDataModule):
             feature_codes=codes,
             train_counts=datamodule.train_counts,
             loss=config_dict(cfg, "loss"),
-            optim={**config_dict(cfg, "optim"), "batch_size": int(cfg.data.batch_size)},
+            optim={
+                **config_dict(cfg, "optim"),
+                "batch_size": int(datamodule.batch_size),
+            },  # as set up (min_steps_per_epoch)
             evaluation=config_dict(cfg, "evaluate"),
             data_fingerprint=data_fingerprint(data),
             variant=model_cfg.get("name", "two_tower"),

@@ -541,3 +541,23 @@ def test_batch_scaling_raises_the_learning_rate_and_shortens_the_warmup_in_steps
     lr, warmup = scaled_lr_and_warmup({**base, "batch_size": 64, "batch_scaling": "linear"})
     assert lr == pytest.approx(5e-4) and warmup == 200
     assert scaled_lr_and_warmup({**base, "batch_size": 128, "batch_scaling": "sqrt"}) == (1e-3, 100)
+
+
+def test_a_large_batch_keeps_enough_steps_per_epoch_and_its_learning_rate_follows_the_batch_used(artifacts):
+    # trainer=gpu asks for 1,024 windows a batch; on a small set min_steps_per_epoch lowers it, and the
+    # learning rate is scaled for the batch actually used.
+    from intentrec.training.prepared import build_datamodule, prepared_data
+    from intentrec.training.train import build_task
+
+    overrides = ["data.batch_size=100000", "data.min_steps_per_epoch=2", "optim.batch_scaling=sqrt", "optim.lr=0.001"]
+    cfg = compose_config("train", [*FAST, f"artifacts_dir={artifacts}", *overrides])
+    data = prepared_data(cfg)
+    datamodule = build_datamodule(cfg, data)
+    datamodule.setup()
+    windows = len(datamodule.train_arrays["targets"])
+    assert 128 < datamodule.batch_size == windows // 2
+    assert len(list(datamodule.train_dataloader())) >= 2
+    task = build_task(cfg, data, datamodule)
+    task.trainer = type("T", (), {"estimated_stepping_batches": 100})()
+    optimizer = task.configure_optimizers()["optimizer"]
+    assert optimizer.param_groups[0]["initial_lr"] == pytest.approx(0.001 * (datamodule.batch_size / 128) ** 0.5)
