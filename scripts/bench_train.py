@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -310,14 +311,14 @@ def resolve_commit(ref: str) -> str:
     return out.stdout.strip()[:12]
 
 
-# Runs this script inside another code tree: the current directory (the tree) comes first on sys.path,
-# so `intentrec` is that tree's; this checkout's scripts/ follows for bench_common.
-CHILD = "import runpy, sys; sys.path.insert(1, sys.argv[1]); sys.argv = sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+# Runs this script inside another code tree: with `python -c` the current directory (the tree) is
+# searched first, so `intentrec` is that tree's; PYTHONPATH gives this checkout's scripts/ (bench_common).
+CHILD = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
 
 
 def run_baseline(commit: str, argv: list[str], overrides: list[str]) -> list[dict]:
     """The same variants measured on `commit`'s code (a temporary worktree); its rows, code='baseline'."""
-    drop = {"--baseline", "--out", "--rows-to", "--overrides"}
+    drop = {"--baseline", "--out", "--rows-to", "--overrides", "--loss"}  # the baseline runs its full softmax
     forwarded, skip = [], False
     for token in argv:
         if skip and not token.startswith("--"):
@@ -341,15 +342,17 @@ def run_baseline(commit: str, argv: list[str], overrides: list[str]) -> list[dic
                 sys.executable,
                 "-c",
                 CHILD,
-                str(Path(script).parent),
                 script,
                 *forwarded,
+                "--loss",
+                "full",
                 "--rows-to",
                 str(rows_file),
                 "--overrides",
                 *overrides,
             ]
-            out = subprocess.run(command, cwd=tree, text=True)
+            env = {**os.environ, "PYTHONPATH": str(Path(script).parent)}
+            out = subprocess.run(command, cwd=tree, text=True, env=env)
             if out.returncode != 0:
                 raise SystemExit(f"error: the baseline run at {commit} failed (exit {out.returncode}).")
             rows = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
