@@ -86,6 +86,7 @@ TRAINING_KEYS = frozenset(
         "bucket_by_length",
         "batch_targets",
         "min_steps_per_epoch",
+        "batches_on_device",
     }
 )
 

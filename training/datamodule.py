@@ -396,6 +396,43 @@ class ArrayDataset(torch.utils.data.Dataset):
         }
 
 
+class IndexDataset(torch.utils.data.Dataset):
+    """`dataset[index_array]` -> {"index": (B,) int64, "width": ()}: a batch left to be assembled on the
+    device (`DeviceArrays`) from the split held there. The width (the batch's longest window, as
+    `ArrayDataset` trims) comes from lengths kept on the host, so assembling never waits on the device."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self.lengths = (arrays["item_ids"] > 0).sum(axis=1)
+        self.size = len(self.lengths)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index) -> dict[str, torch.Tensor]:
+        width = max(1, int(self.lengths[index].max(initial=1)))
+        return {"index": torch.from_numpy(np.asarray(index, dtype=np.int64)), "width": torch.tensor(width)}
+
+
+class DeviceArrays:
+    """A split's arrays as tensors on one device; `batch(index, width)` gathers a batch there, equal to
+    `ArrayDataset(arrays)[index]` (same keys, values, dtypes and trimming): one small copy of the
+    indexes a step instead of a copy of every batch tensor."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], device: torch.device):
+        self.device = device
+        self.tensors = {
+            name: torch.from_numpy(np.ascontiguousarray(values).astype(values.dtype if values.dtype.kind == "f" else np.int64)).to(device)
+            for name, values in arrays.items()
+        }  # fmt: skip
+
+    def batch(self, index: torch.Tensor, width: int) -> dict[str, torch.Tensor]:
+        index = index.to(self.device, non_blocking=True)
+        return {
+            name: (values.index_select(0, index)[:, :width] if name in SEQUENCE_ARRAYS else values.index_select(0, index))
+            for name, values in self.tensors.items()
+        }  # fmt: skip
+
+
 def _largest_code(column: np.ndarray) -> int:
     """The largest code of an items.parquet code column (codes, or bags of codes)."""
     if column.dtype == object:
@@ -496,8 +533,11 @@ class SequenceDataModule(pl.LightningDataModule):
         batch_targets: int | None = None,
         min_steps_per_epoch: int = 0,
         min_batch_size: int = 128,
+        batches_on_device: bool | str = "auto",
     ):
         super().__init__()
+        self.batches_on_device = batches_on_device
+        self._device_arrays: DeviceArrays | None = None
         self.bucket_by_length, self.batch_targets = bucket_by_length, batch_targets
         self.min_steps_per_epoch, self.min_batch_size = min_steps_per_epoch, min_batch_size
         self.data = data
@@ -561,12 +601,27 @@ class SequenceDataModule(pl.LightningDataModule):
             targets=targets,
             batch_targets=budget,
         )
+        on_device = shuffle and self._assemble_on_device()
         return (ResumableLoader if shuffle else torch.utils.data.DataLoader)(
-            ArrayDataset(arrays),
+            IndexDataset(arrays) if on_device else ArrayDataset(arrays),
             batch_size=None,
             sampler=sampler,
             num_workers=self.num_workers,
         )
+
+    def _assemble_on_device(self) -> bool:
+        """Whether training batches are assembled on the device (`data.batches_on_device`; auto: on a GPU)."""
+        if self.batches_on_device == "auto":
+            return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        return bool(self.batches_on_device)
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        """Lightning's hook: an index batch (`IndexDataset`) is gathered from the split held on `device`."""
+        if isinstance(batch, dict) and batch.keys() == {"index", "width"}:
+            if self._device_arrays is None or self._device_arrays.device != device:
+                self._device_arrays = DeviceArrays(self.train_arrays, device)
+            return self._device_arrays.batch(batch["index"], int(batch["width"]))
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def train_dataloader(self):
         loader = self._loader(self.train_arrays, self.batch_size, shuffle=True)

@@ -140,4 +140,5 @@ def build_datamodule(cfg, data: PreparedData) -> SequenceDataModule:
         batch_targets=d.get("batch_targets"),
         min_steps_per_epoch=int(d.get("min_steps_per_epoch", 0) or 0),
         min_batch_size=int(cfg.optim.get("reference_batch_size", 128)),
+        batches_on_device=d.get("batches_on_device", "auto"),
     )

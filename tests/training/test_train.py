@@ -561,3 +561,41 @@ def test_a_large_batch_keeps_enough_steps_per_epoch_and_its_learning_rate_follow
     task.trainer = type("T", (), {"estimated_stepping_batches": 100})()
     optimizer = task.configure_optimizers()["optimizer"]
     assert optimizer.param_groups[0]["initial_lr"] == pytest.approx(0.001 * (datamodule.batch_size / 128) ** 0.5)
+
+
+def test_batches_assembled_on_the_device_are_the_samplers_batches_exactly(artifacts):
+    # The split held as tensors (on the CPU here; a GPU in training) and gathered by the sampler's
+    # indexes gives every batch of an epoch as the host path does: same targets, same order, same dtypes.
+    from intentrec.training.datamodule import ArrayDataset, DeviceArrays, IndexDataset
+    from intentrec.training.prepared import build_datamodule, prepared_data
+
+    cfg = compose_config("train", [*FAST, f"artifacts_dir={artifacts}", "data.batches_on_device=true"])
+    datamodule = build_datamodule(cfg, prepared_data(cfg))
+    datamodule.setup()
+    datamodule.batches_on_device = False
+    host = list(datamodule.train_dataloader())
+    datamodule.batches_on_device = True
+    loader = datamodule.train_dataloader()
+    assert isinstance(loader.dataset, IndexDataset)
+    device = DeviceArrays(datamodule.train_arrays, torch.device("cpu"))
+    count = 0
+    for expected, index_batch in zip(host, loader, strict=True):
+        batch = datamodule.transfer_batch_to_device(index_batch, torch.device("cpu"), 0)
+        assert batch.keys() == expected.keys()
+        for name, value in expected.items():
+            assert batch[name].dtype == value.dtype and torch.equal(batch[name], value), name
+        count += 1
+    assert count == len(host) > 3
+    assert (
+        ArrayDataset(datamodule.train_arrays)[np.array([3, 1])]["targets"].shape
+        == device.batch(
+            torch.tensor([3, 1]), int(max(1, (datamodule.train_arrays["item_ids"][[3, 1]] > 0).sum(1).max()))
+        )["targets"].shape
+    )
+
+
+def test_training_on_device_assembled_batches_gives_the_same_model(artifacts, tmp_path):
+    host = run(artifacts, tmp_path / "host", "data.batches_on_device=false", "ranker.enabled=false")
+    device = run(artifacts, tmp_path / "device", "data.batches_on_device=true", "ranker.enabled=false")
+    for key in ("test/ndcg@10", "val/ndcg@10", "test/hr@20", "test/intent_shift/ndcg@10"):
+        assert device[key] == pytest.approx(host[key], abs=1e-9), key
