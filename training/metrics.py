@@ -95,6 +95,7 @@ class RankingAccumulator:
         self.recommended = {k: np.zeros(num_items + 1, bool) for k in self.ks}
         self.popularity_sum = {k: 0.0 for k in self.ks}
         self.lists = 0
+        self._pending: list[tuple] = []  # ranks and top lists still where they were computed (see add)
 
     def add(
         self,
@@ -104,9 +105,24 @@ class RankingAccumulator:
         example_index: np.ndarray | None = None,
     ) -> None:
         """scores (B, N) with excluded items at -inf; targets (B,); slices name -> (B,) bool;
-        example_index (B,): which examples these are (needed for the business metrics' replay)."""
+        example_index (B,): which examples these are (needed for the business metrics' replay).
+
+        The ranks and the top lists are computed where the scores are and only kept (small tensors):
+        they come to the host together when a result is asked for (`_collect`), so a GPU evaluation
+        runs its batches without waiting for the host after each one."""
         greater, ties = target_ranks(scores, targets)
-        greater, ties = greater.cpu().numpy(), ties.cpu().numpy()
+        top = torch.topk(scores, min(max(self.ks), scores.shape[1]), dim=1).indices
+        self._pending.append((greater, ties, top, slices, example_index))
+        if self.negatives is not None and example_index is not None:
+            self._add_sampled(scores, targets, np.asarray(example_index))
+
+    def _collect(self) -> None:
+        """Bring the kept ranks and lists to the host and add them to the sums (in the order added)."""
+        pending, self._pending = self._pending, []
+        for greater, ties, top, slices, example_index in pending:
+            self._add_host(greater.cpu().numpy(), ties.cpu().numpy(), top.cpu().numpy(), slices, example_index)
+
+    def _add_host(self, greater, ties, top, slices, example_index) -> None:
         if example_index is not None:
             self.example_ranks.append((np.asarray(example_index), greater, ties))
         per_k = {}
@@ -119,13 +135,10 @@ class RankingAccumulator:
             self.counts[name] += int(mask.sum())
             for metric, values in per_k.items():
                 self.sums[name][metric] += float(values[mask].sum())
-        top = torch.topk(scores, min(max(self.ks), scores.shape[1]), dim=1).indices.cpu().numpy()
         for k in self.ks:
             self.recommended[k][top[:, :k].ravel()] = True
             self.popularity_sum[k] += float(self.train_counts[top[:, :k]].mean(axis=1).sum())
         self.lists += len(top)
-        if self.negatives is not None and example_index is not None:
-            self._add_sampled(scores, targets, np.asarray(example_index))
         if self.replay is not None and self.business_ks and example_index is not None:
             self.example_lists.append((np.asarray(example_index), top[:, : max(self.business_ks)]))
 
@@ -144,6 +157,7 @@ class RankingAccumulator:
 
     def state(self) -> dict:
         """Plain sums, so ranks of a distributed run can be added up before `result`."""
+        self._collect()
         return {
             "sampled_sums": dict(self.sampled_sums),
             "sampled_count": self.sampled_count,
@@ -157,6 +171,7 @@ class RankingAccumulator:
         }
 
     def merge(self, state: dict) -> None:
+        self._collect()
         for name, metrics in state["sums"].items():
             for metric, value in metrics.items():
                 self.sums[name][metric] += value
@@ -174,6 +189,7 @@ class RankingAccumulator:
 
     def ranks(self) -> dict[str, np.ndarray] | None:
         """Each example's rank counts, by example index: {example_index, greater, ties} (None without indices)."""
+        self._collect()
         if not self.example_ranks:
             return None
         index = np.concatenate([i for i, _, _ in self.example_ranks])
@@ -186,6 +202,7 @@ class RankingAccumulator:
 
     def result(self, prefix: str) -> dict[str, float]:
         """`{prefix}/ndcg@10`, `{prefix}/<slice>/ndcg@10`, `{prefix}/count`, coverage and popularity."""
+        self._collect()
         out: dict[str, float] = {}
         for name, metrics in self.sums.items():
             head = prefix if name == "all" else f"{prefix}/{name}"

@@ -269,10 +269,18 @@ class RetrievalTask(pl.LightningModule):
         items = self.model.item_embeddings() if items is None else items
         return self.model.query(batch) @ items.T * self.model.logit_scale()
 
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Evaluation batches keep a host copy of their example indexes (slices and masks are looked up
+        with it), so scoring on a GPU never copies them back."""
+        if isinstance(batch, dict) and "example_index" in batch:
+            batch["example_index_host"] = batch["example_index"].numpy()
+        return batch
+
     def _step(self, batch: dict[str, torch.Tensor], split: str) -> None:
         with torch.no_grad():
             scores = self.catalogue_scores(batch, self._all_items)
-        index = batch["example_index"].cpu().numpy()
+        index = batch.get("example_index_host")
+        index = batch["example_index"].cpu().numpy() if index is None else index
         scores = mask_scores(
             scores.float(), index, self.seen.get(split), bool(self.eval_cfg.get("exclude_seen", False))
         )
