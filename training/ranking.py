@@ -37,25 +37,35 @@ def context_codes(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.stack([last_step(batch, name) for name in CONTEXT_FIELDS] + [batch["loyalty"]], dim=1)
 
 
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {name: value.to(device, non_blocking=True) for name, value in batch.items()}
+
+
 @torch.no_grad()
-def retrieve(model, arrays: dict[str, np.ndarray], num_candidates: int, batch_size: int = 512) -> dict[str, np.ndarray]:
-    """Top candidates of the two-tower for every example: queries, candidates, scores, context codes."""
-    model.eval()
+def retrieve(
+    model, arrays: dict[str, np.ndarray], num_candidates: int, batch_size: int = 512, device: torch.device | None = None
+) -> dict[str, np.ndarray]:
+    """Top candidates of the two-tower for every example: queries, candidates, scores, context codes.
+
+    Runs on `device` (default: where the model is); the results stay there until the last batch and
+    come to the host once."""
+    device = device or next(model.parameters()).device
+    model.eval().to(device)
     items = model.item_embeddings()
     scale = model.logit_scale()
     dataset = ArrayDataset(arrays, trim=True)
     out = {"query": [], "candidates": [], "scores": [], "context": []}
     for start in progress.bar(range(0, len(dataset), batch_size), desc="ranker candidates"):
-        batch = dataset[np.arange(start, min(start + batch_size, len(dataset)))]
+        batch = to_device(dataset[np.arange(start, min(start + batch_size, len(dataset)))], device)
         query = model.query(batch)
         scores = query @ items.T * scale
         scores[:, 0] = float("-inf")
         top = torch.topk(scores, num_candidates, dim=1)
-        out["query"].append(query.numpy())
-        out["candidates"].append(top.indices.numpy())
-        out["scores"].append(top.values.numpy())
-        out["context"].append(context_codes(batch).numpy())
-    return {name: np.concatenate(parts) for name, parts in out.items()}
+        out["query"].append(query)
+        out["candidates"].append(top.indices)
+        out["scores"].append(top.values)
+        out["context"].append(context_codes(batch))
+    return {name: torch.cat(parts).cpu().numpy() for name, parts in out.items()}
 
 
 class RankerTask(pl.LightningModule):
@@ -104,8 +114,12 @@ class RankerTask(pl.LightningModule):
         return torch.optim.AdamW(self.ranker.parameters(), lr=self.hparams.lr, weight_decay=0.01)
 
 
-def train_ranker(retrieval, datamodule, cfg: dict, seed: int, run_dir) -> tuple[RankerTask, dict]:
-    """Fit the ranker on candidates of training examples; returns the task and a summary."""
+def train_ranker(
+    retrieval, datamodule, cfg: dict, seed: int, run_dir, device: torch.device | None = None
+) -> tuple[RankerTask, dict]:
+    """Fit the ranker on candidates of training examples, on `device` (the CPU by default; the
+    retrieval run's GPU when it had one); returns the task (on the CPU) and a summary."""
+    device = torch.device(device or "cpu")
     model = retrieval.model
     train = read_split(datamodule.data.directory / "train.parquet")
     arrays, _, _ = evaluation_examples(
@@ -120,7 +134,7 @@ def train_ranker(retrieval, datamodule, cfg: dict, seed: int, run_dir) -> tuple[
     size = len(arrays["target"])
     chosen = np.sort(rng.choice(size, min(size, int(cfg["max_train_examples"])), replace=False))
     arrays = {name: values[chosen] for name, values in arrays.items()}
-    retrieved = retrieve(model, arrays, int(cfg["num_candidates"]))
+    retrieved = retrieve(model, arrays, int(cfg["num_candidates"]), device=device)
     hit = retrieved["candidates"] == arrays["target"][:, None]
     usable = hit.any(axis=1)
     examples = {
@@ -155,7 +169,7 @@ def train_ranker(retrieval, datamodule, cfg: dict, seed: int, run_dir) -> tuple[
     loader = torch.utils.data.DataLoader(ArrayDataset(examples), batch_size=None, sampler=sampler)
     trainer = pl.Trainer(
         max_epochs=int(cfg["epochs"]),
-        accelerator="auto",
+        accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=1,
         logger=False,
         enable_checkpointing=False,
@@ -176,7 +190,8 @@ def train_ranker(retrieval, datamodule, cfg: dict, seed: int, run_dir) -> tuple[
         summary["num_candidates"],
         100 * summary["candidate_recall"],
     )
-    return task.eval(), summary
+    model.cpu()
+    return task.eval().cpu(), summary
 
 
 @torch.no_grad()
@@ -188,10 +203,14 @@ def evaluate_reranked(
     evaluation: dict,
     num_candidates: int,
     ranks: dict | None = None,
+    device: torch.device | None = None,
 ) -> dict:
     """Full-catalogue metrics of retrieval -> ranker: the top candidates in ranker order, then the rest.
-    `ranks[f"rerank_{split}"]` receives each example's rank counts when a dict is given."""
-    model = retrieval.model.eval()
+    `ranks[f"rerank_{split}"]` receives each example's rank counts when a dict is given. Runs on
+    `device` (the CPU by default) without bringing anything to the host per batch."""
+    device = torch.device(device or "cpu")
+    model = retrieval.model.eval().to(device)
+    ranker = ranker.to(device)
     batch_arrays, slices, seen = datamodule.eval_sets[split]
     items = model.item_embeddings()
     scale = model.logit_scale()
@@ -200,8 +219,9 @@ def evaluate_reranked(
     exclude = bool(evaluation.get("exclude_seen", False))
     for start in progress.bar(range(0, len(dataset), 512), desc=f"rerank {split}"):
         batch = dataset[np.arange(start, min(start + 512, len(dataset)))]
-        query = model.query(batch)
         index = batch["example_index"].numpy()
+        batch = to_device(batch, device)
+        query = model.query(batch)
         scores = mask_scores((query @ items.T * scale).double(), index, seen, exclude)
         top = torch.topk(scores, num_candidates, dim=1)
         logits = ranker(query, top.indices, top.values, context_codes(batch)).double()
@@ -211,4 +231,7 @@ def evaluate_reranked(
         accumulator.add(scores, batch["target"], {name: mask[index] for name, mask in slices.items()}, index)
     if ranks is not None:
         ranks[f"rerank_{split}"] = accumulator.ranks()
-    return accumulator.result(f"rerank_{split}")
+    result = accumulator.result(f"rerank_{split}")
+    model.cpu()
+    ranker.cpu()
+    return result

@@ -203,7 +203,8 @@ def _run_model(
         from intentrec.training.ranking import evaluate_reranked, train_ranker
 
         ranker_cfg = config_dict(cfg, "ranker")
-        ranker, summary = train_ranker(task.cpu(), datamodule, ranker_cfg, int(cfg.seed), run_dir)
+        device = trainer.strategy.root_device  # the ranker stage runs where retrieval trained
+        ranker, summary = train_ranker(task.cpu(), datamodule, ranker_cfg, int(cfg.seed), run_dir, device)
         info["ranker"] = summary
         for split in ("val", "test"):
             metrics.update(
@@ -215,6 +216,7 @@ def _run_model(
                     config_dict(cfg, "evaluate"),
                     int(ranker_cfg["num_candidates"]),
                     ranks,
+                    device,
                 )
             )
     if trainer.is_global_zero and cfg.hybrid.enabled:
