@@ -11,6 +11,7 @@ over each variant's seeds, so a test sequence is one paired observation:
   its two-sided p-value (twice the smaller tail mass beyond 0).
 
     python -m training.significance --a <runs of A (seeds)> --b <runs of B> [--metric test/ndcg@10]
+    python -m training.significance --a <runs> --stage-a hybrid_ --b <the same runs>   # a stage against the model
 """
 
 from __future__ import annotations
@@ -160,9 +161,16 @@ def main(argv: list[str] | None = None) -> PairedResult:
     parser.add_argument("--b", nargs="+", type=Path, required=True, help="run folders (seeds) of variant B")
     parser.add_argument("--metric", default="test/ndcg@10", help="an overall test metric (default test/ndcg@10)")
     parser.add_argument("--resamples", type=int, default=10_000, help="permutations and bootstrap samples")
+    parser.add_argument(
+        "--stage-a", default="", choices=["", "rerank_", "hybrid_"], help="A's stage (default: the model)"
+    )
+    parser.add_argument(
+        "--stage-b", default="", choices=["", "rerank_", "hybrid_"], help="B's stage (default: the model)"
+    )
     args = parser.parse_args(argv)
     try:
-        result = compare_variants(args.a, args.b, args.metric, resamples=args.resamples)
+        stages = (args.stage_a, args.stage_b)
+        result = compare_variants(args.a, args.b, args.metric, stages=stages, resamples=args.resamples)
     except (RanksMissing, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     print(result.line(", ".join(map(str, args.a)), ", ".join(map(str, args.b)), args.metric))

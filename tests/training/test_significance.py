@@ -61,6 +61,14 @@ def test_runs_write_ranks_that_reproduce_their_metrics_and_feed_the_leaderboard(
         metrics["transformer"]["test/ndcg@10"] - metrics["popularity"]["test/ndcg@10"]
     )
 
+    from intentrec.training.significance import main as significance
+
+    staged = significance(["--a", str(runs / "transformer"), "--stage-a", "hybrid_", "--b", str(runs / "transformer"),
+                           "--resamples", "500"])  # fmt: skip
+    assert staged.difference == pytest.approx(
+        metrics["transformer"]["hybrid_test/ndcg@10"] - metrics["transformer"]["test/ndcg@10"]
+    )
+
     curve = json.loads((runs / "transformer" / "metrics.json").read_text())["info"]["learning_curve"]
     assert [point["epoch"] for point in curve] == [0, 1]
     assert (runs / "transformer" / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
