@@ -13,7 +13,9 @@ sender can de-duplicate), `customer_id` (null for an anonymous device), `channel
 customer has an email address, else `push` to the device used last), `cart` (item ids and quantities),
 `recommendations`: `k` items from the real-time model for that shopper with the cart's items excluded,
 complements first (items of the categories shoppers move to from the cart's categories, learned at
-export: `complements.json`), then other categories, then the cart's own categories, each in model order.
+export: `complements.json`), then other categories, then the cart's own categories, each in model order;
+with them the list's `recommendation_id`, `model_version`, `experiment` and `arm` (the sender puts the id on
+the message's impression and click events).
 """
 
 from __future__ import annotations
@@ -84,13 +86,17 @@ def abandoned_cart_messages(
             "recommendations": [],
         }
         if recommender is not None:
-            message["recommendations"] = _complements(recommender, key, profile.cart, k, now)
+            message["recommendations"], labels = _complements(recommender, key, profile.cart, k, now)
+            message.update(labels)
         messages.append(message)
     return messages
 
 
-def _complements(recommender: Recommender, identity: str, cart: dict[str, int], k: int, now: int) -> list[str]:
-    """`k` suggestions: the model's items for the shopper, cart excluded, complements of the cart first."""
+def _complements(
+    recommender: Recommender, identity: str, cart: dict[str, int], k: int, now: int
+) -> tuple[list[str], dict]:
+    """`k` suggestions (the model's items for the shopper, cart excluded, complements of the cart first) and the
+    list's labels (recommendation_id, model_version, experiment, arm)."""
     result = recommender.recommend([Query(identity=identity, k=min(3 * k, 100), exclude_in_cart=True, now=now)])[0]
     if isinstance(result, RequestError):
         raise result
@@ -108,7 +114,7 @@ def _complements(recommender: Recommender, identity: str, cart: dict[str, int], 
         range(len(items)),
         key=lambda n: (category[items[n]] not in complements, category[items[n]] in cart_categories, n),
     )
-    return [items[n] for n in order][:k]
+    return [items[n] for n in order][:k], result.labels()
 
 
 def main(argv: list[str] | None = None) -> int:

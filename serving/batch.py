@@ -10,8 +10,9 @@ gets the top `k` from their stored events across devices and channels, with purc
 and the optional category filter and price band. Customers without any known event get the most
 popular items that pass the same filters (`fallback = popularity`).
 
-Output columns: customer_id, rank (1..k), item_id, score, fallback, stored_events; one row per
-recommendation. The file is written to `<out>.partial` and renamed, so a reader never sees half a file.
+Output columns: customer_id, rank (1..k), item_id, score, fallback, stored_events, and the list's
+recommendation_id, model_version, experiment and arm (send the id with the e-mail's impression and
+click events so that attribution credits the campaign); one row per recommendation. The file is written to `<out>.partial` and renamed, so a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from intentrec import progress
 from intentrec.errors import IntentrecError
 from intentrec.serving.cli import key_value_flags
 from intentrec.serving.recommender import Recommender
-from intentrec.serving.request import MAX_K, Query, RequestError
+from intentrec.serving.request import LABELS, MAX_K, Query, RequestError
 
 KEY_FLAGS = {
     "bundle": "--bundle",
@@ -73,7 +74,7 @@ def campaign(
     if not 1 <= k <= MAX_K:
         raise RequestError(f"k={k}; expected an integer from 1 to {MAX_K}.")
     columns: dict[str, list] = {
-        name: [] for name in ("customer_id", "rank", "item_id", "score", "fallback", "stored_events")
+        name: [] for name in ("customer_id", "rank", "item_id", "score", "fallback", "stored_events", *LABELS)
     }
     fallbacks = 0
     for start in progress.bar(range(0, len(customers), batch_size), desc="campaign batch"):
@@ -104,6 +105,8 @@ def campaign(
                 columns["score"].append(float(score))
                 columns["fallback"].append(fallback)
                 columns["stored_events"].append(stored)
+                for name, value in result.labels().items():
+                    columns[name].append(value)
     table = pa.table(
         columns,
         schema=pa.schema(
@@ -114,6 +117,7 @@ def campaign(
                 ("score", pa.float32()),
                 ("fallback", pa.string()),
                 ("stored_events", pa.int32()),
+                *((name, pa.string()) for name in LABELS),
             ]
         ),
     )

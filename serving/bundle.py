@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from intentrec.data.item_content import code_matrix, encode_values, list_column, pad_column, split_values, table_arrays
 from intentrec.errors import ConfigError, DataError
+from intentrec.hashing import settings_hash
 from intentrec.hashing import sha256_file as sha256
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,11 @@ class Bundle:
     manifest: dict
     embeddings: np.ndarray  # (N + 1, D) float32
     items: dict[str, np.ndarray]  # columns of items.parquet, row r = item_idx r + 1
+
+    @property
+    def digest(self) -> str:
+        """A short content digest of the bundle (its manifest's file hashes): the in-process model version."""
+        return "bundle-" + settings_hash(self.manifest.get("files", {}), length=12)
 
     @property
     def num_items(self) -> int:

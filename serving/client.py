@@ -4,6 +4,7 @@
     with Client("127.0.0.1:8001") as client:                  # gRPC; Client("127.0.0.1:8000", "http") for HTTP
         reply = client.recommend(RecommendRequest(item_ids=["i35", "i7"], device_type="mobile", k=10))
         reply.item_ids, reply.scores, reply.info               # info: unknown_items, truncated, fallback, ...
+        reply.recommendation_id, reply.model_version, reply.arm  # send the id with impressions and clicks
         client.similar_items(["i35"], k=5)
 
     async with AsyncClient("127.0.0.1:8001") as client:
@@ -32,6 +33,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from intentrec.errors import IntentrecError
+from intentrec.serving.request import LABELS
 from intentrec.serving.request import Query as RecommendRequest
 
 __all__ = ["AsyncClient", "Client", "Recommendation", "RecommendRequest", "ServingError"]
@@ -59,6 +61,10 @@ class Recommendation:
     scores: list[float]
     info: dict
     error: str | None = None  # set when this request (a row of a batch) was refused; item_ids is then empty
+    recommendation_id: str | None = None  # names this list: send it with the impression, click, cart and purchase
+    model_version: str | None = None  # the Triton model version that answered
+    experiment: str | None = None  # the experiment the shopper is in and their arm (None outside one)
+    arm: str | None = None
 
 
 TRITON_TYPES = {
@@ -223,6 +229,7 @@ def _replies(result) -> list[Recommendation]:
                 [float(scores[row, j]) for j in keep],
                 details,
                 details.get("error"),
+                *(details.get(name) for name in LABELS),
             )
         )
     return out

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from intentrec.ids import new_id
 from intentrec.serving.bundle import load_bundle
 from intentrec.serving.catalogue import Catalogue
 from intentrec.serving.decode import Decode
@@ -60,6 +61,7 @@ class Recommender:
         complement_slots: int = 2,
         complement_window_hours: float = 24.0,
         limits: RequestLimits | None = None,
+        model_version: str | None = None,
     ):
         """`remote`: optional `run(model_name, feed) -> output` that runs `query_encoder` and `ranker`
         elsewhere (Triton BLS calls in the production repository); by default ONNX Runtime runs them here.
@@ -67,9 +69,12 @@ class Recommender:
         `complement_slots`: after a purchase (web or store) in the last `complement_window_hours`, each
         list holds at least that many items of the purchased item's complement categories
         (`complements.json` of the bundle), placed last when the model ranked fewer; 0 turns the rule off.
-        `limits`: what one request row may carry (`RequestLimits`)."""
+        `limits`: what one request row may carry (`RequestLimits`).
+        `model_version`: the label every answer carries (the Triton repository passes its version);
+        by default the bundle's digest (`Bundle.digest`)."""
         self.limits = limits or RequestLimits()
         self.bundle = load_bundle(Path(bundle_dir), verify=verify)
+        self.model_version = model_version or self.bundle.digest
         self.catalogue = c = Catalogue(self.bundle)
         runtime = Runtime.choose(threads, use_gpu)
         self.index = runtime.index(self.bundle)
@@ -85,7 +90,7 @@ class Recommender:
             self.retriever,
             self.ranker,
             Rules(c, complement_slots),
-            Respond(c),
+            Respond(c, self.model_version),
         ]
         self.timing: dict[str, float] = {}  # the last recommend() batch's milliseconds per stage
         log.info("recommender: %d items, dim %d, ranker %s", c.num_items, c.dim, self.ranker.session is not None)
@@ -143,4 +148,7 @@ class Recommender:
                 items = f + 1
                 keep = (f >= 0) & ~np.isin(items, idx)
                 results[slot] = Result(c.item_ids[items[keep][:k]].tolist(), s[keep][:k].astype(float).tolist(), info)
+        for result in results:  # labelled in request order, so their ids sort as the requests came
+            if isinstance(result, Result):
+                result.recommendation_id, result.model_version = new_id(), self.model_version
         return results

@@ -152,12 +152,30 @@ class Query:
 
 @dataclass
 class Result:
+    """One answered request: the list, best first, and what identifies it for attribution.
+
+    `recommendation_id` (intentrec.ids: unique, time-ordered) names this list: impressions, clicks,
+    add-to-cart and purchase events that carry it are attributed to it. `model_version` is the model
+    that made it (the Triton repository's version; in process, the bundle's digest), `experiment` and
+    `arm` the experiment the shopper is in and their arm (None outside an experiment)."""
+
     item_ids: list[str]
     scores: list[float]
     info: dict
+    recommendation_id: str | None = None
+    model_version: str | None = None
+    experiment: str | None = None
+    arm: str | None = None
+
+    def labels(self) -> dict:
+        """The identifying fields as one dict (what the wire form adds to `info`)."""
+        return {name: getattr(self, name) for name in LABELS}
+
+
+LABELS = ("recommendation_id", "model_version", "experiment", "arm")
 
 
 def result_json(result: Result | RequestError) -> str:
     if isinstance(result, RequestError):
         return json.dumps({"error": str(result)})
-    return json.dumps({"item_ids": result.item_ids, "scores": result.scores, "info": result.info})
+    return json.dumps({"item_ids": result.item_ids, "scores": result.scores, "info": result.info, **result.labels()})

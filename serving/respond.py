@@ -1,7 +1,12 @@
-"""Stage 6, respond: every row's `Result` (catalogue ids, scores, info), or the `RequestError` that refused it."""
+"""Stage 6, respond: every row's `Result` (catalogue ids, scores, info), or the `RequestError` that refused it.
+
+Each answered row gets its `recommendation_id` (intentrec.ids: unique, time-ordered) and the labels
+attribution groups by: the model version and the row's experiment and arm.
+"""
 
 from __future__ import annotations
 
+from intentrec.ids import new_id
 from intentrec.serving.catalogue import Catalogue
 from intentrec.serving.request import Result
 from intentrec.serving.rows import Batch, Row
@@ -10,13 +15,22 @@ from intentrec.serving.rows import Batch, Row
 class Respond:
     name = "respond"
 
-    def __init__(self, catalogue: Catalogue):
+    def __init__(self, catalogue: Catalogue, model_version: str | None = None):
         self.catalogue = catalogue
+        self.model_version = model_version
 
     def run(self, batch: Batch) -> None:
         item_ids = self.catalogue.item_ids
         batch.results = [
-            Result(item_ids[row.items].tolist(), row.scores.astype(float).tolist(), row.info)
+            Result(
+                item_ids[row.items].tolist(),
+                row.scores.astype(float).tolist(),
+                row.info,
+                new_id(),
+                self.model_version,
+                row.experiment,
+                row.arm,
+            )
             if isinstance(row, Row)
             else row
             for row in batch.rows

@@ -49,6 +49,8 @@ class Row:
     in_cart: list[int]
     complement_of: str | None  # the category of a purchase within the complement window
     info: dict  # what the answer reports (unknown items and context, truncation, fallback, ...)
+    experiment: str | None = None  # the experiment the shopper is in, and their arm (None outside one)
+    arm: str | None = None
     query: np.ndarray | None = None  # (D,) query vector (encode)
     items: np.ndarray | None = None  # the list, best first (retrieve, rank, rules)
     scores: np.ndarray | None = None

@@ -10,7 +10,8 @@ Inputs of `recommend` (first dimension: rows of the request, each row one shoppe
   loyalty BYTES [1]; hour, day_of_week INT64 [1]; past_purchases BYTES [-1]; k INT64 [1];
   exclude_purchased, exclude_in_cart BOOL [1]; categories BYTES [-1]; identity BYTES [1] (a shopper
   whose stored profile is read when the repository has a profile store); min_price, max_price FP32 [1] (all optional except item_ids).
-Outputs: item_ids BYTES [-1], scores FP32 [-1] (rows padded with "" / NaN to the longest), info BYTES [1] (JSON).
+Outputs: item_ids BYTES [-1], scores FP32 [-1] (rows padded with "" / NaN to the longest), info BYTES [1] (JSON:
+the diagnostics of `Result.info` plus the list's `recommendation_id`, `model_version`, `experiment`, `arm`).
 Integers are INT64 so that no value a client sends (a JSON `k` of 4294967301) wraps into range.
 
 Errors, per request and per row (the contract the client relies on):
@@ -130,6 +131,7 @@ class _Base:
             complement_slots=int(params.get("complement_slots", "2")),
             complement_window_hours=float(params.get("complement_window_hours", "24")),
             limits=limits,
+            model_version=args["model_version"],
         )
         self.version = args["model_version"]
 
@@ -162,7 +164,7 @@ class _Base:
                 continue
             ids[i, : len(r.item_ids)] = [x.encode() for x in r.item_ids]
             scores[i, : len(r.scores)] = r.scores
-            info[i, 0] = json.dumps({**r.info, "model_version": self.version, "server_ms": server_ms}).encode()
+            info[i, 0] = json.dumps({**r.info, **r.labels(), "server_ms": server_ms}).encode()
         return pb_utils.InferenceResponse(
             output_tensors=[
                 pb_utils.Tensor("item_ids", ids),

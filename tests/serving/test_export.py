@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from intentrec.errors import ConfigError, DataError
+from intentrec.ids import id_time_ms
 from intentrec.models.context import CONTEXT_FIELDS
 from intentrec.models.ranker import Ranker, RankerConfig
 from intentrec.models.two_tower import TwoTower, TwoTowerConfig, Vocabulary
@@ -399,6 +400,24 @@ def test_member_agrees_with_isin_for_short_and_long_pools():
         pool = rng.integers(0, 60, size=size)
         assert np.array_equal(member(values, pool), np.isin(values, pool)), size
     assert member(np.zeros(0, np.int64), [1, 2]).shape == (0,)
+
+
+def test_every_answer_names_its_list_and_the_model_that_made_it(bundle, tmp_path):
+    recommender = Recommender(bundle)
+    _, top = recommender.bundle.items_by_category()
+    views = next(iter(top.values()))[:3]
+    answers = recommender.recommend([Query(item_ids=views, k=5), Query(item_ids=["unknown"], k=5)])
+    answers += recommender.similar([views[:1], ["unknown"]], [5, 5])
+    ids = [a.recommendation_id for a in answers]
+    assert len(set(ids)) == 4 and ids == sorted(ids) and all(id_time_ms(i) for i in ids)
+    assert answers[1].info["fallback"] == "popularity" and answers[3].info["fallback"] == "popularity"
+    # In process the model version is the bundle's content digest: the same files, the same label.
+    assert {a.model_version for a in answers} == {recommender.model_version}
+    assert re.fullmatch(r"bundle-[0-9a-f]{12}", recommender.model_version)
+    shutil.copytree(bundle, tmp_path / "copy")
+    assert Recommender(tmp_path / "copy").model_version == recommender.model_version
+    assert all(a.experiment is None and a.arm is None for a in answers)  # no experiment configured
+    assert Recommender(bundle, model_version="7").recommend([Query(item_ids=views)])[0].model_version == "7"
 
 
 def test_a_stage_added_to_the_pipeline_runs_in_its_place_and_is_timed(bundle):

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from intentrec.ids import id_time_ms
 from intentrec.serving.abandoned_carts import abandoned_cart_messages
 from intentrec.serving.batch import campaign
 from intentrec.serving.bundle import load_bundle
@@ -215,6 +216,8 @@ def test_abandoned_cart_messages_and_campaign_batches_use_the_same_profiles(plat
         assert len(message["recommendations"]) == 4 and not set(message["recommendations"]) & set(items[:2])
         # Complements first: the first recommendations lie outside the cart's category.
         assert catalogue["category_of"][message["recommendations"][0]] != cart_category
+        assert id_time_ms(message["recommendation_id"]) is not None
+        assert message["model_version"] == recommender.model_version and message["arm"] is None
 
         out = tmp_path / "campaign.parquet"
         summary = campaign(recommender, ["c-300", "c-301", "nobody"], out, k=5, categories=categories[4:6], now=T0)
@@ -224,6 +227,10 @@ def test_abandoned_cart_messages_and_campaign_batches_use_the_same_profiles(plat
         assert all(catalogue["category_of"][i] in categories[4:6] for i in table["item_id"])
         rows_301 = [i for c, i in zip(table["customer_id"], table["item_id"]) if c == "c-301"]
         assert items[2] not in rows_301
+        # One list per customer, named by its recommendation id on each of its rows.
+        lists = {(c, r) for c, r in zip(table["customer_id"], table["recommendation_id"])}
+        assert len(lists) == 3 and len({r for _, r in lists}) == 3 and all(id_time_ms(r) for _, r in lists)
+        assert set(table["model_version"]) == {recommender.model_version}
     finally:
         store.close()
 

@@ -16,6 +16,7 @@ import psutil
 import pytest
 import tritonclient.grpc as grpcclient
 
+from intentrec.ids import id_time_ms
 from intentrec.serving.bundle import add_items
 from intentrec.serving.client import AsyncClient, Client, RecommendRequest, ServingError
 from intentrec.serving.repository import build, production, publish, validate_config
@@ -168,6 +169,11 @@ def test_bad_requests_get_clear_errors_or_documented_fallbacks(client, server, c
     reply = client.recommend(RecommendRequest(item_ids=["nope-1", *shoes[:2], "nope-2"], device_type="fridge", k=5))
     assert reply.info["unknown_items"] == 2 and reply.info["unknown_context"] == ["device_type='fridge'"]
     assert len(reply.item_ids) == 5 and reply.info["fallback"] is None
+    # Every answered list is named, with the model version that made it (no experiment configured here).
+    assert (
+        id_time_ms(reply.recommendation_id) is not None and reply.info["recommendation_id"] == reply.recommendation_id
+    )
+    assert reply.model_version == "1" and reply.experiment is None and reply.arm is None
     # The model reports its own time per stage of the execute call that answered.
     timing = reply.info["server_ms"]
     stages = ("parse", "decode", "encode", "retrieve", "rank", "rules")
