@@ -12,7 +12,8 @@ popular items that pass the same filters (`fallback = popularity`).
 
 Output columns: customer_id, rank (1..k), item_id, score, fallback, stored_events, and the list's
 recommendation_id, model_version, experiment and arm (send the id with the e-mail's impression and
-click events so that attribution credits the campaign); one row per recommendation. The file is written to `<out>.partial` and renamed, so a reader never sees half a file.
+click events so that attribution credits the campaign); one row per recommendation. The file is
+written to `<out>.partial` and renamed, so a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ def campaign(
             fallback = result.info.get("fallback") or ""
             fallbacks += bool(fallback)
             stored = result.info.get("profile", {}).get("stored_events", 0)
+            labels = result.labels()
             for rank, (item, score) in enumerate(zip(result.item_ids, result.scores), start=1):
                 columns["customer_id"].append(customer)
                 columns["rank"].append(rank)
@@ -105,7 +107,7 @@ def campaign(
                 columns["score"].append(float(score))
                 columns["fallback"].append(fallback)
                 columns["stored_events"].append(stored)
-                for name, value in result.labels().items():
+                for name, value in labels.items():
                     columns[name].append(value)
     table = pa.table(
         columns,

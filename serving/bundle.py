@@ -72,7 +72,7 @@ class Bundle:
     @property
     def digest(self) -> str:
         """A short content digest of the bundle (its manifest's file hashes): the in-process model version."""
-        return "bundle-" + settings_hash(self.manifest.get("files", {}), length=12)
+        return "bundle-" + settings_hash(self.manifest["files"], length=12)
 
     @property
     def num_items(self) -> int:

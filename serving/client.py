@@ -229,7 +229,7 @@ def _replies(result) -> list[Recommendation]:
                 [float(scores[row, j]) for j in keep],
                 details,
                 details.get("error"),
-                *(details.get(name) for name in LABELS),
+                **{name: details.get(name) for name in LABELS},
             )
         )
     return out

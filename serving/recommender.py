@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 
-from intentrec.ids import new_id
 from intentrec.serving.bundle import load_bundle
 from intentrec.serving.catalogue import Catalogue
 from intentrec.serving.decode import Decode
@@ -150,5 +149,5 @@ class Recommender:
                 results[slot] = Result(c.item_ids[items[keep][:k]].tolist(), s[keep][:k].astype(float).tolist(), info)
         for result in results:  # labelled in request order, so their ids sort as the requests came
             if isinstance(result, Result):
-                result.recommendation_id, result.model_version = new_id(), self.model_version
+                result.label(self.model_version)
         return results

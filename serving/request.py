@@ -1,20 +1,20 @@
 """A recommendation request as a client sends it, its limits, and the answer: the serving path's first stage.
 
 `Query` holds one request row in raw values (ids, event types, times, context); `check_limits`
-refuses a row past `RequestLimits` (conf/serving.yaml) naming the limit; `Result` is one answer and
-`result_json` its wire form. This module needs only numpy and the standard library: the light
+refuses a row past `RequestLimits` (conf/serving.yaml) naming the limit; `Result` is one answer, named by
+`Result.label` (intentrec.ids); serving.triton_model writes its wire form. This module needs only numpy and the standard library: the light
 client (`serving.client`) builds requests with it without loading the model's stack.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from intentrec.data.features import MAX_EVENT_TIME_MS, MIN_EVENT_TIME_MS
 from intentrec.errors import ConfigError, IntentrecError
+from intentrec.ids import new_id
 
 MAX_K = 100
 MAX_QUANTITY = 1_000_000
@@ -171,11 +171,11 @@ class Result:
         """The identifying fields as one dict (what the wire form adds to `info`)."""
         return {name: getattr(self, name) for name in LABELS}
 
+    def label(self, model_version: str | None, experiment: str | None = None, arm: str | None = None) -> Result:
+        """Name this list: a new `recommendation_id` (intentrec.ids) and the labels attribution groups by."""
+        self.recommendation_id = new_id()
+        self.model_version, self.experiment, self.arm = model_version, experiment, arm
+        return self
+
 
 LABELS = ("recommendation_id", "model_version", "experiment", "arm")
-
-
-def result_json(result: Result | RequestError) -> str:
-    if isinstance(result, RequestError):
-        return json.dumps({"error": str(result)})
-    return json.dumps({"item_ids": result.item_ids, "scores": result.scores, "info": result.info, **result.labels()})

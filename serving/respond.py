@@ -6,7 +6,6 @@ attribution groups by: the model version and the row's experiment and arm.
 
 from __future__ import annotations
 
-from intentrec.ids import new_id
 from intentrec.serving.catalogue import Catalogue
 from intentrec.serving.request import Result
 from intentrec.serving.rows import Batch, Row
@@ -22,14 +21,8 @@ class Respond:
     def run(self, batch: Batch) -> None:
         item_ids = self.catalogue.item_ids
         batch.results = [
-            Result(
-                item_ids[row.items].tolist(),
-                row.scores.astype(float).tolist(),
-                row.info,
-                new_id(),
-                self.model_version,
-                row.experiment,
-                row.arm,
+            Result(item_ids[row.items].tolist(), row.scores.astype(float).tolist(), row.info).label(
+                self.model_version, row.experiment, row.arm
             )
             if isinstance(row, Row)
             else row

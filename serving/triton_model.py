@@ -133,7 +133,6 @@ class _Base:
             limits=limits,
             model_version=args["model_version"],
         )
-        self.version = args["model_version"]
 
     @staticmethod
     def _inputs(request) -> dict[str, np.ndarray]:
@@ -159,7 +158,7 @@ class _Base:
             if isinstance(r, RequestError):
                 retryable = isinstance(r, Unavailable)
                 info[i, 0] = json.dumps(
-                    {"error": str(r), "retryable": retryable, "model_version": self.version}
+                    {"error": str(r), "retryable": retryable, "model_version": self.recommender.model_version}
                 ).encode()
                 continue
             ids[i, : len(r.item_ids)] = [x.encode() for x in r.item_ids]
