@@ -53,10 +53,11 @@ def hybrid_scorer(model, cooccurrence: CoOccurrence, weight: float, eps: float):
     offset = weight * float(np.log(eps))  # every item's share of weight * log(eps + C)
 
     def score(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = (model.query(batch) @ items.T * scale).double()
-        evidence = cooccurrence.sparse(batch["item_ids"].numpy())
-        evidence.data = hybrid_bonus(evidence.data, weight, eps)  # 0 where C = 0
-        return logits + offset + torch.from_numpy(evidence.toarray())
+        scores = (model.query(batch) @ items.T * scale).double().add_(offset)
+        evidence = cooccurrence.sparse(batch["item_ids"].numpy()).tocoo()
+        bonus = torch.from_numpy(hybrid_bonus(evidence.data, weight, eps))  # 0 where C = 0
+        rows, columns = torch.from_numpy(evidence.row.astype(np.int64)), torch.from_numpy(evidence.col.astype(np.int64))
+        return scores.index_put_((rows, columns), bonus, accumulate=True)  # in place: no dense copy of the evidence
 
     return score
 
