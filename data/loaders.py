@@ -35,7 +35,16 @@ from intentrec.data.canonical import (
     items_from_events,
 )
 from intentrec.data.errors import FILE_COLUMN, LINE_COLUMN, RejectBook
-from intentrec.data.schema import CUSTOMER_SCHEMA, ENUMS, EVENT_SCHEMA, EVENT_TYPES, ITEM_SCHEMA, conform
+from intentrec.data.schema import (
+    CUSTOMER_SCHEMA,
+    ENUMS,
+    EVENT_SCHEMA,
+    EVENT_TYPES,
+    FEEDBACK_TYPES,
+    ITEM_SCHEMA,
+    RECOMMENDATION_COLUMNS,
+    conform,
+)
 from intentrec.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -484,8 +493,10 @@ def load_canonical(folder: Path, book: RejectBook | None = None) -> LoadedData:
     folder = Path(folder).resolve()
     book = book or RejectBook(strict=True)
     events_path = _require_file(folder / "events.parquet", "data.path (events.parquet in the folder)")
-    events = read_parquet(events_path, "data.path")
-    events = validate_canonical(_cast(events, EVENT_SCHEMA, events_path), str(events_path), book)
+    events = validate_canonical(
+        _cast(read_parquet(events_path, "data.path"), EVENT_SCHEMA, events_path), str(events_path), book
+    )
+    events, feedback = actions_only(events)
     files = [events_path]
     tables = {}
     for name, schema in (("items", ITEM_SCHEMA), ("customers", CUSTOMER_SCHEMA)):
@@ -499,8 +510,21 @@ def load_canonical(folder: Path, book: RejectBook | None = None) -> LoadedData:
         customers=tables["customers"],
         source_files=files,
         rejects=book,
-        notes={"canonical_dir": str(folder)},
+        notes={"canonical_dir": str(folder), **({"feedback_events_skipped": feedback} if feedback else {})},
     )
+
+
+def actions_only(events: pa.Table) -> tuple[pa.Table, int]:
+    """The shopper actions of a canonical events table, without the feedback on served lists
+    (FEEDBACK_TYPES rows and the RECOMMENDATION_COLUMNS: what attribution reads, not what a model
+    learns intent from); and how many feedback rows were set aside. A version-1 table passes unchanged."""
+    feedback = 0
+    if "event_type" in events.column_names:
+        mask = pc.fill_null(pc.is_in(events["event_type"], value_set=pa.array(FEEDBACK_TYPES)), False)
+        feedback = int(pc.sum(mask).as_py() or 0)
+        if feedback:
+            events = events.filter(pc.invert(mask))
+    return events.drop_columns([c for c in RECOMMENDATION_COLUMNS if c in events.column_names]), feedback
 
 
 def _cast(table: pa.Table, schema: pa.Schema, path: Path) -> pa.Table:
@@ -533,7 +557,8 @@ def validate_canonical(events: pa.Table, source: str, book: RejectBook | None = 
             "a session id or a customer id",
         )
     )
-    for column, allowed in ENUMS.items():
+    # Feedback rows (impressions, clicks) are valid canonical rows; the loader sets them aside afterwards.
+    for column, allowed in {**ENUMS, "event_type": EVENT_TYPES + FEEDBACK_TYPES}.items():
         if column in names:
             unknown = pc.and_(
                 pc.is_valid(events[column]), pc.invert(pc.is_in(events[column], value_set=pa.array(allowed)))

@@ -829,6 +829,11 @@ def explain(cfg, rows: int = 5) -> str:
             "  event types: "
             + ", ".join(f"{d['values']} {d['counts']:,}" for d in sorted(counts, key=lambda d: -d["counts"]))
         )
+    if notes.get("feedback_events_skipped"):
+        lines.append(
+            f"  {notes['feedback_events_skipped']:,} impression/click events set aside (feedback on served lists, "
+            "read by attribution; not shopper intent)"
+        )
     lines.append(
         f"  {events.num_rows:,} events, {len(pc.unique(events['item_id'])):,} items"
         + (f"; {loaded.rejects.count:,} problems set aside (data.strict=false)" if loaded.rejects.count else "")

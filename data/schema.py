@@ -2,7 +2,9 @@
 
 Three tables, stored as Parquet with the explicit Arrow schemas below:
 
-- events: one row per shopper action (view, cart change, purchase, email open/click, store purchase).
+- events: one row per shopper action (view, cart change, purchase, email open/click, store purchase),
+  and, from schema version 2, one row per item of a served list the shopper was shown (`impression`)
+  or clicked (`click`): the feedback that attribution and experiments read (FEEDBACK_TYPES).
 - items: the catalogue (category, brand, price, optional attributes).
 - customers: known shoppers (loyalty membership, optional attributes).
 
@@ -19,7 +21,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+# 1: shopper actions. 2: adds the feedback on served lists (FEEDBACK_TYPES) and the columns that tie an
+# event to the list it came from (RECOMMENDATION_COLUMNS). Files and stores written at version 1 load
+# unchanged: the new columns are absent there, which every reader treats as empty.
+SCHEMA_VERSION = 2
 
 # Live event times must lie in data.features' MIN_EVENT_TIME_MS..MAX_EVENT_TIME_MS (2000-2100).
 # Loaded datasets may be older (MovieLens-100k is from 1997); before 1990 is still a unit mistake.
@@ -36,6 +41,11 @@ EVENT_TYPES: tuple[str, ...] = (
     "email_click",
     "store_purchase",
 )
+# Feedback on served lists. Not shopper intent: they never enter a model's event vocabulary
+# (EVENT_TYPES, whose codes prepared data uses), and data preparation and profiles skip them.
+FEEDBACK_TYPES: tuple[str, ...] = ("impression", "click")
+# Where a list was shown (product = a product page; store_app = the app used inside a shop).
+PLACEMENTS: tuple[str, ...] = ("home", "product", "cart", "email", "push", "store_app")
 CHANNELS: tuple[str, ...] = ("web", "app", "email", "store")
 DEVICE_TYPES: tuple[str, ...] = ("desktop", "mobile", "tablet")
 REFERRERS: tuple[str, ...] = ("direct", "search", "email", "social", "ads", "other")
@@ -65,6 +75,21 @@ EVENT_SCHEMA = pa.schema(
         pa.field("device_type", pa.string(), metadata={"doc": "one of DEVICE_TYPES"}),
         pa.field("referrer", pa.string(), metadata={"doc": "one of REFERRERS"}),
         pa.field("region", pa.string(), metadata={"doc": "free-form region code"}),
+        pa.field(
+            "recommendation_id",
+            pa.string(),
+            metadata={"doc": "the served list this event answers (required on impression and click); version 2"},
+        ),
+        pa.field("position", pa.int32(), metadata={"doc": "1-based rank of item_id in that list; version 2"}),
+        pa.field("placement", pa.string(), metadata={"doc": "one of PLACEMENTS; version 2"}),
+        pa.field("experiment", pa.string(), metadata={"doc": "experiment that assigned the list; version 2"}),
+        pa.field("arm", pa.string(), metadata={"doc": "the experiment's arm; version 2"}),
+        pa.field("model_version", pa.string(), metadata={"doc": "model version that made the list; version 2"}),
+        pa.field(
+            "propensity",
+            pa.float64(),
+            metadata={"doc": "probability that the policy showed item_id at this position, in (0, 1]; version 2"},
+        ),
     ],
     metadata={"intentrec.table": "events", "intentrec.schema_version": str(SCHEMA_VERSION)},
 )
@@ -86,6 +111,18 @@ CUSTOMER_SCHEMA = pa.schema(
     ],
     metadata={"intentrec.table": "customers", "intentrec.schema_version": str(SCHEMA_VERSION)},
 )
+
+# The version-2 columns, in schema order: what ties an event to a served list.
+RECOMMENDATION_COLUMNS: tuple[str, ...] = (
+    "recommendation_id",
+    "position",
+    "placement",
+    "experiment",
+    "arm",
+    "model_version",
+    "propensity",
+)
+assert EVENT_SCHEMA.names[-len(RECOMMENDATION_COLUMNS) :] == list(RECOMMENDATION_COLUMNS)
 
 REQUIRED_EVENT_COLUMNS = ("item_id",)
 SEQUENCE_KEY_COLUMNS = ("session_id", "customer_id")

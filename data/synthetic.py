@@ -44,6 +44,7 @@ from intentrec.data.schema import (
     EVENT_SCHEMA,
     EVENT_TYPES,
     ITEM_SCHEMA,
+    RECOMMENDATION_COLUMNS,
     REFERRERS,
     SCHEMA_VERSION,
 )
@@ -541,6 +542,8 @@ def _events_batch(
             "device_type": categorical(list(DEVICE_TYPES), s["device_type"][session], mask=store),
             "referrer": categorical(list(REFERRERS), s["referrer"][session], mask=store),
             "region": pa.array(region_names[s["region"][session]], pa.string()),
+            # The shop's log has no served lists: the feedback columns are empty.
+            **{c: pa.nulls(keep, EVENT_SCHEMA.field(c).type) for c in RECOMMENDATION_COLUMNS},
         },
         schema=EVENT_SCHEMA,
     )

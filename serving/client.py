@@ -5,6 +5,8 @@
         reply = client.recommend(RecommendRequest(item_ids=["i35", "i7"], device_type="mobile", k=10))
         reply.item_ids, reply.scores, reply.info               # info: unknown_items, truncated, fallback, ...
         reply.recommendation_id, reply.model_version, reply.arm  # send the id with impressions and clicks
+        reply.impressions("home", session_id="s1")             # collector events for the shown list
+        reply.click("i12", session_id="s1")
         client.similar_items(["i35"], k=5)
 
     async with AsyncClient("127.0.0.1:8001") as client:
@@ -65,6 +67,66 @@ class Recommendation:
     model_version: str | None = None  # the Triton model version that answered
     experiment: str | None = None  # the experiment the shopper is in and their arm (None outside one)
     arm: str | None = None
+
+    def impressions(
+        self,
+        placement: str,
+        *,
+        shown: int | None = None,
+        propensities: list[float] | None = None,
+        event_time: int | str | None = None,
+        **who: str,
+    ) -> list[dict]:
+        """Collector events (`POST /v1/events`) saying the first `shown` items (all by default) were shown
+        at `placement`; `who` names the shopper (session_id, customer_id, device_id). Event ids derive from
+        the list and the position, so sending them twice stores them once."""
+        if self.recommendation_id is None:
+            raise ValueError("this list has no recommendation_id (a refused request): there is nothing to log")
+        shown = len(self.item_ids) if shown is None else min(shown, len(self.item_ids))
+        labels = self._labels()
+        events = []
+        for position, item in enumerate(self.item_ids[:shown], start=1):
+            event = {
+                "event_id": f"{self.recommendation_id}:impression:{position}",
+                "event_type": "impression",
+                "item_id": item,
+                "recommendation_id": self.recommendation_id,
+                "position": position,
+                "placement": placement,
+                **labels,
+                **who,
+            }
+            if propensities is not None:
+                event["propensity"] = float(propensities[position - 1])
+            if event_time is not None:
+                event["event_time"] = event_time
+            events.append(event)
+        return events
+
+    def _labels(self) -> dict:
+        return {name: getattr(self, name) for name in ("experiment", "arm", "model_version") if getattr(self, name)}
+
+    def click(
+        self, item_id: str, placement: str | None = None, event_time: int | str | None = None, **who: str
+    ) -> dict:
+        """The collector event of a click on `item_id` in this list (one per list and item: a second click
+        on the same item is a duplicate)."""
+        if self.recommendation_id is None or item_id not in self.item_ids:
+            raise ValueError(f"item {item_id!r} is not in this list ({self.item_ids[:10]}...)")
+        event = {
+            "event_id": f"{self.recommendation_id}:click:{item_id}",
+            "event_type": "click",
+            "item_id": item_id,
+            "recommendation_id": self.recommendation_id,
+            "position": self.item_ids.index(item_id) + 1,
+            **self._labels(),
+            **who,
+        }
+        if placement is not None:
+            event["placement"] = placement
+        if event_time is not None:
+            event["event_time"] = event_time
+        return event
 
 
 TRITON_TYPES = {

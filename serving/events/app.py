@@ -35,7 +35,15 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from intentrec.serving.events.profile import build_profile
-from intentrec.serving.events.schema import EventBatch, Identify, IngestResult, shorten, validate_events
+from intentrec.serving.events.schema import (
+    INDEX,
+    EventBatch,
+    Identify,
+    IngestResult,
+    Unmatched,
+    shorten,
+    validate_events,
+)
 from intentrec.serving.events.store import KINDS, EventStore, now_ms
 
 log = logging.getLogger(__name__)
@@ -184,8 +192,18 @@ def create_app(
             return _error(
                 503, f"event store failed ({type(error).__name__}: {error}); nothing was stored, resend the batch"
             )
+        conflicts = [{**c, "index": events[c["index"]][INDEX]} for c in result.conflicts]
+        try:
+            unmatched = await run_in_threadpool(unmatched_feedback, store, events)
+        except Exception:  # stored already; the flag is advice, so a failed check costs only the flag
+            log.exception("event store failed while matching recommendation ids")
+            unmatched = []
         reply = IngestResult(
-            accepted=result.accepted, duplicates=result.duplicates, rejected=rejected, conflicts=list(result.conflicts)
+            accepted=result.accepted,
+            duplicates=result.duplicates,
+            rejected=rejected,
+            conflicts=conflicts,
+            unmatched=unmatched,
         )
         if result.conflicts:
             log.warning("%d event_id conflicts, e.g. %s", len(result.conflicts), result.conflicts[0]["event_id"])
@@ -251,6 +269,25 @@ def create_app(
         return {"status": "ok", "store": store.url.partition(":")[0], "events": count}
 
     return app
+
+
+def unmatched_feedback(store: EventStore, events: list[dict]) -> list[Unmatched]:
+    """The events (other than impressions) whose recommendation_id has no impression in the store."""
+    ids = {e["recommendation_id"] for e in events if e.get("recommendation_id") and e["event_type"] != "impression"}
+    if not ids:
+        return []
+    known = store.impressed(ids)
+    return [
+        Unmatched(
+            index=e[INDEX],
+            event_id=e["event_id"],
+            recommendation_id=e["recommendation_id"],
+            reason="no impression of this recommendation_id is stored; the event is kept (send the impressions "
+            "of the list, or check the id the server returned)",
+        )
+        for e in events
+        if e.get("recommendation_id") and e["event_type"] != "impression" and e["recommendation_id"] not in known
+    ]
 
 
 def _guess_kind(store: EventStore, value: str) -> tuple[str, str]:

@@ -4,6 +4,12 @@ Events follow the canonical schema of `data.schema.EVENT_SCHEMA` (the same names
 meaning), as JSON: `event_time` is epoch milliseconds or an ISO 8601 string (UTC when no offset is
 given) and defaults to the time the collector received the event. Unknown fields are rejected rather
 than dropped, so a misspelt field (`evnt_type`) is reported instead of silently losing data.
+
+Feedback on served lists (schema version 2) is one event per item: an `impression` for each item of a
+list the shopper was shown (`recommendation_id`, `position`, `placement` required; the experiment,
+arm, model version and propensity the server returned with the list), a `click` for the item chosen
+(`recommendation_id` required). Any other event may carry the `recommendation_id` of the list that led
+to it (an add-to-cart or purchase after a click). `serving.client.impression_events` builds them.
 """
 
 from __future__ import annotations
@@ -15,27 +21,26 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from intentrec.data.features import MAX_EVENT_TIME_MS, MIN_EVENT_TIME_MS
-from intentrec.data.schema import CHANNELS, DEVICE_TYPES, EVENT_TYPES, REFERRERS
+from intentrec.data.schema import (
+    CHANNELS,
+    DEVICE_TYPES,
+    EVENT_SCHEMA,
+    EVENT_TYPES,
+    FEEDBACK_TYPES,
+    PLACEMENTS,
+    RECOMMENDATION_COLUMNS,
+    REFERRERS,
+)
 
 ID_MAX_LENGTH = 200
+MAX_POSITION = 1000
 
 Id = Field(default=None, min_length=1, max_length=ID_MAX_LENGTH)
 # The columns of a stored event, in canonical order.
-EVENT_FIELDS = (
-    "event_id",
-    "event_time",
-    "session_id",
-    "customer_id",
-    "device_id",
-    "item_id",
-    "event_type",
-    "price",
-    "quantity",
-    "channel",
-    "device_type",
-    "referrer",
-    "region",
-)
+EVENT_FIELDS: tuple[str, ...] = tuple(EVENT_SCHEMA.names)
+# What each feedback type must carry; the list columns other than recommendation_id belong to feedback only.
+FEEDBACK_REQUIRES = {"impression": ("recommendation_id", "position", "placement"), "click": ("recommendation_id",)}
+FEEDBACK_ONLY = tuple(c for c in RECOMMENDATION_COLUMNS if c != "recommendation_id")
 
 
 class Event(BaseModel):
@@ -51,13 +56,27 @@ class Event(BaseModel):
     customer_id: str | None = Id
     device_id: str | None = Id
     item_id: str = Field(min_length=1, max_length=ID_MAX_LENGTH)
-    event_type: Literal[EVENT_TYPES]  # type: ignore[valid-type]
+    event_type: Literal[EVENT_TYPES + FEEDBACK_TYPES]  # type: ignore[valid-type]
     price: float | None = Field(default=None, ge=0, allow_inf_nan=False, description="unit price, >= 0")
     quantity: int | None = Field(default=None, ge=1, le=100_000, description=">= 1 for cart and purchase events")
     channel: Literal[CHANNELS] | None = None  # type: ignore[valid-type]
     device_type: Literal[DEVICE_TYPES] | None = None  # type: ignore[valid-type]
     referrer: Literal[REFERRERS] | None = None  # type: ignore[valid-type]
     region: str | None = Field(default=None, max_length=64)
+    recommendation_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=ID_MAX_LENGTH,
+        description="the served list this event answers (the recommendation_id of the response)",
+    )
+    position: int | None = Field(default=None, ge=1, le=MAX_POSITION, description="1-based rank in the list")
+    placement: Literal[PLACEMENTS] | None = None  # type: ignore[valid-type]
+    experiment: str | None = Field(default=None, min_length=1, max_length=ID_MAX_LENGTH)
+    arm: str | None = Field(default=None, min_length=1, max_length=ID_MAX_LENGTH)
+    model_version: str | None = Field(default=None, min_length=1, max_length=ID_MAX_LENGTH)
+    propensity: float | None = Field(
+        default=None, gt=0, le=1, allow_inf_nan=False, description="probability the policy showed this item here"
+    )
 
     @field_validator("event_time")
     @classmethod
@@ -112,6 +131,13 @@ class Conflict(BaseModel):
     fields: dict[str, dict[str, Any]] = Field(description="each differing field: its stored and its sent value")
 
 
+class Unmatched(BaseModel):
+    index: int = Field(description="position of the event in the batch")
+    event_id: str
+    recommendation_id: str
+    reason: str
+
+
 class IngestResult(BaseModel):
     accepted: int = Field(description="new events stored durably")
     duplicates: int = Field(
@@ -122,6 +148,11 @@ class IngestResult(BaseModel):
         default_factory=list,
         description="events whose event_id was already stored with a different payload: not stored (HTTP 409); "
         "an event_id names one event forever, so send the change as a new event with its own id",
+    )
+    unmatched: list[Unmatched] = Field(
+        default_factory=list,
+        description="stored events whose recommendation_id has no stored impression (yet): kept, and left out of "
+        "attribution until the impressions arrive",
     )
 
 
@@ -172,8 +203,16 @@ def validate_events(raw: list[Any], received_ms: int) -> tuple[list[dict], list[
                 )
             )
             continue
+        problems = feedback_problems(event)
+        if problems:
+            rejected.extend(
+                Rejection(index=index, event_id=event.event_id, field=field, value=value, reason=reason)
+                for field, value, reason in problems
+            )
+            continue
         seen.add(event.event_id)
         record = event.model_dump()
+        record[INDEX] = index
         if record["event_time"] is None:
             record["event_time"] = received_ms
             record[TIME_DEFAULTED] = True
@@ -181,9 +220,44 @@ def validate_events(raw: list[Any], received_ms: int) -> tuple[list[dict], list[
     return events, rejected
 
 
+def feedback_problems(event: Event) -> list[tuple[str, object, str]]:
+    """(field, value, reason) for each rule of the feedback fields that `event` breaks."""
+    out = []
+    for name in FEEDBACK_REQUIRES.get(event.event_type, ()):
+        if getattr(event, name) is None:
+            out.append(
+                (
+                    name,
+                    None,
+                    f"a {event.event_type} event needs {name}: send the recommendation_id the server returned with "
+                    "the list"
+                    + (
+                        ", the item's 1-based position in it and the placement"
+                        if event.event_type == "impression"
+                        else ""
+                    ),
+                )
+            )
+    if event.event_type not in FEEDBACK_TYPES:
+        for name in FEEDBACK_ONLY:
+            value = getattr(event, name)
+            if value is not None:
+                out.append(
+                    (
+                        name,
+                        shorten(value),
+                        f"only {' and '.join(FEEDBACK_TYPES)} events carry {name}; a {event.event_type} event may "
+                        "carry only the recommendation_id of the list that led to it",
+                    )
+                )
+    return out
+
+
 # Set on an event whose event_time is the collector's clock: a resend gets another time, which is no
 # difference of payload. Stores keep only EVENT_FIELDS, so this key is never stored.
 TIME_DEFAULTED = "_event_time_defaulted"
+# The event's index in the batch as sent (rejected events leave gaps); never stored either.
+INDEX = "_index"
 
 
 def differences(sent: dict, stored: dict) -> dict[str, dict]:

@@ -33,6 +33,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from intentrec.data.features import PURCHASE_EVENTS
+from intentrec.data.schema import FEEDBACK_TYPES, RECOMMENDATION_COLUMNS, SCHEMA_VERSION
 from intentrec.errors import ConfigError
 from intentrec.serving.events.schema import EVENT_FIELDS, differences
 
@@ -130,6 +131,10 @@ class EventStore(ABC):
         """Events touching any of the keys, newest first (a superset of what `keys.owns`; at most `limit` per key)."""
 
     @abstractmethod
+    def impressed(self, recommendation_ids: Iterable[str]) -> set[str]:
+        """The given recommendation ids that have at least one stored impression."""
+
+    @abstractmethod
     def cart_adds(self, since_ms: int) -> list[dict]:
         """add_to_cart events with event_time >= since_ms (to find carts that may be abandoned)."""
 
@@ -160,7 +165,8 @@ class EventStore(ABC):
         return _keys(customer, self.members(customer))
 
     def events_of(self, keys: IdentityKeys, limit: int = 200, purchases_only: bool = False) -> list[dict]:
-        """The identity's events, newest first, at most `limit`."""
+        """The identity's shopper actions, newest first, at most `limit` (feedback on served lists, the
+        impressions and clicks, is not part of a profile: `iter_events` and attribution read it)."""
         events = [e for e in self._candidates(keys, limit, purchases_only) if keys.owns(e)]
         events.sort(key=lambda e: (e["event_time"], e["seq"]), reverse=True)
         return events[:limit]
@@ -176,7 +182,9 @@ CREATE TABLE IF NOT EXISTS events (
     received_at INTEGER NOT NULL,
     session_id TEXT, customer_id TEXT, device_id TEXT,
     item_id TEXT NOT NULL, event_type TEXT NOT NULL,
-    price REAL, quantity INTEGER, channel TEXT, device_type TEXT, referrer TEXT, region TEXT
+    price REAL, quantity INTEGER, channel TEXT, device_type TEXT, referrer TEXT, region TEXT,
+    recommendation_id TEXT, position INTEGER, placement TEXT, experiment TEXT, arm TEXT, model_version TEXT,
+    propensity REAL
 );
 CREATE INDEX IF NOT EXISTS events_customer ON events(customer_id, event_time);
 CREATE INDEX IF NOT EXISTS events_device ON events(device_id, event_time);
@@ -186,11 +194,24 @@ CREATE TABLE IF NOT EXISTS links (key TEXT PRIMARY KEY, customer_id TEXT NOT NUL
 CREATE INDEX IF NOT EXISTS links_customer ON links(customer_id);
 CREATE TABLE IF NOT EXISTS traits (customer_id TEXT PRIMARY KEY, loyalty_member INTEGER, email TEXT);
 """
+# Run after the columns of a version-1 database are added (`SQLiteStore._migrate`).
+_SQLITE_INDEXES = """
+CREATE INDEX IF NOT EXISTS events_recommendation ON events(recommendation_id, event_type)
+    WHERE recommendation_id IS NOT NULL;
+"""
+# SQLite column types of the version-2 columns (data.schema.RECOMMENDATION_COLUMNS).
+_SQLITE_TYPES = {"position": "INTEGER", "propensity": "REAL"}
+_NOT_FEEDBACK = f"+event_type NOT IN ({', '.join(repr(t) for t in FEEDBACK_TYPES)})"
 _INSERT = (
     f"INSERT INTO events ({', '.join(EVENT_FIELDS)}, received_at) VALUES ({', '.join('?' * (len(EVENT_FIELDS) + 1))}) "
     "ON CONFLICT(event_id) DO NOTHING"
 )
 _COLUMNS = ("seq", *EVENT_FIELDS)
+
+
+def _chunks(values: list, size: int = 500) -> Iterator[list]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
 
 
 class SQLiteStore(EventStore):
@@ -212,11 +233,35 @@ class SQLiteStore(EventStore):
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(_SQLITE_SCHEMA)
+            self._migrate()
         self.db.execute("PRAGMA busy_timeout=5000")
         self.lock = threading.Lock()
         self.readonly = readonly
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
+        # A read-only version-1 database has no list columns: they read as empty.
+        present = {row[1] for row in self.db.execute("PRAGMA table_info(events)")}
+        self._columns = tuple(c for c in _COLUMNS if c in present)
+        self._select = ", ".join(self._columns)
+
+    def _migrate(self) -> None:
+        """Bring a database written at an older schema version to SCHEMA_VERSION (adds columns; rewrites nothing)."""
+        present = {row[1] for row in self.db.execute("PRAGMA table_info(events)")}
+        for column in RECOMMENDATION_COLUMNS:
+            if column not in present:
+                self.db.execute(f"ALTER TABLE events ADD COLUMN {column} {_SQLITE_TYPES.get(column, 'TEXT')}")
+        self.db.executescript(_SQLITE_INDEXES)
+        self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version the database was written at (0 or 1: before versions were recorded)."""
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0]) or 1
+
+    def _event(self, row: tuple) -> dict:
+        event = dict.fromkeys(_COLUMNS)
+        event.update(zip(self._columns, row))
+        return event
 
     @property
     def reader(self) -> sqlite3.Connection:
@@ -260,9 +305,9 @@ class SQLiteStore(EventStore):
                     cursor = self.db.execute(_INSERT, (*(event.get(f) for f in EVENT_FIELDS), received))
                     if cursor.rowcount != 1:
                         row = self.db.execute(
-                            f"SELECT {', '.join(_COLUMNS)} FROM events WHERE event_id = ?", (event["event_id"],)
+                            f"SELECT {self._select} FROM events WHERE event_id = ?", (event["event_id"],)
                         ).fetchone()
-                        existing.append((index, dict(zip(_COLUMNS, row))))
+                        existing.append((index, self._event(row)))
                         continue
                     accepted += 1
                     if event.get("customer_id"):
@@ -332,24 +377,37 @@ class SQLiteStore(EventStore):
                 params.extend(sorted(values))
         if not clauses:
             return []
-        where = " OR ".join(clauses)
+        where = f"({' OR '.join(clauses)}) AND {_NOT_FEEDBACK}"
         if purchases_only:
             # `+event_type` keeps SQLite on the identity indexes: the event-type index would walk every purchase.
             where = f"({where}) AND +event_type IN ({', '.join('?' * len(PURCHASE_EVENTS))})"
             params.extend(PURCHASE_EVENTS)
         # Anonymous events of other shoppers never match `owns`, so a generous limit keeps enough owned ones.
         rows = self.reader.execute(
-            f"SELECT {', '.join(_COLUMNS)} FROM events WHERE {where} ORDER BY event_time DESC, seq DESC LIMIT ?",
+            f"SELECT {self._select} FROM events WHERE {where} ORDER BY event_time DESC, seq DESC LIMIT ?",
             (*params, limit * 4 + 50),
         ).fetchall()
-        return [dict(zip(_COLUMNS, row)) for row in rows]
+        return [self._event(row) for row in rows]
+
+    def impressed(self, recommendation_ids: Iterable[str]) -> set[str]:
+        if "recommendation_id" not in self._columns:
+            return set()
+        found = set()
+        for chunk in _chunks(sorted(set(recommendation_ids))):
+            rows = self.reader.execute(
+                f"SELECT DISTINCT recommendation_id FROM events WHERE recommendation_id IN ({', '.join('?' * len(chunk))})"
+                " AND event_type = 'impression'",
+                chunk,
+            )
+            found.update(row[0] for row in rows)
+        return found
 
     def cart_adds(self, since_ms: int) -> list[dict]:
         rows = self.reader.execute(
-            f"SELECT {', '.join(_COLUMNS)} FROM events WHERE event_type = 'add_to_cart' AND event_time >= ?",
+            f"SELECT {self._select} FROM events WHERE event_type = 'add_to_cart' AND event_time >= ?",
             (since_ms,),
         ).fetchall()
-        return [dict(zip(_COLUMNS, row)) for row in rows]
+        return [self._event(row) for row in rows]
 
     def traits(self, customer: str) -> dict:
         row = self.reader.execute(
@@ -370,12 +428,12 @@ class SQLiteStore(EventStore):
     def iter_events(self, after_seq: int = 0, chunk: int = 10_000) -> Iterator[dict]:
         while True:
             rows = self.reader.execute(
-                f"SELECT {', '.join(_COLUMNS)} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, chunk)
+                f"SELECT {self._select} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, chunk)
             ).fetchall()
             if not rows:
                 return
             for row in rows:
-                yield dict(zip(_COLUMNS, row))
+                yield self._event(row)
             after_seq = rows[-1][0]
 
     def count(self) -> int:
@@ -425,11 +483,15 @@ for i = 2, #ARGV do
     e.seq = seq
     redis.call('HSET', p .. 'ev', seq, cjson.encode(e))
     local purchase = PURCHASE_TEST
-    for _, kind in ipairs({'customer', 'device', 'session'}) do
-      local value = e[kind .. '_id']
-      if value then
-        redis.call('ZADD', p .. 'k:' .. kind .. ':' .. value, e.event_time, seq)
-        if purchase then redis.call('ZADD', p .. 'pk:' .. kind .. ':' .. value, e.event_time, seq) end
+    if FEEDBACK_TEST then
+      if e.event_type == 'impression' and e.recommendation_id then redis.call('SADD', p .. 'impressed', e.recommendation_id) end
+    else
+      for _, kind in ipairs({'customer', 'device', 'session'}) do
+        local value = e[kind .. '_id']
+        if value then
+          redis.call('ZADD', p .. 'k:' .. kind .. ':' .. value, e.event_time, seq)
+          if purchase then redis.call('ZADD', p .. 'pk:' .. kind .. ':' .. value, e.event_time, seq) end
+        end
       end
     end
     if e.event_type == 'add_to_cart' then redis.call('ZADD', p .. 'cart_adds', e.event_time, seq) end
@@ -442,6 +504,8 @@ return {accepted, existing}
 )
 # The purchase test of the Lua script, written from PURCHASE_EVENTS (data.features).
 _APPEND_LUA = _APPEND_LUA.replace("PURCHASE_TEST", " or ".join(f"e.event_type == '{t}'" for t in PURCHASE_EVENTS))
+# Feedback (data.schema.FEEDBACK_TYPES) stays out of the profile indexes; impressions are indexed by list.
+_APPEND_LUA = _APPEND_LUA.replace("FEEDBACK_TEST", " or ".join(f"e.event_type == '{t}'" for t in FEEDBACK_TYPES))
 _IDENTIFY_LUA = (
     _LINK_LUA
     + """
@@ -512,6 +576,9 @@ class RedisStore(EventStore):
                 "expected appendonly=yes and appendfsync=always: start redis-server with "
                 "'--appendonly yes --appendfsync always' (or CONFIG SET both)"
             )
+        # Version-1 stores hold the same JSON without the list fields, which read as empty: nothing to migrate.
+        if int(self.redis.get(self.prefix + "schema_version") or 0) < SCHEMA_VERSION:
+            self.redis.set(self.prefix + "schema_version", SCHEMA_VERSION)
         self._append = self.redis.register_script(_APPEND_LUA)
         self._identify = self.redis.register_script(_IDENTIFY_LUA)
         self._recent = self.redis.register_script(_RECENT_LUA)
@@ -558,6 +625,13 @@ class RedisStore(EventStore):
         index = "pk:" if purchases_only else "k:"
         found = self._recent(args=[self.prefix, index, limit * 4 + 50, *members])
         return [self._event(raw) for raw in found if raw]
+
+    def impressed(self, recommendation_ids: Iterable[str]) -> set[str]:
+        ids = sorted(set(recommendation_ids))
+        found = set()
+        for chunk in _chunks(ids):
+            found.update(i for i, hit in zip(chunk, self.redis.smismember(self.prefix + "impressed", chunk)) if hit)
+        return found
 
     @staticmethod
     def _event(raw: str) -> dict:

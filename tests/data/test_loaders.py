@@ -443,13 +443,13 @@ def test_a_canonical_parquet_shop_with_a_bad_enum_names_row_and_column(tmp_path)
             "event_id": ["a", "b"],
             "customer_id": ["c", "c"],
             "item_id": ["1", "2"],
-            "event_type": ["view", "click"],
+            "event_type": ["view", "buy"],
         }
     )
     pq.write_table(conform(events, EVENT_SCHEMA), tmp_path / "events.parquet")
     with pytest.raises(
         DataError,
-        match=r"events\.parquet, row 2, column 'event_type': got 'click'; expected one of \['view'.*Fix the writer of this file \(1 row\(s\) affected\)",
+        match=r"events\.parquet, row 2, column 'event_type': got 'buy'; expected one of \['view'.*Fix the writer of this file \(1 row\(s\) affected\)",
     ):
         load_canonical(tmp_path)
 

@@ -524,3 +524,155 @@ def test_the_token_comes_from_the_environment_or_a_file_never_the_command_line(t
             running.url + "/v1/events", json={"events": []}, headers={"Authorization": "Bearer from-a-file"}
         )
         assert ok.status_code == 200
+
+
+# -------------------------------------------------------------------------------- feedback on served lists
+
+
+def served(items=("i1", "i2", "i3"), **labels):
+    from intentrec.ids import new_id
+    from intentrec.serving.client import Recommendation
+
+    return Recommendation(
+        item_ids=list(items), scores=[0.0] * len(items), info={}, recommendation_id=new_id(), **labels
+    )
+
+
+def test_impressions_and_clicks_keep_their_list_fields_and_stay_out_of_profiles(store, tmp_path):
+    shown = served(model_version="3", experiment="home-2026", arm="model")
+    raw = [
+        event("v1", "i9", session_id="s1"),
+        *shown.impressions("home", session_id="s1", event_time=T0 + 1, propensities=[0.9, 0.5, 0.2]),
+        shown.click("i2", session_id="s1", event_time=T0 + 2),
+        event("a1", "i2", "add_to_cart", at=3, session_id="s1", quantity=1, recommendation_id=shown.recommendation_id),
+    ]
+    events, rejected = validate_events(raw, T0)
+    assert rejected == []
+    assert (store.append(events).accepted, store.append(events).duplicates) == (6, 6)
+    stored = {e["event_id"]: e for e in store.iter_events()}
+    second = stored[f"{shown.recommendation_id}:impression:2"]
+    assert (second["item_id"], second["position"], second["placement"], second["propensity"]) == ("i2", 2, "home", 0.5)
+    assert (second["experiment"], second["arm"], second["model_version"]) == ("home-2026", "model", "3")
+    click = stored[f"{shown.recommendation_id}:click:i2"]
+    assert (click["event_type"], click["position"], click["recommendation_id"]) == ("click", 2, shown.recommendation_id)
+    assert stored["a1"]["recommendation_id"] == shown.recommendation_id and stored["v1"]["recommendation_id"] is None
+    # The profile holds the shopper's actions only: 3 impressions and a click would crowd them out otherwise.
+    profile = build_profile(store, "session", "s1", now=T0 + HOUR)
+    assert [e["event_id"] for e in profile.recent_events] == ["v1", "a1"]
+    assert store.impressed([shown.recommendation_id, "never-shown"]) == {shown.recommendation_id}
+    # Exported, the list columns are there (schema version 2); preparing the export sets the feedback aside.
+    export_events(store, tmp_path / "export")
+    table = pq.read_table(tmp_path / "export" / "events.parquet")
+    assert table.schema.metadata[b"intentrec.schema_version"] == b"2"
+    assert table.column("position").to_pylist().count(None) == 2
+    loaded = load_canonical(tmp_path / "export")
+    assert loaded.events.column("event_id").to_pylist() == ["v1", "a1"]
+    assert loaded.notes["feedback_events_skipped"] == 4 and "recommendation_id" not in loaded.events.column_names
+
+
+def test_feedback_fields_are_checked_by_name_and_the_valid_events_are_kept():
+    rid = "0193a1c2-0000-7000-8000-000000000001"
+    raw = [
+        event("ok", "i1", "impression", device_id="d", recommendation_id=rid, position=1, placement="cart"),
+        event("no-list", "i1", "impression", device_id="d", position=2),
+        event("where", "i1", "impression", device_id="d", recommendation_id=rid, position=3, placement="sidebar"),
+        event("zero", "i1", "click", device_id="d", recommendation_id=rid, position=0),
+        event(
+            "prob",
+            "i1",
+            "impression",
+            device_id="d",
+            recommendation_id=rid,
+            position=4,
+            placement="home",
+            propensity=1.5,
+        ),
+        event("view", "i1", "view", device_id="d", recommendation_id=rid, position=1, arm="model"),
+        event("bare", "i1", "click", device_id="d"),
+    ]
+    events, rejected = validate_events(raw, T0)
+    assert [e["event_id"] for e in events] == ["ok"]
+    reasons = {(r.event_id, r.field): r.reason for r in rejected}
+    assert "needs recommendation_id" in reasons[("no-list", "recommendation_id")]
+    assert (
+        "needs placement" in reasons[("no-list", "placement")]
+        and "1-based position" in reasons[("no-list", "placement")]
+    )
+    assert "'home'" in reasons[("where", "placement")] and "'store_app'" in reasons[("where", "placement")]
+    assert "greater than or equal to 1" in reasons[("zero", "position")]
+    assert "less than or equal to 1" in reasons[("prob", "propensity")]
+    assert "only impression and click events carry position" in reasons[("view", "position")]
+    assert "only impression and click events carry arm" in reasons[("view", "arm")]
+    assert "a click event needs recommendation_id" in reasons[("bare", "recommendation_id")]
+
+
+def test_feedback_on_a_list_with_no_stored_impression_is_stored_and_flagged(collector):
+    _, client, _ = collector
+    shown = served()
+    clicked = shown.click("i3", session_id="s")
+    reply = client.post("/v1/events", json={"events": [{"event_id": "broken"}, clicked]}).json()
+    assert reply["accepted"] == 1 and [r["index"] for r in reply["rejected"]] == [0, 0]
+    assert reply["unmatched"] == [
+        {
+            "index": 1,
+            "event_id": clicked["event_id"],
+            "recommendation_id": shown.recommendation_id,
+            "reason": reply["unmatched"][0]["reason"],
+        }
+    ]
+    assert "no impression of this recommendation_id is stored" in reply["unmatched"][0]["reason"]
+    # Once the impressions arrive (in the same batch or before), feedback on the list matches; the index of a
+    # conflict is the event's place in the batch as sent, rejected events included.
+    later = client.post(
+        "/v1/events",
+        json={
+            "events": [
+                {"event_id": "broken"},
+                {**clicked, "item_id": "i2", "position": 2},
+                *shown.impressions("home", session_id="s"),
+                event("buy", "i3", "purchase", session_id="s", quantity=1, recommendation_id=shown.recommendation_id),
+            ]
+        },
+    )
+    assert later.status_code == 409
+    body = later.json()
+    assert body["accepted"] == 4 and body["unmatched"] == []
+    assert [(c["index"], c["event_id"], sorted(c["fields"])) for c in body["conflicts"]] == [
+        (1, clicked["event_id"], ["item_id", "position"])
+    ]
+
+
+def test_a_version_1_sqlite_database_is_read_as_is_and_migrated_when_opened_for_writing(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as db:  # the layout of schema version 1
+        db.executescript(
+            """
+            CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,
+                event_time INTEGER NOT NULL, received_at INTEGER NOT NULL, session_id TEXT, customer_id TEXT,
+                device_id TEXT, item_id TEXT NOT NULL, event_type TEXT NOT NULL, price REAL, quantity INTEGER,
+                channel TEXT, device_type TEXT, referrer TEXT, region TEXT);
+            CREATE TABLE links (key TEXT PRIMARY KEY, customer_id TEXT NOT NULL, linked_at INTEGER NOT NULL);
+            CREATE TABLE traits (customer_id TEXT PRIMARY KEY, loyalty_member INTEGER, email TEXT);
+            """
+        )
+        db.execute(
+            "INSERT INTO events (event_id, event_time, received_at, device_id, item_id, event_type) "
+            f"VALUES ('old', {T0}, {T0}, 'd1', 'i1', 'view')"
+        )
+    reader = SQLiteStore(path, readonly=True)
+    assert [(e["event_id"], e["recommendation_id"], e["position"]) for e in reader.iter_events()] == [
+        ("old", None, None)
+    ]
+    assert reader.impressed(["x"]) == set() and reader.schema_version == 1
+    reader.close()
+    writer = SQLiteStore(path)
+    assert writer.schema_version == 2
+    shown = served()
+    events, _ = validate_events(shown.impressions("product", device_id="d1", event_time=T0 + 1), T0)
+    assert writer.append(events).accepted == 3
+    assert [e["event_id"] for e in writer.iter_events()][0] == "old"
+    assert [e["event_id"] for e in build_profile(writer, "device", "d1", now=T0).recent_events] == ["old"]
+    assert writer.impressed([shown.recommendation_id]) == {shown.recommendation_id}
+    writer.close()
