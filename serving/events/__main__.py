@@ -5,6 +5,8 @@
     python -m serving.events serve store=... host=0.0.0.0 token_file=/run/secrets/collector-token
     python -m serving.events export store=sqlite:///artifacts/events/events.db out=artifacts/events/export
     python -m serving.events import-pos file=pos.csv store=sqlite:///artifacts/events/events.db
+    python -m serving.events attribute store=sqlite:///artifacts/events/events.db out=artifacts/attribution
+    python -m serving.events attribute events=artifacts/events/export window_minutes=60 scope=shopper
 
 `serve` binds 127.0.0.1 unless told `host=`. The bearer token that every /v1 call must carry is read
 from the environment variable INTENTREC_COLLECTOR_TOKEN or from `token_file=` (never from the command
@@ -12,6 +14,8 @@ line, which every local user can read in the process list); beyond loopback a to
 `export` writes `<out>/events.parquet` in the canonical
 schema (what `python -m data.prepare data=generic data.format=parquet` reads). `import-pos` reads a
 point-of-sale export (CSV) and stores each line as a `store_purchase` event (see `serving.events.pos`).
+`attribute` credits add-to-carts and purchases to the served lists that led to them, per placement,
+model version and arm, from a store or exported Parquet (see `serving.events.attribution`).
 """
 
 from __future__ import annotations
@@ -78,7 +82,11 @@ KEY_FLAGS = {
     "abandon_after_minutes": "--abandon-after-minutes",
     "out": "--out",
     "file": "--file",
+    "events": "--events",
+    "window_minutes": "--window-minutes",
+    "scope": "--scope",
 }
+DEFAULT_OUT = {"export": Path("artifacts/events/export"), "attribute": Path("artifacts/attribution")}
 
 
 def _categories(path: Path | None) -> dict[str, str] | None:
@@ -106,7 +114,7 @@ def _categories(path: Path | None) -> dict[str, str] | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["serve", "export", "import-pos"])
+    parser.add_argument("command", choices=["serve", "export", "import-pos", "attribute"])
     parser.add_argument("--store", default=DEFAULT_STORE, help="sqlite:///<path> or redis://host:port/db")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8700)
@@ -123,14 +131,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20)
     parser.add_argument("--max-batch-events", type=int, default=1000)
     parser.add_argument("--abandon-after-minutes", type=float, default=30.0)
-    parser.add_argument("--out", type=Path, default=Path("artifacts/events/export"))
+    parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--file", type=Path, default=None)
+    parser.add_argument("--events", type=Path, default=None, help="attribute: exported Parquet instead of a store")
+    parser.add_argument("--window-minutes", type=float, default=1440.0)
+    parser.add_argument("--scope", default="session")
     args = parser.parse_args(key_value_flags(sys.argv[1:] if argv is None else argv, KEY_FLAGS))
+    args.out = args.out or DEFAULT_OUT.get(args.command)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from intentrec.errors import IntentrecError
     from intentrec.serving.events.store import open_store
 
+    if args.command == "attribute":
+        return _attribute(args)
     try:
         token = collector_token(args.host, args.token, args.token_file) if args.command == "serve" else None
         store = open_store(args.store)
@@ -176,6 +190,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(json.dumps(summary))
     return 0 if not summary["rejected"] and not summary["conflicts"] else 1
+
+
+def _attribute(args) -> int:
+    from intentrec.errors import IntentrecError
+    from intentrec.serving.events.attribution import AttributionSettings, run
+    from intentrec.serving.events.store import open_store
+
+    try:
+        settings = AttributionSettings(window_minutes=args.window_minutes, scope=args.scope)
+        settings.check()
+        store = None if args.events is not None else open_store(args.store, readonly=True)
+        document = run(args.out, store=store, events=args.events, settings=settings)
+    except IntentrecError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps({"out": str(args.out), **document["counts"]}))
+    return 0
 
 
 if __name__ == "__main__":

@@ -6,11 +6,14 @@ trained for about a minute on 2 cores has learned it; everything else is the def
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from contextlib import contextmanager
 
 import pytest
 
+from intentrec.serving.events.local import RedisServer
+from intentrec.serving.events.store import RedisStore, open_store
 from intentrec.serving.export import export
 from intentrec.serving.repository import build
 from intentrec.serving.server import TritonServer
@@ -105,3 +108,26 @@ def server(bundle, tmp_path_factory):
     """The real tritonserver on a fresh repository of `bundle`, on free loopback ports."""
     with triton_for(bundle, tmp_path_factory.mktemp("triton")) as s:
         yield s
+
+
+# Event stores: every store test runs on SQLite and on a real redis-server.
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not installed (Debian package redis-server; ./scripts/test.sh installs it as root)")
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        opened = open_store(f"sqlite:///{tmp_path / 'events.db'}")
+    else:
+        server = request.getfixturevalue("redis_server")
+        opened = RedisStore(server.url, prefix=f"test{next(_databases)}-{tmp_path.name}:")
+    yield opened
+    opened.close()

@@ -29,28 +29,6 @@ HOUR = 3_600_000
 T0 = 1_790_000_000_000  # 2026-09-21, a fixed clock for the tests
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server not installed (Debian package redis-server; ./scripts/test.sh installs it as root)")
-    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
-
-_databases = iter(range(1, 16))
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store(request, tmp_path):
-    if request.param == "sqlite":
-        opened = open_store(f"sqlite:///{tmp_path / 'events.db'}")
-    else:
-        server = request.getfixturevalue("redis_server")
-        opened = RedisStore(server.url, prefix=f"test{next(_databases)}-{tmp_path.name}:")
-    yield opened
-    opened.close()
-
-
 def event(event_id, item, kind="view", at=0, **fields):
     return {"event_id": event_id, "item_id": item, "event_type": kind, "event_time": T0 + at, **fields}
 
