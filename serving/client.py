@@ -193,7 +193,7 @@ def recommend_arrays(requests: list[RecommendRequest]) -> dict[str, np.ndarray]:
             list(map(int, r.quantities)) if r.quantities is not None else [0] * len(r.item_ids) for r in requests
         ]
         arrays["quantities"] = _rows(quantities, 0, np.int64)
-    for name in ("device_type", "referrer", "region", "loyalty", "identity"):
+    for name in ("device_type", "referrer", "region", "loyalty", "identity", "shopper"):
         if any(getattr(r, name) for r in requests):
             arrays[name] = np.asarray([[(getattr(r, name) or "").encode()] for r in requests], dtype=object)
     for name, dtype in (("now", np.int64), ("hour", np.int64), ("day_of_week", np.int64)):
@@ -421,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-price", type=float, default=None)
     parser.add_argument("--max-price", type=float, default=None)
     parser.add_argument("--identity", default=None, help="customer:<id> | device:<id> | session:<id> (profile store)")
+    parser.add_argument(
+        "--shopper", default=None, help="customer:<id> | device:<id>: the experiment unit (no profile read)"
+    )
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--keep-purchased", action="store_true", help="do not exclude purchased items")
     parser.add_argument("--exclude-in-cart", action="store_true", help="exclude items in the cart")
@@ -450,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
                         exclude_purchased=not args.keep_purchased,
                         exclude_in_cart=args.exclude_in_cart,
                         identity=args.identity,
+                        shopper=args.shopper,
                         min_price=args.min_price,
                         max_price=args.max_price,
                     )

@@ -49,6 +49,10 @@ class Profiles:
             )
         return self.store
 
+    def owner(self, kind: str, value: str) -> str | None:
+        """The canonical customer a device or session is linked to (None: not linked); may raise."""
+        return self._open().owner(kind, value)
+
     def merge(self, q: Query) -> tuple[Query, dict]:
         """`q` with the stored events, purchases and loyalty of `q.identity` added; and what was read."""
         from intentrec.serving.events.store import KINDS

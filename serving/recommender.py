@@ -30,10 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
+from intentrec.errors import ConfigError
 from intentrec.serving.bundle import load_bundle
 from intentrec.serving.catalogue import Catalogue
 from intentrec.serving.decode import Decode
 from intentrec.serving.encode import Encode
+from intentrec.serving.experiments import Assign, Experiment
 from intentrec.serving.profiles import Profiles
 from intentrec.serving.rank import Rank
 from intentrec.serving.request import MAX_K, Query, RequestError, RequestLimits, Result
@@ -61,6 +63,9 @@ class Recommender:
         complement_window_hours: float = 24.0,
         limits: RequestLimits | None = None,
         model_version: str | None = None,
+        experiment: Experiment | None = None,
+        arm_bundles: dict[str, Path] | None = None,
+        _arm: bool = False,
     ):
         """`remote`: optional `run(model_name, feed) -> output` that runs `query_encoder` and `ranker`
         elsewhere (Triton BLS calls in the production repository); by default ONNX Runtime runs them here.
@@ -70,21 +75,27 @@ class Recommender:
         (`complements.json` of the bundle), placed last when the model ranked fewer; 0 turns the rule off.
         `limits`: what one request row may carry (`RequestLimits`).
         `model_version`: the label every answer carries (the Triton repository passes its version);
-        by default the bundle's digest (`Bundle.digest`)."""
+        by default the bundle's digest (`Bundle.digest`).
+        `experiment`: an A/B experiment (serving.experiments) whose arms this recommender assigns;
+        `arm_bundles`: the bundle of every other model version an arm names (version -> folder)."""
         self.limits = limits or RequestLimits()
         self.bundle = load_bundle(Path(bundle_dir), verify=verify)
         self.model_version = model_version or self.bundle.digest
         self.catalogue = c = Catalogue(self.bundle)
         runtime = Runtime.choose(threads, use_gpu)
         self.index = runtime.index(self.bundle)
-        profiles = Profiles(profile_store, c.max_seq_len, c.past)
+        self.profiles = profiles = Profiles(profile_store, c.max_seq_len, c.past)
         window_ms = int(float(complement_window_hours) * 3_600_000)
         self.decoder = Decode(c, self.limits, profiles, window_ms)
         self.encoder = Encode(c, runtime, remote)
         self.retriever = Retrieve(c, self.index)
         self.ranker = Rank(c, runtime, remote)
+        self.experiment = experiment
+        options = (threads, use_gpu, verify, remote, profile_store, complement_slots, complement_window_hours)
+        self.arms = {} if _arm else self._arm_models(experiment, arm_bundles or {}, *options)
         self.stages = [
             self.decoder,
+            Assign(experiment, self.model_version, profiles),
             self.encoder,
             self.retriever,
             self.ranker,
@@ -112,8 +123,48 @@ class Recommender:
             start = time.perf_counter()
             stage.run(batch)
             timing[stage.name] = round((time.perf_counter() - start) * 1000, 3)
+        delegated: dict[str, list[int]] = {}
+        for position, row in enumerate(batch.rows):
+            if isinstance(row, Row) and row.delegate is not None:
+                delegated.setdefault(row.delegate, []).append(position)
+        for version, positions in delegated.items():
+            start = time.perf_counter()
+            answers = self.arms[version].recommend([batch.queries[p] for p in positions])
+            for position, answer in zip(positions, answers):
+                batch.results[position] = answer
+            timing[f"arm_{version}"] = round((time.perf_counter() - start) * 1000, 3)
         self.timing = timing
         return batch.results
+
+    def _arm_models(self, experiment, bundles, *options) -> dict[str, Recommender]:
+        """A recommender per other model version the experiment's arms name (each assigns the same way)."""
+        if experiment is None:
+            return {}
+        missing = sorted(v for v in experiment.versions() if v != self.model_version and v not in bundles)
+        if missing:
+            raise ConfigError(
+                f"experiment {experiment.name!r}: arm model version(s) {missing} are not available here (this model is "
+                f"version {self.model_version!r}; known versions: {sorted(bundles)}). Publish the version to the "
+                "repository first, or fix the arm's model_version."
+            )
+        threads, use_gpu, verify, remote, store, slots, window = options
+        return {
+            version: Recommender(
+                Path(bundles[version]),
+                threads,
+                use_gpu,
+                verify,
+                remote,
+                store,
+                slots,
+                window,
+                self.limits,
+                model_version=version,
+                experiment=experiment,
+                _arm=True,
+            )
+            for version in sorted(experiment.versions() - {self.model_version})
+        }
 
     def similar(self, item_ids: list[list[str]], ks: list[int]) -> list[Result | RequestError]:
         """Nearest items to each request's item(s) (their mean vector), the items themselves left out."""

@@ -20,6 +20,7 @@ it is valid by construction and `validate_config` parses it back.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -33,6 +34,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from intentrec.errors import ConfigError, IntentrecError
 from intentrec.paths import CONF_DIR, REPO_ROOT
 from intentrec.serving.bundle import load_bundle
+from intentrec.serving.experiments import Experiment, check_registry, load_experiment
 from intentrec.serving.request import RequestLimits
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,7 @@ RECOMMEND_INPUTS = [
     ("exclude_in_cart", "BOOL", [1], True),
     ("categories", "BYTES", [-1], True),
     ("identity", "BYTES", [1], True),
+    ("shopper", "BYTES", [1], True),
     ("min_price", "FP32", [1], True),
     ("max_price", "FP32", [1], True),
 ]
@@ -104,6 +107,7 @@ class ServingOptions:
     profile_store: str | None = None  # event store URL that `recommend` reads for requests naming a shopper
     complement_slots: int = 2  # places of each list for complements of a recent purchase (0: off)
     complement_window_hours: float = 24.0  # how recent a purchase must be for complement slots
+    experiment_ab: str | None = None  # an A/B experiment: a name in conf/experiment_ab/ or a YAML path
     # Request limits per row (RequestLimits documents each; conf/serving.yaml sets them).
     max_events: int = RequestLimits.max_events
     max_string_bytes: int = RequestLimits.max_string_bytes
@@ -114,6 +118,8 @@ class ServingOptions:
         return RequestLimits(**{name: getattr(self, name) for name in RequestLimits.__dataclass_fields__})
 
     def __post_init__(self):
+        if self.experiment_ab in ("", "none", "None"):
+            self.experiment_ab = None
         self.limits()
         if self.kind not in ("KIND_CPU", "KIND_GPU"):
             raise ConfigError(f"kind={self.kind!r}; expected KIND_CPU or KIND_GPU.")
@@ -169,6 +175,11 @@ def python_model_config(name: str, options: ServingOptions, pipeline: str = "inp
             config.parameters["profile_store"].string_value = options.profile_store
         config.parameters["complement_slots"].string_value = str(int(options.complement_slots))
         config.parameters["complement_window_hours"].string_value = str(float(options.complement_window_hours))
+        if options.experiment_ab:
+            from intentrec.serving.experiments import load_experiment
+
+            experiment = load_experiment(options.experiment_ab)
+            config.parameters["experiment"].string_value = json.dumps(experiment.as_dict())
     return config
 
 
@@ -248,15 +259,57 @@ def build(bundle_dir: Path, out: Path, options: ServingOptions | None = None, pi
     """A fresh repository at `out` serving `bundle_dir` as version 1."""
     options = options or ServingOptions()
     out = Path(out)
+    registry = out / EXPERIMENT_REGISTRY
+    if options.experiment_ab:
+        check_registry(registry, check_experiment(options.experiment_ab, out, {"1"}))
+    kept = registry.read_text() if registry.is_file() else None  # salts outlive rebuilds
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    if kept is not None:
+        registry.write_text(kept)
     for model in MODELS:
         (out / model).mkdir()
         (out / model / "config.pbtxt").write_text(config_text(python_model_config(model, options, pipeline)))
         validate_config(out / model / "config.pbtxt")
     add_version(out, bundle_dir, 1)
     return out
+
+
+EXPERIMENT_REGISTRY = "experiments.json"
+
+
+def check_experiment(name_or_path: str, repository: Path, present: set[str]) -> Experiment:
+    """The experiment, refused when an arm names a model version the repository lacks."""
+    experiment = load_experiment(name_or_path)
+    missing = sorted(experiment.versions() - present)
+    if missing:
+        raise ConfigError(
+            f"experiment {experiment.name!r}: arm model version(s) {missing} are not in {repository} (versions: "
+            f"{sorted(present)}); publish them first (python -m serving.repository publish --bundle <bundle> "
+            f"--out {repository}), then set the experiment (python -m serving.repository experiment)."
+        )
+    return experiment
+
+
+def set_experiment(repository: Path, name_or_path: str | None, options: ServingOptions) -> Experiment | None:
+    """Put an experiment (or none) into the repository's `recommend` configuration; Triton applies it when
+    the model is (re)loaded: a restart, or `publish --url` of the next version."""
+    repository = Path(repository)
+    config_path = repository / "recommend" / "config.pbtxt"
+    if not config_path.is_file():
+        raise ConfigError(f"{repository} has no recommend/config.pbtxt; build the repository first.")
+    config = validate_config(config_path)
+    experiment = None
+    if name_or_path:
+        present = {str(v) for v in versions(repository, "recommend")}
+        experiment = check_experiment(name_or_path, repository, present)
+        check_registry(repository / EXPERIMENT_REGISTRY, experiment)
+        config.parameters["experiment"].string_value = json.dumps(experiment.as_dict())
+    elif "experiment" in config.parameters:
+        del config.parameters["experiment"]
+    config_path.write_text(config_text(config))
+    return experiment
 
 
 def onnx_io(path: Path) -> tuple[list, list]:
@@ -360,7 +413,7 @@ def _first_line(error) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["build", "publish", "production", "validate"])
+    parser.add_argument("action", choices=["build", "publish", "production", "validate", "experiment"])
     parser.add_argument("--bundle", type=Path, help="export bundle (from python -m serving.export)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "artifacts" / "triton" / "repository")
     parser.add_argument("--config", type=Path, default=CONF_DIR / "serving.yaml", help="serving options")
@@ -370,6 +423,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-queue-delay-us", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--profile-store", default=None, help="event store URL read for requests naming a shopper")
+    parser.add_argument(
+        "--experiment-ab",
+        default=None,
+        help="A/B experiment: a name in conf/experiment_ab/ or a YAML path ('none': off)",
+    )
     parser.add_argument(
         "--url", default=None, help="publish: gRPC address of the running server to load the new version"
     )
@@ -385,6 +443,19 @@ def main(argv: list[str] | None = None) -> int:
             for path in sorted(Path(args.out).glob("*/config.pbtxt")):
                 validate_config(path)
                 print(f"ok {path}")
+            return 0
+        if args.action == "experiment":
+            chosen = None if args.experiment_ab in (None, "none") else args.experiment_ab
+            experiment = set_experiment(args.out, chosen, serving_options(args.config, args))
+            print(
+                f"repository {args.out}: "
+                + (
+                    f"experiment {experiment.name!r} ({', '.join(a.name for a in experiment.arms)})"
+                    if experiment
+                    else "no experiment"
+                )
+                + "; restart the server or publish the next version to apply it"
+            )
             return 0
         if args.bundle is None:
             raise ConfigError(f"{args.action} needs --bundle <export bundle>.")

@@ -109,7 +109,7 @@ def check_limits(q: Query, limits: RequestLimits) -> Query:
         values = getattr(q, name)
         if values is not None:
             limits.strings(name, [str(v) for v in values])  # ids may come as numbers in process
-    for name in ("device_type", "referrer", "region", "loyalty", "identity"):
+    for name in ("device_type", "referrer", "region", "loyalty", "identity", "shopper"):
         value = getattr(q, name)
         limits.string(name, None if value is None else str(value))
     if q.timestamps is not None:
@@ -148,6 +148,9 @@ class Query:
     identity: str | None = None  # "customer:<id>" | "device:<id>" | "session:<id>": read the profile store
     min_price: float | None = None  # only items priced within [min_price, max_price] (either may be None)
     max_price: float | None = None
+    # Who the request is for, when it carries its events itself: the experiment unit ("customer:<id>",
+    # "device:<id>", "session:<id>"; a bare id is a customer). Reads no profile (identity does).
+    shopper: str | None = None
 
 
 @dataclass

@@ -24,6 +24,8 @@ class Respond:
             Result(item_ids[row.items].tolist(), row.scores.astype(float).tolist(), row.info).label(
                 self.model_version, row.experiment, row.arm
             )
+            if isinstance(row, Row) and row.delegate is None
+            else None  # answered by the arm's model version (Recommender.recommend)
             if isinstance(row, Row)
             else row
             for row in batch.rows

@@ -51,14 +51,18 @@ class Row:
     info: dict  # what the answer reports (unknown items and context, truncation, fallback, ...)
     experiment: str | None = None  # the experiment the shopper is in, and their arm (None outside one)
     arm: str | None = None
+    model: bool = True  # whether this model answers the row (False: a popularity arm, or delegated)
+    delegate: str | None = None  # the model version of the row's arm, when another version answers it
+    complement_slots: int | None = None  # the arm's business-rule variant (None: the configured slots)
     query: np.ndarray | None = None  # (D,) query vector (encode)
     items: np.ndarray | None = None  # the list, best first (retrieve, rank, rules)
     scores: np.ndarray | None = None
 
     @property
     def active(self) -> bool:
-        """Whether the row has a known event to encode (else the rules stage answers it by popularity)."""
-        return len(self.idx) > 0
+        """Whether the model encodes the row: a known event, and the model answers it (else the rules
+        stage answers it by popularity, or another model version does)."""
+        return self.model and len(self.idx) > 0
 
 
 @dataclass

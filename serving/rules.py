@@ -30,8 +30,9 @@ class Rules:
                 continue
             if row.active:
                 row.items, row.scores = self.complements(row, row.items[: row.k], row.scores[: row.k])
-            else:
-                row.info["fallback"] = "popularity"
+            elif row.delegate is None:
+                if row.model:
+                    row.info["fallback"] = "popularity"
                 row.items, row.scores = self.popular(row)
 
     def complements(self, row: Row, items: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +43,8 @@ class Rules:
         those categories (`COMPLEMENT_POOL` each) within the row's filters and rules.
         """
         c = self.catalogue
-        slots = min(self.complement_slots, len(items))
+        configured = self.complement_slots if row.complement_slots is None else row.complement_slots
+        slots = min(configured, len(items))
         targets = c.complements.get(row.complement_of or "", [])
         if not slots or not targets:
             return items, scores

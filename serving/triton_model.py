@@ -9,7 +9,8 @@ Inputs of `recommend` (first dimension: rows of the request, each row one shoppe
   (optional, ms), channels, session_ids BYTES [-1] (optional); now INT64 [1]; device_type, referrer, region,
   loyalty BYTES [1]; hour, day_of_week INT64 [1]; past_purchases BYTES [-1]; k INT64 [1];
   exclude_purchased, exclude_in_cart BOOL [1]; categories BYTES [-1]; identity BYTES [1] (a shopper
-  whose stored profile is read when the repository has a profile store); min_price, max_price FP32 [1] (all optional except item_ids).
+  whose stored profile is read when the repository has a profile store); shopper BYTES [1] (the experiment
+  unit of a request that sends its events); min_price, max_price FP32 [1] (all optional except item_ids).
 Outputs: item_ids BYTES [-1], scores FP32 [-1] (rows padded with "" / NaN to the longest), info BYTES [1] (JSON:
 the diagnostics of `Result.info` plus the list's `recommendation_id`, `model_version`, `experiment`, `arm`).
 Integers are INT64 so that no value a client sends (a JSON `k` of 4294967301) wraps into range.
@@ -60,6 +61,7 @@ SCALAR_INPUTS = {
     "exclude_purchased": bool,
     "exclude_in_cart": bool,
     "identity": str,
+    "shopper": str,
     "min_price": float,
     "max_price": float,
 }
@@ -117,6 +119,16 @@ class _Base:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         bundle = Path(args["model_repository"]) / args["model_version"] / "bundle"
+        experiment = None
+        if params.get("experiment"):
+            from intentrec.serving.experiments import Experiment
+
+            experiment = Experiment.from_dict(json.loads(params["experiment"]), "parameter experiment")
+        arm_bundles = {
+            version: Path(args["model_repository"]) / version / "bundle"
+            for version in (experiment.versions() if experiment else ())
+            if (Path(args["model_repository"]) / version / "bundle").is_dir()
+        }
         kind = args.get("model_instance_kind", "CPU")
         limits = RequestLimits(
             **{name: int(params.get(name, getattr(RequestLimits, name))) for name in RequestLimits.__dataclass_fields__}
@@ -132,6 +144,8 @@ class _Base:
             complement_window_hours=float(params.get("complement_window_hours", "24")),
             limits=limits,
             model_version=args["model_version"],
+            experiment=experiment,
+            arm_bundles=arm_bundles,
         )
 
     @staticmethod

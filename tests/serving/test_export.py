@@ -430,7 +430,15 @@ def test_a_stage_added_to_the_pipeline_runs_in_its_place_and_is_timed(bundle):
     views = next(iter(top.values()))[:3]
     requests = [Query(item_ids=views, k=5), Query(item_ids=views, k=0), Query(item_ids=["unknown"], k=5)]
     before = recommender.recommend(requests)
-    assert [stage.name for stage in recommender.stages] == ["decode", "encode", "retrieve", "rank", "rules", "respond"]
+    assert [stage.name for stage in recommender.stages] == [
+        "decode",
+        "assign",
+        "encode",
+        "retrieve",
+        "rank",
+        "rules",
+        "respond",
+    ]
     held_out = recommender.catalogue.item_index[before[0].item_ids[0]]
 
     class HoldOut:  # an arm that never shows one item
@@ -442,12 +450,12 @@ def test_a_stage_added_to_the_pipeline_runs_in_its_place_and_is_timed(bundle):
                 row.items, row.scores = row.items[keep], row.scores[keep]
                 row.info["arm"] = "holdout"
 
-    recommender.stages.insert(3, HoldOut())
+    recommender.stages.insert(4, HoldOut())
     after = recommender.recommend(requests)
     assert before[0].item_ids[0] not in after[0].item_ids and after[0].item_ids == before[0].item_ids[1:] + [
         after[0].item_ids[-1]
     ]
     assert after[0].info["arm"] == "holdout" and "arm" not in after[2].info  # the fallback row is not active
     assert isinstance(after[1], RequestError) and after[2].item_ids == before[2].item_ids
-    assert list(recommender.timing) == ["decode", "encode", "retrieve", "holdout", "rank", "rules", "respond"]
+    assert list(recommender.timing) == ["decode", "assign", "encode", "retrieve", "holdout", "rank", "rules", "respond"]
     assert isinstance(recommender.decode(requests[0]), Row)
