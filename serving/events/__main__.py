@@ -7,6 +7,7 @@
     python -m serving.events import-pos file=pos.csv store=sqlite:///artifacts/events/events.db
     python -m serving.events attribute store=sqlite:///artifacts/events/events.db out=artifacts/attribution
     python -m serving.events attribute events=artifacts/events/export window_minutes=60 scope=shopper
+    python -m serving.events report store=sqlite:///artifacts/events/events.db experiment_ab=model_vs_popularity
 
 `serve` binds 127.0.0.1 unless told `host=`. The bearer token that every /v1 call must carry is read
 from the environment variable INTENTREC_COLLECTOR_TOKEN or from `token_file=` (never from the command
@@ -16,6 +17,8 @@ schema (what `python -m data.prepare data=generic data.format=parquet` reads). `
 point-of-sale export (CSV) and stores each line as a `store_purchase` event (see `serving.events.pos`).
 `attribute` credits add-to-carts and purchases to the served lists that led to them, per placement,
 model version and arm, from a store or exported Parquet (see `serving.events.attribution`).
+`report` writes an experiment's goal metrics per arm with intervals, lifts and the sample-ratio check
+(see `serving.events.report`).
 """
 
 from __future__ import annotations
@@ -85,8 +88,19 @@ KEY_FLAGS = {
     "events": "--events",
     "window_minutes": "--window-minutes",
     "scope": "--scope",
+    "experiment": "--experiment",
+    "experiment_ab": "--experiment-ab",
+    "control": "--control",
+    "ci": "--ci",
+    "bootstrap": "--bootstrap",
+    "seed": "--seed",
+    "cuped_before": "--cuped-before",
 }
-DEFAULT_OUT = {"export": Path("artifacts/events/export"), "attribute": Path("artifacts/attribution")}
+DEFAULT_OUT = {
+    "export": Path("artifacts/events/export"),
+    "attribute": Path("artifacts/attribution"),
+    "report": Path("artifacts/report"),
+}
 
 
 def _categories(path: Path | None) -> dict[str, str] | None:
@@ -114,7 +128,7 @@ def _categories(path: Path | None) -> dict[str, str] | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["serve", "export", "import-pos", "attribute"])
+    parser.add_argument("command", choices=["serve", "export", "import-pos", "attribute", "report"])
     parser.add_argument("--store", default=DEFAULT_STORE, help="sqlite:///<path> or redis://host:port/db")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8700)
@@ -136,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=Path, default=None, help="attribute: exported Parquet instead of a store")
     parser.add_argument("--window-minutes", type=float, default=1440.0)
     parser.add_argument("--scope", default="session")
+    parser.add_argument("--experiment", default=None, help="report: the experiment's name in the events")
+    parser.add_argument("--experiment-ab", default=None, help="report: its config (conf/experiment_ab name or path)")
+    parser.add_argument("--control", default=None)
+    parser.add_argument("--ci", default="delta")
+    parser.add_argument("--bootstrap", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cuped-before", default=None, help="report: ISO 8601 time or epoch ms (CUPED pre-period)")
     args = parser.parse_args(key_value_flags(sys.argv[1:] if argv is None else argv, KEY_FLAGS))
     args.out = args.out or DEFAULT_OUT.get(args.command)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -145,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "attribute":
         return _attribute(args)
+    if args.command == "report":
+        return _report(args)
     try:
         token = collector_token(args.host, args.token, args.token_file) if args.command == "serve" else None
         store = open_store(args.store)
@@ -206,6 +229,45 @@ def _attribute(args) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(json.dumps({"out": str(args.out), **document["counts"]}))
+    return 0
+
+
+def _report(args) -> int:
+    from intentrec.errors import IntentrecError
+    from intentrec.serving.events.report import ReportSettings, parse_time, run
+    from intentrec.serving.events.store import open_store
+
+    try:
+        name, shares = args.experiment, None
+        if args.experiment_ab:
+            from intentrec.serving.experiments import load_experiment
+
+            config = load_experiment(args.experiment_ab)
+            name, shares = name or config.name, {arm.name: arm.share for arm in config.arms}
+        settings = ReportSettings(
+            experiment=name,
+            control=args.control,
+            shares=shares,
+            ci=args.ci,
+            bootstrap=args.bootstrap,
+            seed=args.seed,
+            cuped_before=None if args.cuped_before is None else parse_time(args.cuped_before, "cuped_before"),
+        )
+        settings.check()
+        store = None if args.events is not None else open_store(args.store, readonly=True)
+        document = run(args.out, store=store, events=args.events, settings=settings)
+    except IntentrecError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(
+        json.dumps(
+            {
+                "out": str(args.out),
+                "shoppers": document["shoppers"],
+                "sample_ratio_mismatch": document["sample_ratio"]["mismatch"],
+            }
+        )
+    )
     return 0
 
 

@@ -35,12 +35,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from intentrec.data.schema import EVENT_SCHEMA, FEEDBACK_TYPES
-from intentrec.errors import ConfigError, DataError
+from intentrec.data.schema import FEEDBACK_TYPES
+from intentrec.errors import ConfigError
+from intentrec.serving.events.export import read_frame
 
 ACTIONS = ("add_to_cart", "purchase")
 READ_TYPES = FEEDBACK_TYPES + ACTIONS
@@ -76,65 +74,6 @@ class AttributionSettings:
             raise ConfigError(f"window_minutes={self.window_minutes!r}; expected a number of minutes > 0")
         if self.scope not in SCOPES:
             raise ConfigError(f"scope={self.scope!r}; expected one of {list(SCOPES)}")
-
-
-# ------------------------------------------------------------------------------------------------ reading
-
-
-def _empty() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype="object") for c in COLUMNS})
-
-
-def _frame(table: pa.Table) -> pd.DataFrame:
-    """The attribution columns of a canonical events table (missing columns empty), event_time in ms."""
-    columns = {}
-    for name in COLUMNS:
-        if name not in table.column_names:
-            columns[name] = pa.nulls(table.num_rows, EVENT_SCHEMA.field(name).type)
-        else:
-            columns[name] = table.column(name)
-    time_ms = pc.cast(pc.cast(columns["event_time"], pa.timestamp("ms", tz="UTC")), pa.int64())
-    frame = pa.table({**columns, "event_time": time_ms}).to_pandas()
-    return frame
-
-
-def read_parquet_events(path: str | Path) -> pd.DataFrame:
-    """Feedback and actions of exported Parquet (`events.parquet` or a folder holding it), any schema version."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "events.parquet"
-    if not path.is_file():
-        raise ConfigError(f"events={path}: no such file; export the store first (python -m serving.events export)")
-    try:
-        names = pq.read_schema(path).names
-    except (pa.ArrowInvalid, OSError) as error:
-        raise DataError(f"events={path}: not a Parquet file ({error})") from None
-    if "event_type" not in names or "item_id" not in names:
-        raise DataError(
-            f"events={path}: has columns {names}; expected the canonical events schema (event_type, item_id)"
-        )
-    table = pq.read_table(path, columns=[c for c in COLUMNS if c in names], filters=[("event_type", "in", READ_TYPES)])
-    return _frame(table)
-
-
-def read_store_events(store, chunk: int = 100_000) -> pd.DataFrame:
-    """Feedback and actions of an event store, read in arrival order chunk by chunk."""
-    frames, rows = [], []
-    wanted = set(READ_TYPES)
-
-    def flush():
-        if rows:
-            table = pa.Table.from_pylist(rows, schema=pa.schema([EVENT_SCHEMA.field(c) for c in COLUMNS]))
-            frames.append(_frame(table))
-            rows.clear()
-
-    for event in store.iter_events(chunk=chunk):
-        if event["event_type"] in wanted:
-            rows.append({c: event.get(c) for c in COLUMNS})
-            if len(rows) >= chunk:
-                flush()
-    flush()
-    return pd.concat(frames, ignore_index=True) if frames else _frame(pa.table({}))
 
 
 # ------------------------------------------------------------------------------------------------ joining
@@ -321,8 +260,6 @@ def run(
     settings.check()
     if (store is None) == (events is None):
         raise ConfigError("attribute reads one source: store=<url> or events=<exported Parquet>, not both")
-    if events is not None:
-        frame, source = read_parquet_events(events), str(events)
-    else:
-        frame, source = read_store_events(store), store.url.split("@")[-1]
+    frame = read_frame(events if events is not None else store, COLUMNS, READ_TYPES)
+    source = str(events) if events is not None else store.url.split("@")[-1]
     return write_report(attribute(frame, settings), out, source)

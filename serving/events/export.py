@@ -13,10 +13,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from intentrec.data.schema import CUSTOMER_SCHEMA, EVENT_SCHEMA
+from intentrec.errors import ConfigError, DataError
 from intentrec.serving.events.schema import EVENT_FIELDS
 from intentrec.serving.events.store import EventStore
 
@@ -61,3 +64,39 @@ def _table(rows: list[dict]) -> pa.Table:
             columns[field.name] = pa.array(values, field.type)
     assert set(columns) == set(EVENT_FIELDS)
     return pa.table(columns, schema=EVENT_SCHEMA)
+
+
+def read_frame(source, columns: tuple[str, ...], event_types: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """`columns` of the events of a store (an `EventStore`) or of exported Parquet (a path: `events.parquet`
+    or a folder holding it), any schema version (a missing column is empty); only `event_types` when
+    given; `event_time` as epoch milliseconds; one row per event_id."""
+    if isinstance(source, str | Path):
+        path = Path(source)
+        path = path / "events.parquet" if path.is_dir() else path
+        if not path.is_file():
+            raise ConfigError(f"events={path}: no such file; export the store first (python -m serving.events export)")
+        try:
+            names = pq.read_schema(path).names
+        except (pa.ArrowInvalid, OSError) as error:
+            raise DataError(f"events={path}: not a Parquet file ({error})") from None
+        if "event_type" not in names or "item_id" not in names:
+            raise DataError(f"events={path}: has columns {names}; expected the canonical events schema")
+        filters = [("event_type", "in", list(event_types))] if event_types else None
+        table = pq.read_table(path, columns=[c for c in columns if c in names], filters=filters)
+        frame = pd.DataFrame({c: table[c].to_pandas() if c in names else None for c in columns})
+        if "event_time" in names and "event_time" in columns:
+            frame["event_time"] = pc.cast(
+                pc.cast(table["event_time"], pa.timestamp("ms", tz="UTC")), pa.int64()
+            ).to_numpy()
+    else:
+        wanted = set(event_types) if event_types else None
+        frame = pd.DataFrame(
+            [[e.get(c) for c in columns] for e in source.iter_events() if wanted is None or e["event_type"] in wanted],
+            columns=list(columns),
+        )
+    for column in ("price", "quantity", "position", "propensity"):
+        if column in frame:
+            frame[column] = pd.to_numeric(frame[column])
+    if "event_time" in frame:
+        frame["event_time"] = frame["event_time"].astype("int64")
+    return frame.drop_duplicates("event_id") if "event_id" in frame else frame

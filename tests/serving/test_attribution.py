@@ -9,8 +9,8 @@ import pytest
 
 from intentrec.errors import ConfigError
 from intentrec.serving.events.__main__ import main as events_main
-from intentrec.serving.events.attribution import AttributionSettings, attribute, read_store_events, run, summarize
-from intentrec.serving.events.export import export_events
+from intentrec.serving.events.attribution import COLUMNS, READ_TYPES, AttributionSettings, attribute, run, summarize
+from intentrec.serving.events.export import export_events, read_frame
 from intentrec.serving.events.schema import validate_events
 
 T0 = 1_790_000_000_000
@@ -76,7 +76,7 @@ def stored(store):
     events, rejected = validate_events(SCENARIO, T0)
     assert rejected == []
     store.append(events)
-    return read_store_events(store)
+    return read_frame(store, COLUMNS, READ_TYPES)
 
 
 def test_last_and_any_touch_follow_the_visit_the_window_and_the_named_list(store):
