@@ -166,7 +166,7 @@ def _str_ids(prefix: str, numbers: np.ndarray) -> pa.Array:
     return pc.binary_join_element_wise(prefix, pc.cast(pa.array(numbers, pa.int64()), pa.string()), "")
 
 
-class _World:
+class World:
     """The static part of the shop: catalogue, customers, devices, context effects, campaigns."""
 
     def __init__(self, cfg: ShopConfig):
@@ -267,6 +267,17 @@ class _World:
         best[item_category[by_pop][::-1]] = by_pop[::-1]  # most popular launched item per category
         self.campaign_item = best[self.campaign_category]
 
+    @classmethod
+    def from_shop(cls, shop_dir: str | Path) -> World:
+        """The world of a generated shop (its `shop.json` holds the config); the simulator's ground truth."""
+        manifest = Path(shop_dir) / "shop.json"
+        if not manifest.is_file():
+            raise ConfigError(
+                f"{shop_dir}: no shop.json; expected a synthetic shop folder (artifacts/shops/<fingerprint>)"
+            )
+        config = json.loads(manifest.read_text())["config"]
+        return cls(ShopConfig(**config).resolved())
+
     @staticmethod
     def _dow(ms: np.ndarray) -> np.ndarray:
         return ((ms // 86_400_000) + 3) % 7  # 1970-01-01 was a Thursday; 0 = Monday
@@ -296,7 +307,7 @@ class _World:
         )
 
 
-def _chunk(world: _World, num_sessions: int, rng: np.random.Generator) -> dict:
+def _chunk(world: World, num_sessions: int, rng: np.random.Generator) -> dict:
     """Generate `num_sessions` sessions; returns per-event arrays (chunk-local session index)."""
     cfg = world.cfg
     S = num_sessions
@@ -501,7 +512,7 @@ def _chunk(world: _World, num_sessions: int, rng: np.random.Generator) -> dict:
 
 
 def _events_batch(
-    world: _World, chunk: dict, keep: int, session_base: int, event_base: int
+    world: World, chunk: dict, keep: int, session_base: int, event_base: int
 ) -> tuple[pa.Table, pa.Table]:
     """Canonical events (first `keep` rows of the chunk) and their per-event ground truth."""
     s = chunk["sessions"]
@@ -560,7 +571,7 @@ def _events_batch(
     return events, truth
 
 
-def _sessions_truth(world: _World, chunk: dict, num_sessions: int, session_base: int) -> pa.Table:
+def _sessions_truth(world: World, chunk: dict, num_sessions: int, session_base: int) -> pa.Table:
     s = {k: v[:num_sessions] for k, v in chunk["sessions"].items()}
     names = np.array(world.category_names + [None], dtype=object)
     return pa.table(
@@ -582,7 +593,7 @@ def _sessions_truth(world: _World, chunk: dict, num_sessions: int, session_base:
     )
 
 
-def _write_static(world: _World, out: Path) -> None:
+def _write_static(world: World, out: Path) -> None:
     cfg = world.cfg
     items = pa.table(
         {
@@ -703,7 +714,7 @@ def generate(cfg: ShopConfig, out: Path) -> dict:
     started = time.perf_counter()
     (out / "truth").mkdir(parents=True, exist_ok=True)
     manifest_path.unlink(missing_ok=True)
-    world = _World(cfg)
+    world = World(cfg)
     _write_static(world, out)
     rng = np.random.default_rng([cfg.seed, 2])
     events_per_session = 1.3 * cfg.mean_views_per_session + 1

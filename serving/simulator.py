@@ -1,0 +1,271 @@
+"""Simulated shoppers of the synthetic shop against the live stack: Triton answers, the collector records.
+
+    python -m serving.simulator --shop artifacts/shops/<fingerprint> --triton 127.0.0.1:8001 \\
+        --collector http://127.0.0.1:8700 --shoppers 2000 --seed 0
+
+Each simulated shopper is a new person with the profile of a customer of the shop's ground truth
+(`data.synthetic.World`, drawn by activity): their category preferences, price sensitivity, loyalty,
+region and devices, under ids of their own. A shopper has 1 or 2 visits. In
+a visit, on one of their devices, at a simulated time:
+
+1. The visit's context (device type, hour, day of week, referrer, region) and the shopper's
+   preferences give the intent category, as in the shop's own sessions; with the shop's
+   `intent_shift_prob` the intent moves to a complementary category after a view (dress -> shoes).
+   The shopper views 1-4 items of the current intent and price tier (the shop's sampler).
+2. They ask the real Triton server for a list (`k` items, placement `product`) with those views and
+   the context, naming themselves (`customer:<id>` when logged in, `device:<id>` otherwise), so the
+   server's experiment assigns the arm. Every item of the list is logged as an impression.
+3. They examine position p with probability 1 / p^`position_decay` and click an examined item with
+   probability sigmoid(`click_base` + `click_intent` when the item is in the current intent category
+   + `click_price` x log P(its price tier) / P(the preferred tier) for this shopper in this context).
+   A click opens the product page (a view) and puts the item in the cart with probability
+   `cart_after_click` (x 0.3 outside the intent).
+4. Their own views put items in the cart with the shop's add-to-cart probability of the visit
+   (loyalty, referrer, device): the organic part of the shop, the same in every arm. At the end of the
+   visit the cart is bought with the shop's conversion probability of the visit (each item at its
+   catalogue price), or abandoned.
+
+All the visit's events (views, impressions, clicks, add-to-carts, purchases, with the list's
+`recommendation_id` on the clicks, carts and purchases that came from it) go to the real collector in
+one batch. Shoppers are simulated by `workers` threads; the results depend only on the seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from intentrec.data.schema import DEVICE_TYPES, REFERRERS
+from intentrec.errors import ConfigError, IntentrecError
+
+HOUR_PROFILE = np.array([1, 0.5, 0.3, 0.3, 0.3, 0.5, 1, 2, 3, 3, 3, 3, 4, 4, 3, 3, 3, 4, 5, 6, 7, 7, 5, 2.0])
+
+
+@dataclass(frozen=True)
+class ShopperModel:
+    """How a simulated shopper reacts to a list (the shop's truth supplies everything else)."""
+
+    k: int = 10  # items per list
+    position_decay: float = 0.8  # examination probability 1 / position^decay
+    click_base: float = -3.0  # click logit of an examined item outside the intent, in the shopper's price tier
+    click_intent: float = 3.0  # + for an item of the current intent category
+    click_price: float = 1.0  # x log P(item's tier) / P(preferred tier) for the shopper in this context
+    cart_after_click: float = 0.5  # P(add to cart) after a click on an item of the intent (x 0.3 outside it)
+    login_prob: float = 0.7  # visits made logged in (the request names the customer; else the device)
+    placement: str = "product"
+
+
+def _sample(logits: np.ndarray, rng: np.random.Generator) -> int:
+    weights = np.exp(logits - logits.max())
+    return int(rng.choice(len(weights), p=weights / weights.sum()))
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+class Simulator:
+    """Simulated shoppers of `world` against a Triton `client` and a collector (`post(events)`)."""
+
+    def __init__(self, world, model: ShopperModel | None = None, seed: int = 0, start_ms: int | None = None):
+        self.world, self.model, self.seed = world, model or ShopperModel(), seed
+        # Visits fall on the 7 days from start_ms (default: today, 00:00 UTC).
+        self.start_ms = start_ms if start_ms is not None else (int(time.time() * 1000) // 86_400_000) * 86_400_000
+
+    def visit(self, shopper: int, number: int, customer: int, rng: np.random.Generator, ask) -> list[dict]:
+        """The events of one visit; `ask(query) -> Recommendation` calls the server."""
+        from intentrec.serving.request import Query
+
+        w, m = self.world, self.model
+        device = int(w.device_offset[customer] + rng.integers(0, w.device_count[customer]))
+        device_type = int(w.device_type[device])
+        hour = int(rng.choice(24, p=HOUR_PROFILE / HOUR_PROFILE.sum()))
+        day = int(rng.integers(0, 7))
+        at = self.start_ms + day * 86_400_000 + hour * 3_600_000 + int(rng.integers(0, 3_000_000))
+        day_of_week = int(((at // 86_400_000) + 3) % 7)  # 0 = Monday (1970-01-01 was a Thursday)
+        referrer = _sample(w.customer_referrer[customer], rng)
+        region = int(w.customer_region[customer])
+        context = {"device_type": device_type, "hour_band": hour // 6, "day_of_week": day_of_week,
+                   "referrer": referrer, "region": region}  # fmt: skip
+        logits = w.intent_logits(np.array([customer]), {k: np.array([v]) for k, v in context.items()})[0]
+        intent = _sample(logits, rng)
+        tier_logits = w.tier_logits(np.array([customer]), np.array([device_type]), np.array([hour // 6]))[0]
+        tier_fit = tier_logits - tier_logits.max()  # log P(tier) / P(preferred tier)
+        tier = _sample(tier_logits, rng)
+        views = int(rng.integers(1, 5))
+        shift_at = int(rng.integers(1, views)) if views > 1 and rng.random() < w.cfg.intent_shift_prob else views
+        loyal = bool(w.customer_loyal[customer])
+        p_cart = 0.10 + 0.06 * loyal + 0.06 * (referrer in (1, 2)) + 0.04 * (device_type == 0)
+        p_convert = 0.40 + 0.15 * loyal + 0.10 * (device_type == 0) - 0.10 * (device_type == 1) + 0.10 * (referrer == 1)
+        logged_in = rng.random() < m.login_prob
+        # A new person with the profile of a customer of the shop: their own ids, so every simulated
+        # shopper is one experiment unit (a shop customer may be drawn as the profile of several).
+        person = f"sim{self.seed}-{shopper}"
+        session = f"{person}-v{number}"
+        device_id = f"{person}-d{device - int(w.device_offset[customer])}"
+        who = {"session_id": session, "device_id": device_id, **({"customer_id": person} if logged_in else {})}
+        context_fields = {
+            "device_type": DEVICE_TYPES[device_type],
+            "referrer": REFERRERS[referrer],
+            "region": f"r{region}",
+        }
+        events, cart, clock = [], {}, at
+
+        def add(kind: str, item: str, **fields) -> dict:
+            event = {"event_id": f"{session}-{len(events)}", "event_type": kind, "item_id": item,
+                     "event_time": clock, **who, **fields}  # fmt: skip
+            events.append(event)
+            return event
+
+        seen = []
+        for position in range(views):
+            if position == shift_at:
+                intent = int(w.complements[intent][rng.integers(0, w.complements.shape[1])])
+            item = int(w.sample_items(np.array([intent]), np.array([tier]), np.array([clock]), rng)[0])
+            clock += int(rng.integers(20_000, 90_000))
+            add("view", f"i{item}", **context_fields)
+            seen.append(f"i{item}")
+            if rng.random() < p_cart:
+                add("add_to_cart", f"i{item}", quantity=1, price=float(w.item_price[item]))
+                cart[f"i{item}"] = (float(w.item_price[item]), None)
+        clock += 5_000
+        shown = ask(
+            Query(
+                item_ids=seen,
+                event_types=["view"] * len(seen),
+                timestamps=[e["event_time"] for e in events if e["event_type"] == "view"],
+                now=clock,
+                device_type=DEVICE_TYPES[device_type],
+                referrer=REFERRERS[referrer],
+                region=f"r{region}",
+                loyalty="yes" if loyal else "no",
+                k=m.k,
+                shopper=f"customer:{person}" if logged_in else f"device:{device_id}",
+            )  # fmt: skip
+        )
+        for event in shown.impressions(m.placement, event_time=clock, **who):
+            events.append(event)
+        rid = shown.recommendation_id
+        for position, raw in enumerate(shown.item_ids, start=1):
+            if rng.random() >= position**-m.position_decay:
+                continue
+            item = int(raw[1:])
+            match = int(w.item_category[item]) == intent
+            logit = m.click_base + m.click_intent * match + m.click_price * tier_fit[int(w.item_tier[item])]
+            if rng.random() >= _sigmoid(logit):
+                continue
+            clock += int(rng.integers(3_000, 30_000))
+            events.append(shown.click(raw, placement=m.placement, event_time=clock, **who))
+            clock += 1_000
+            add("view", raw, recommendation_id=rid, **context_fields)
+            if rng.random() < m.cart_after_click * (1.0 if match else 0.3) and raw not in cart:
+                add("add_to_cart", raw, quantity=1, price=float(w.item_price[item]), recommendation_id=rid)
+                cart[raw] = (float(w.item_price[item]), rid)
+        if cart and rng.random() < p_convert:
+            clock += int(rng.integers(30_000, 120_000))
+            for raw, (price, list_id) in cart.items():
+                add("purchase", raw, quantity=1, price=price, **({"recommendation_id": list_id} if list_id else {}))
+        return events
+
+    def shopper(self, index: int, ask, post) -> int:
+        """Simulate shopper `index` (1 or 2 visits); returns the events sent."""
+        rng = np.random.default_rng([self.seed, index])
+        customer = int(rng.choice(self.world.cfg.num_customers, p=self.world.customer_activity))
+        sent = 0
+        for number in range(int(rng.integers(1, 3))):
+            events = self.visit(index, number, customer, rng, ask)
+            post(events)
+            sent += len(events)
+        return sent
+
+
+def _poster(url: str, token: str | None):
+    import httpx
+
+    client = httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {token}"} if token else {})
+
+    def post(events: list[dict]) -> None:
+        reply = client.post("/v1/events", json={"events": events})
+        body = reply.json()
+        if reply.status_code != 200 or body.get("rejected"):
+            raise IntentrecError(f"the collector refused simulated events: HTTP {reply.status_code} {str(body)[:300]}")
+
+    return post, client
+
+
+def run(world, triton: str, collector: str, shoppers: int, seed: int = 0, workers: int = 4,
+        model: ShopperModel | None = None, token: str | None = None, start_ms: int | None = None) -> dict:  # fmt: skip
+    """Simulate `shoppers` shoppers; returns counts and the throughput."""
+    from intentrec.serving.client import Client
+
+    simulator = Simulator(world, model, seed, start_ms)
+    local = threading.local()
+    opened = []
+    lock = threading.Lock()
+
+    def work(index: int) -> int:
+        if not hasattr(local, "client"):
+            local.client = Client(triton)
+            local.post, local.http = _poster(collector, token)
+            with lock:
+                opened.extend([local.client, local.http])
+        return simulator.shopper(index, local.client.recommend, local.post)
+
+    started = time.perf_counter()
+    try:
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            events = sum(pool.map(work, range(shoppers)))
+    finally:
+        for handle in opened:
+            handle.close()
+    seconds = time.perf_counter() - started
+    return {
+        "shoppers": shoppers,
+        "events": events,
+        "seconds": round(seconds, 2),
+        "shoppers_per_second": round(shoppers / seconds, 1),
+        "seed": seed,
+        "workers": workers,
+        "model": asdict(simulator.model),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--shop", type=Path, required=True, help="synthetic shop folder (artifacts/shops/<fingerprint>)"
+    )
+    parser.add_argument("--triton", default="127.0.0.1:8001", help="gRPC address of the Triton server")
+    parser.add_argument("--collector", default="http://127.0.0.1:8700", help="event collector URL")
+    parser.add_argument("--token-file", type=Path, default=None, help="the collector's bearer token, if it needs one")
+    parser.add_argument("--shoppers", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=4)
+    args = parser.parse_args(argv)
+    from intentrec.data.synthetic import World
+
+    try:
+        if args.shoppers < 1:
+            raise ConfigError(f"--shoppers {args.shoppers}; expected at least 1")
+        token = args.token_file.read_text().strip() if args.token_file else None
+        summary = run(
+            World.from_shop(args.shop), args.triton, args.collector, args.shoppers, args.seed, args.workers, token=token
+        )
+    except IntentrecError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,54 @@
+"""The closed loop end to end: simulated shoppers, the real Triton server with an experiment, the real
+collector, attribution and the report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from intentrec.data.synthetic import World
+from intentrec.serving.events.__main__ import main as events_main
+from intentrec.serving.events.local import Collector
+from intentrec.serving.repository import ServingOptions, build
+from intentrec.serving.server import TritonServer
+from intentrec.serving.simulator import run
+
+SHOPPERS = 1500
+
+
+@pytest.fixture(scope="module")
+def shop(serving_run):
+    artifacts, _ = serving_run
+    return World.from_shop(next((artifacts / "shops").iterdir()))
+
+
+@pytest.mark.slow
+def test_the_model_arm_beats_popularity_on_the_shops_goal_metrics_from_the_report_alone(bundle, shop, tmp_path):
+    repository = build(bundle, tmp_path / "repository", ServingOptions(experiment_ab="model_vs_popularity"))
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    with (
+        TritonServer(repository, None, None, None, log_file=tmp_path / "server.log", backend_root=tmp_path / "b") as s,
+        Collector(url, log_file=tmp_path / "collector.log") as collector,
+    ):
+        summary = run(shop, s.grpc_url, collector.url, SHOPPERS, seed=0, workers=4)
+    print(json.dumps(summary))
+    assert summary["shoppers"] == SHOPPERS and summary["events"] > 20 * SHOPPERS
+    out = tmp_path / "report"
+    assert events_main(["report", f"store={url}", "experiment_ab=model_vs_popularity", f"out={out}"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    print(json.dumps({k: report[k] for k in ("shoppers", "sessions", "sample_ratio")}, indent=1))
+    for name, metric in report["metrics"].items():
+        print(name, {a: round(v["value"], 4) for a, v in metric["arms"].items()}, metric["vs_control"])
+    assert report["control"] == "model" and not report["sample_ratio"]["mismatch"]
+    for metric in ("conversion_rate", "revenue_per_session", "ctr"):
+        popularity = report["metrics"][metric]["vs_control"]["popularity"]
+        # popularity against the model: lower, and the interval of the difference excludes zero
+        assert popularity["significant"] and popularity["difference_ci"][1] < 0, (metric, popularity)
+    assert events_main(["attribute", f"store={url}", f"out={tmp_path / 'attribution'}"]) == 0
+    attribution = json.loads((tmp_path / "attribution" / "attribution.json").read_text())
+    arms = {row["arm"]: row for row in attribution["by_arm"]}
+    assert arms["model"]["last_purchase"] > arms["popularity"]["last_purchase"]
+    assert attribution["counts"]["clicks_unmatched"] == 0
+    shutil.rmtree(repository, ignore_errors=True)
