@@ -78,8 +78,13 @@ STAGES = {
     ),
     "events": (
         "intentrec.serving.events",
-        "event collector, store export and in-store purchase import",
+        "event collector, export, in-store purchases, attribution and the experiment report",
         "intentrec events serve store=sqlite:///artifacts/events/events.db",
+    ),
+    "simulate": (
+        "intentrec.serving.simulator",
+        "simulated shoppers of the synthetic shop against a running server and collector",
+        "intentrec simulate --shop artifacts/shops/<fingerprint> --shoppers 2000",
     ),
     "carts": (
         "intentrec.serving.abandoned_carts",

@@ -235,6 +235,10 @@ BAD_ARGUMENTS = {
     "serve": (["--repository", "/nonexistent/repository"], r"nonexistent"),
     "client": (["recommend", "--k", "ten"], r"invalid int value: 'ten'"),
     "events": (["frobnicate"], r"frobnicate"),
+    "simulate": (
+        ["--shop", "/nonexistent/shop"],
+        r"/nonexistent/shop: no shop\.json; expected a synthetic shop folder",
+    ),
     "carts": (
         ["store=sqlite:///nonexistent/x.db", "out=x.jsonl"],
         r"nonexistent/x\.db does not exist; point store= at",
