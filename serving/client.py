@@ -84,6 +84,8 @@ class Recommendation:
             raise ValueError("this list has no recommendation_id (a refused request): there is nothing to log")
         shown = len(self.item_ids) if shown is None else min(shown, len(self.item_ids))
         labels = self._labels()
+        if propensities is None:
+            propensities = self.info.get("propensities")  # logged by an exploring arm
         events = []
         for position, item in enumerate(self.item_ids[:shown], start=1):
             event = {

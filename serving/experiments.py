@@ -51,6 +51,8 @@ class Arm:
     policy: str = "model"
     model_version: str | None = None  # None: the model that serves the request
     complement_slots: int | None = None  # None: the serving configuration's
+    explore: float = 0.0  # share of lists shown in random order (serving.explore); 0: none
+    explore_pool: int = 20  # how many of the ranked items a random order draws from
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,15 @@ class Experiment:
             slots = arm.get("complement_slots")
             if slots is not None and (isinstance(slots, bool) or not isinstance(slots, int) or slots < 0):
                 raise ConfigError(f"{where}.complement_slots={slots!r}; expected an integer >= 0")
-            arms.append(Arm(name.strip(), float(share), policy, None if version is None else str(version), slots))
+            explore, pool = arm.get("explore", 0.0), arm.get("explore_pool", 20)
+            if isinstance(explore, bool) or not isinstance(explore, int | float) or not 0 <= explore <= 1:
+                raise ConfigError(f"{where}.explore={explore!r}; expected a probability in [0, 1]")
+            if isinstance(pool, bool) or not isinstance(pool, int) or pool < 2:
+                raise ConfigError(f"{where}.explore_pool={pool!r}; expected an integer of at least 2")
+            if explore and policy == "popularity":
+                raise ConfigError(f"{where}: exploration needs a model's ranking; a popularity arm cannot explore")
+            version = None if version is None else str(version)
+            arms.append(Arm(name.strip(), float(share), policy, version, slots, float(explore), int(pool)))
         names = [a.name for a in arms]
         if len(set(names)) != len(names):
             raise ConfigError(f"{source}: arm names {names} repeat; give every arm its own name")
@@ -236,6 +246,8 @@ class Assign:
                 continue
             if arm.complement_slots is not None:
                 row.complement_slots = arm.complement_slots
+            if arm.explore > 0:
+                row.explore = (arm.explore, arm.explore_pool)
             if arm.policy == "popularity":
                 row.model = False
                 row.info["policy"] = "popularity"

@@ -36,6 +36,7 @@ from intentrec.serving.catalogue import Catalogue
 from intentrec.serving.decode import Decode
 from intentrec.serving.encode import Encode
 from intentrec.serving.experiments import Assign, Experiment
+from intentrec.serving.explore import Explore
 from intentrec.serving.profiles import Profiles
 from intentrec.serving.rank import Rank
 from intentrec.serving.request import MAX_K, Query, RequestError, RequestLimits, Result
@@ -99,6 +100,7 @@ class Recommender:
             self.encoder,
             self.retriever,
             self.ranker,
+            Explore(),
             Rules(c, complement_slots),
             Respond(c, self.model_version),
         ]

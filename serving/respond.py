@@ -6,6 +6,8 @@ attribution groups by: the model version and the row's experiment and arm.
 
 from __future__ import annotations
 
+import numpy as np
+
 from intentrec.serving.catalogue import Catalogue
 from intentrec.serving.request import Result
 from intentrec.serving.rows import Batch, Row
@@ -20,6 +22,11 @@ class Respond:
 
     def run(self, batch: Batch) -> None:
         item_ids = self.catalogue.item_ids
+        for row in batch.rows:
+            if isinstance(row, Row) and row.explore is not None:
+                # An exploring row the model did not rank (no known event): its list was certain.
+                shown = row.propensities if row.propensities is not None else np.ones(len(row.items))
+                row.info["propensities"] = [round(float(p), 6) for p in shown]
         batch.results = [
             Result(item_ids[row.items].tolist(), row.scores.astype(float).tolist(), row.info).label(
                 self.model_version, row.experiment, row.arm

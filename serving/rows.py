@@ -54,6 +54,8 @@ class Row:
     model: bool = True  # whether this model answers the row (False: a popularity arm, or delegated)
     delegate: str | None = None  # the model version of the row's arm, when another version answers it
     complement_slots: int | None = None  # the arm's business-rule variant (None: the configured slots)
+    explore: tuple[float, int] | None = None  # (epsilon, pool) of an exploring arm (serving.explore)
+    propensities: np.ndarray | None = None  # P(shown item at its position) under an exploring policy
     query: np.ndarray | None = None  # (D,) query vector (encode)
     items: np.ndarray | None = None  # the list, best first (retrieve, rank, rules)
     scores: np.ndarray | None = None

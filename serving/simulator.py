@@ -12,8 +12,8 @@ a visit, on one of their devices, at a simulated time:
    preferences give the intent category, as in the shop's own sessions; with the shop's
    `intent_shift_prob` the intent moves to a complementary category after a view (dress -> shoes).
    The shopper views 1-4 items of the current intent and price tier (the shop's sampler).
-2. They ask the real Triton server for a list (`k` items, placement `product`) with those views and
-   the context, naming themselves (`customer:<id>` when logged in, `device:<id>` otherwise), so the
+2. They ask the real Triton server for a list (`k` items, placement `product`) with the visit's
+   events so far and its context (what the events hold: a list can be rebuilt from them), naming themselves (`customer:<id>` when logged in, `device:<id>` otherwise), so the
    server's experiment assigns the arm. Every item of the list is logged as an impression.
 3. They examine position p with probability 1 / p^`position_decay` and click an examined item with
    probability sigmoid(`click_base` + `click_intent` when the item is in the current intent category
@@ -126,31 +126,31 @@ class Simulator:
             events.append(event)
             return event
 
-        seen = []
         for position in range(views):
             if position == shift_at:
                 intent = int(w.complements[intent][rng.integers(0, w.complements.shape[1])])
             item = int(w.sample_items(np.array([intent]), np.array([tier]), np.array([clock]), rng)[0])
             clock += int(rng.integers(20_000, 90_000))
             add("view", f"i{item}", **context_fields)
-            seen.append(f"i{item}")
             if rng.random() < p_cart:
                 add("add_to_cart", f"i{item}", quantity=1, price=float(w.item_price[item]))
                 cart[f"i{item}"] = (float(w.item_price[item]), None)
         clock += 5_000
         shown = ask(
+            # What the events of the visit hold, and nothing else: a list can be rebuilt from the events
+            # (serving.events.off_policy).
             Query(
-                item_ids=seen,
-                event_types=["view"] * len(seen),
-                timestamps=[e["event_time"] for e in events if e["event_type"] == "view"],
+                item_ids=[e["item_id"] for e in events],
+                event_types=[e["event_type"] for e in events],
+                timestamps=[e["event_time"] for e in events],
+                quantities=[e.get("quantity") or 1 for e in events],
                 now=clock,
                 device_type=DEVICE_TYPES[device_type],
                 referrer=REFERRERS[referrer],
                 region=f"r{region}",
-                loyalty="yes" if loyal else "no",
                 k=m.k,
                 shopper=f"customer:{person}" if logged_in else f"device:{device_id}",
-            )  # fmt: skip
+            )
         )
         for event in shown.impressions(m.placement, event_time=clock, **who):
             events.append(event)

@@ -8,6 +8,7 @@
     python -m serving.events attribute store=sqlite:///artifacts/events/events.db out=artifacts/attribution
     python -m serving.events attribute events=artifacts/events/export window_minutes=60 scope=shopper
     python -m serving.events report store=sqlite:///artifacts/events/events.db experiment_ab=model_vs_popularity
+    python -m serving.events estimate store=sqlite:///artifacts/events/events.db bundle=<candidate> experiment=<name> arm=<exploring arm>
 
 `serve` binds 127.0.0.1 unless told `host=`. The bearer token that every /v1 call must carry is read
 from the environment variable INTENTREC_COLLECTOR_TOKEN or from `token_file=` (never from the command
@@ -18,7 +19,8 @@ point-of-sale export (CSV) and stores each line as a `store_purchase` event (see
 `attribute` credits add-to-carts and purchases to the served lists that led to them, per placement,
 model version and arm, from a store or exported Parquet (see `serving.events.attribution`).
 `report` writes an experiment's goal metrics per arm with intervals, lifts and the sample-ratio check
-(see `serving.events.report`).
+(see `serving.events.report`). `estimate` predicts a candidate bundle's clicks per list from the logs
+of an exploring arm (IPS and SNIPS; see `serving.events.off_policy`).
 """
 
 from __future__ import annotations
@@ -95,11 +97,15 @@ KEY_FLAGS = {
     "bootstrap": "--bootstrap",
     "seed": "--seed",
     "cuped_before": "--cuped-before",
+    "bundle": "--bundle",
+    "arm": "--arm",
+    "policy": "--policy",
 }
 DEFAULT_OUT = {
     "export": Path("artifacts/events/export"),
     "attribute": Path("artifacts/attribution"),
     "report": Path("artifacts/report"),
+    "estimate": Path("artifacts/off_policy"),
 }
 
 
@@ -128,7 +134,7 @@ def _categories(path: Path | None) -> dict[str, str] | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["serve", "export", "import-pos", "attribute", "report"])
+    parser.add_argument("command", choices=["serve", "export", "import-pos", "attribute", "report", "estimate"])
     parser.add_argument("--store", default=DEFAULT_STORE, help="sqlite:///<path> or redis://host:port/db")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8700)
@@ -156,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ci", default="delta")
     parser.add_argument("--bootstrap", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bundle", type=Path, default=None, help="estimate: the candidate's export bundle")
+    parser.add_argument("--arm", default=None, help="estimate: the exploring arm whose logs are used")
+    parser.add_argument("--policy", default="model", help="estimate: model | no_context")
     parser.add_argument("--cuped-before", default=None, help="report: ISO 8601 time or epoch ms (CUPED pre-period)")
     args = parser.parse_args(key_value_flags(sys.argv[1:] if argv is None else argv, KEY_FLAGS))
     args.out = args.out or DEFAULT_OUT.get(args.command)
@@ -168,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         return _attribute(args)
     if args.command == "report":
         return _report(args)
+    if args.command == "estimate":
+        return _estimate(args)
     try:
         token = collector_token(args.host, args.token, args.token_file) if args.command == "serve" else None
         store = open_store(args.store)
@@ -229,6 +240,32 @@ def _attribute(args) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(json.dumps({"out": str(args.out), **document["counts"]}))
+    return 0
+
+
+def _estimate(args) -> int:
+    from intentrec.errors import ConfigError, IntentrecError
+    from intentrec.serving.events.off_policy import run
+    from intentrec.serving.events.store import open_store
+
+    try:
+        missing = [
+            flag
+            for flag, value in (("bundle", args.bundle), ("experiment", args.experiment), ("arm", args.arm))
+            if not value
+        ]
+        if missing:
+            raise ConfigError(
+                f"estimate needs {', '.join(f'{m}=' for m in missing)}: the candidate bundle, the experiment and its exploring arm"
+            )
+        store = None if args.events is not None else open_store(args.store, readonly=True)
+        document = run(
+            args.out, args.bundle, args.experiment, args.arm, store=store, events=args.events, policy=args.policy
+        )
+    except IntentrecError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps({"out": str(args.out), **document["candidate_clicks_per_list"]}))
     return 0
 
 

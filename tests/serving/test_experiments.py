@@ -229,3 +229,26 @@ def test_triton_assigns_arms_and_serves_an_older_version_as_an_arm(bundle, tmp_p
     with pytest.raises(ConfigError, match="already split traffic"):
         set_experiment(repository, str(config), ServingOptions())
     shutil.rmtree(repository, ignore_errors=True)
+
+
+def test_an_exploring_arm_shows_shuffled_lists_with_exact_propensities(bundle):
+    plain = Recommender(bundle)
+    views = views_of(plain)
+    greedy = plain.recommend([Query(item_ids=views, k=5)])[0].item_ids
+    pool = plain.recommend([Query(item_ids=views, k=20)])[0].item_ids
+    exploring = Experiment.from_dict(
+        {"name": "x", "salt": "x-1", "arms": [{"name": "explore", "share": 1, "explore": 0.5, "explore_pool": 20}]}
+    )
+    recommender = Recommender(bundle, experiment=exploring)
+    answers = recommender.recommend([Query(item_ids=views, k=5, shopper=f"device:e{i}") for i in range(200)])
+    shuffled = [a for a in answers if a.info.get("explored")]
+    assert 60 < len(shuffled) < 140  # about half
+    for answer in answers:
+        expected = [0.5 / 20 + 0.5 * (item == greedy[p]) for p, item in enumerate(answer.item_ids)]
+        assert answer.info["propensities"] == pytest.approx(expected, abs=1e-6)
+        assert set(answer.item_ids) <= set(pool)
+    assert all(a.item_ids == greedy for a in answers if not a.info.get("explored"))
+    with pytest.raises(ConfigError, match=r"explore=1.5; expected a probability in \[0, 1\]"):
+        Experiment.from_dict({**TWO_ARMS, "arms": [{"name": "a", "share": 1, "explore": 1.5}]})
+    with pytest.raises(ConfigError, match="a popularity arm cannot explore"):
+        Experiment.from_dict({**TWO_ARMS, "arms": [{"name": "a", "share": 1, "policy": "popularity", "explore": 0.1}]})

@@ -436,6 +436,7 @@ def test_a_stage_added_to_the_pipeline_runs_in_its_place_and_is_timed(bundle):
         "encode",
         "retrieve",
         "rank",
+        "explore",
         "rules",
         "respond",
     ]
@@ -457,5 +458,15 @@ def test_a_stage_added_to_the_pipeline_runs_in_its_place_and_is_timed(bundle):
     ]
     assert after[0].info["arm"] == "holdout" and "arm" not in after[2].info  # the fallback row is not active
     assert isinstance(after[1], RequestError) and after[2].item_ids == before[2].item_ids
-    assert list(recommender.timing) == ["decode", "assign", "encode", "retrieve", "holdout", "rank", "rules", "respond"]
+    assert list(recommender.timing) == [
+        "decode",
+        "assign",
+        "encode",
+        "retrieve",
+        "holdout",
+        "rank",
+        "explore",
+        "rules",
+        "respond",
+    ]
     assert isinstance(recommender.decode(requests[0]), Row)

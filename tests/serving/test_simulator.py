@@ -26,7 +26,14 @@ def shop(serving_run):
 
 @pytest.mark.slow
 def test_the_model_arm_beats_popularity_on_the_shops_goal_metrics_from_the_report_alone(bundle, shop, tmp_path):
-    repository = build(bundle, tmp_path / "repository", ServingOptions(experiment_ab="model_vs_popularity"))
+    config = tmp_path / "three_arms.yaml"
+    config.write_text(
+        "name: loop\nsalt: loop-1\narms:\n"
+        "  - {name: model, share: 0.4}\n"
+        "  - {name: popularity, share: 0.3, policy: popularity}\n"
+        "  - {name: explore, share: 0.3, explore: 0.5, explore_pool: 20}\n"
+    )
+    repository = build(bundle, tmp_path / "repository", ServingOptions(experiment_ab=str(config)))
     url = f"sqlite:///{tmp_path / 'events.db'}"
     with (
         TritonServer(repository, None, None, None, log_file=tmp_path / "server.log", backend_root=tmp_path / "b") as s,
@@ -36,7 +43,7 @@ def test_the_model_arm_beats_popularity_on_the_shops_goal_metrics_from_the_repor
     print(json.dumps(summary))
     assert summary["shoppers"] == SHOPPERS and summary["events"] > 20 * SHOPPERS
     out = tmp_path / "report"
-    assert events_main(["report", f"store={url}", "experiment_ab=model_vs_popularity", f"out={out}"]) == 0
+    assert events_main(["report", f"store={url}", f"experiment_ab={config}", f"out={out}"]) == 0
     report = json.loads((out / "report.json").read_text())
     print(json.dumps({k: report[k] for k in ("shoppers", "sessions", "sample_ratio")}, indent=1))
     for name, metric in report["metrics"].items():
@@ -51,4 +58,22 @@ def test_the_model_arm_beats_popularity_on_the_shops_goal_metrics_from_the_repor
     arms = {row["arm"]: row for row in attribution["by_arm"]}
     assert arms["model"]["last_purchase"] > arms["popularity"]["last_purchase"]
     assert attribution["counts"]["clicks_unmatched"] == 0
+    # Off-policy: the exploring arm's logs predict the greedy model's clicks per list, which the model arm
+    # measured on its own traffic.
+    estimate_out = tmp_path / "off_policy"
+    assert events_main(["estimate", f"store={url}", f"bundle={bundle}", "experiment=loop", "arm=explore",
+                        f"out={estimate_out}"]) == 0  # fmt: skip
+    estimate = json.loads((estimate_out / "off_policy.json").read_text())
+    print(json.dumps(estimate, indent=1))
+    ctr = report["metrics"]["ctr"]["arms"]
+    actual, actual_ci = ctr["model"]["value"] * 10, [v * 10 for v in ctr["model"]["ci"]]
+    logging = estimate["logging_clicks_per_list"]
+    for name in ("ips", "snips"):
+        value, (low, high) = (
+            estimate["candidate_clicks_per_list"][name],
+            estimate["candidate_clicks_per_list"][f"{name}_ci"],
+        )
+        assert abs(value - actual) < (high - low) / 2 + (actual_ci[1] - actual_ci[0]) / 2, (name, value, actual)
+    assert estimate["lists_not_rebuilt"] == 0 and estimate["candidate_clicks_per_list"]["matched"] > 0.3
+    assert logging["ci"][0] > 0  # the exploring arm's own clicks, for the record
     shutil.rmtree(repository, ignore_errors=True)
