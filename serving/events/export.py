@@ -89,10 +89,10 @@ def read_frame(source, columns: tuple[str, ...], event_types: tuple[str, ...] | 
                 pc.cast(table["event_time"], pa.timestamp("ms", tz="UTC")), pa.int64()
             ).to_numpy()
     else:
-        wanted = set(event_types) if event_types else None
-        frame = pd.DataFrame(
-            [[e.get(c) for c in columns] for e in source.iter_events() if wanted is None or e["event_type"] in wanted],
-            columns=list(columns),
+        frame = pd.concat(
+            [pd.DataFrame(chunk, columns=list(columns)) for chunk in source.column_chunks(columns, event_types)]
+            or [pd.DataFrame(columns=list(columns))],
+            ignore_index=True,
         )
     for column in ("price", "quantity", "position", "propensity"):
         if column in frame:

@@ -15,7 +15,7 @@ from intentrec.serving.repository import ServingOptions, build
 from intentrec.serving.server import TritonServer
 from intentrec.serving.simulator import run
 
-SHOPPERS = 1500
+SHOPPERS = 2000
 
 
 @pytest.fixture(scope="module")
