@@ -23,10 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from bench_common import append_results, environment  # noqa: E402
+from bench_common import REPO, append_results, environment
 
 T0 = 1_790_000_000_000
 

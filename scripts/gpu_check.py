@@ -90,6 +90,9 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data", help="the shared data folder")
     parser.add_argument("--events", type=int, default=1_000_000, help="events of the synthetic shop (GPU half)")
     parser.add_argument("--synthetic-epochs", type=int, default=3)
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="cap the shared set's epochs (default: its experiment's)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tolerance", type=float, default=0.05)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "gpu_check.jsonl")
@@ -118,6 +121,7 @@ def main() -> None:
             f"data.path={source}",
             f"seed={args.seed}",
             f"artifacts_dir={work / 'artifacts'}",
+            *([f"trainer.max_epochs={args.epochs}"] if args.epochs else []),
         ]
         plan = [("cpu", args.data, [*shared, "trainer=cpu"], "cpu", 128)]
         if gpu:

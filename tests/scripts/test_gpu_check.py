@@ -22,7 +22,7 @@ def test_the_gpu_check_runs_its_cpu_half_and_says_there_is_no_gpu(tmp_path, shar
         pytest.skip(f"no Diginetica in {shared}")
     out = tmp_path / "gpu_check.jsonl"
     done = subprocess.run(
-        ["bash", "scripts/gpu_check.sh", "--shared", str(shared), "--out", str(out)],
+        ["bash", "scripts/gpu_check.sh", "--shared", str(shared), "--out", str(out), "--epochs", "3"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
         env={**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path)},
     )  # fmt: skip
