@@ -36,6 +36,11 @@ STAGES = {
         "evaluate a checkpoint again (its data and settings come with it)",
         "intentrec evaluate ckpt_path=<run>/checkpoints/best.ckpt",
     ),
+    "intent": (
+        "intentrec.training.intent",
+        "intent signals: labels and the session-feature baseline the intent heads must beat",
+        "intentrec intent data_dir=artifacts/data/shop",
+    ),
     "compare": (
         "intentrec.training.compare",
         "leaderboard of a multirun of variants and seeds",

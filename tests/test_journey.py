@@ -227,6 +227,7 @@ BAD_ARGUMENTS = {
     "train": (["data_dir=/nonexistent/folder"], r"holds no prepared data"),
     "evaluate": (["ckpt_path=/nonexistent.ckpt"], r"does not exist"),
     "compare": (["/nonexistent/multirun"], r"nonexistent"),
+    "intent": (["data_dir=/nonexistent/folder"], r"data_dir=/nonexistent/folder holds no prepared data"),
     "significance": (["--a", "/nonexistent/a", "--b", "/nonexistent/b"], r"/nonexistent/a has no ranks\.npz"),
     "study": (["/nonexistent/sweep"], r"/nonexistent/sweep is not a folder; give the sweep folder"),
     "export": (["ckpt_path=/nonexistent.ckpt"], r"does not exist"),
