@@ -36,11 +36,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from intentrec.errors import ConfigError
+from intentrec.serving.profiles import identity_key
 from intentrec.serving.request import RequestError
 from intentrec.serving.rows import Batch, Row
 
 POLICIES = ("model", "popularity", "no_context")
-UNIT_KINDS = ("customer", "device", "session")
 SHARE_TOLERANCE = 1e-6
 
 
@@ -181,18 +181,6 @@ def check_registry(registry: Path, experiment: Experiment) -> None:
         registry.write_text(json.dumps(known, indent=2) + "\n")
 
 
-def shopper_unit(shopper: str) -> tuple[str, str]:
-    """'customer:c1' | 'device:d1' | 'session:s1' | a bare customer id -> (kind, value); raises RequestError."""
-    kind, sep, value = shopper.partition(":")
-    if not sep:
-        kind, value = "customer", shopper
-    if kind not in UNIT_KINDS or not value:
-        raise RequestError(
-            f"shopper={shopper!r}; expected customer:<id>, device:<id>, session:<id> or a bare customer id."
-        )
-    return kind, value
-
-
 class Assign:
     """Stage: each decoded row's experiment arm, policy and rule variant (after decode, before encode).
 
@@ -213,7 +201,7 @@ class Assign:
         named = query.shopper or query.identity
         if not named:
             return None
-        kind, value = shopper_unit(named)
+        kind, value = identity_key("shopper" if query.shopper else "identity", named)
         if kind != "customer" and self.profiles is not None and self.profiles.store is not None:
             try:
                 owner = self.profiles.owner(kind, value)

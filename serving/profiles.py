@@ -21,6 +21,19 @@ def store_address(url: str) -> str:
     return f"{parsed.scheme}://{parsed.hostname or ''}{':' + str(parsed.port) if parsed.port else ''}"
 
 
+def identity_key(name: str, text: str) -> tuple[str, str]:
+    """`customer:<id>` | `device:<id>` | `session:<id>` | a bare customer id -> (kind, value); a RequestError
+    naming the input `name` otherwise."""
+    from intentrec.serving.events.store import KINDS
+
+    kind, sep, value = text.partition(":")
+    if not sep:
+        kind, value = "customer", text
+    if kind not in KINDS or not value:
+        raise RequestError(f"{name}={text!r}; expected customer:<id>, device:<id>, session:<id> or a bare customer id.")
+    return kind, value
+
+
 class Profiles:
     """Reads shoppers' profiles from `store` (an `EventStore`, or its URL opened read-only on first use)."""
 
@@ -55,15 +68,7 @@ class Profiles:
 
     def merge(self, q: Query) -> tuple[Query, dict]:
         """`q` with the stored events, purchases and loyalty of `q.identity` added; and what was read."""
-        from intentrec.serving.events.store import KINDS
-
-        kind, sep, value = q.identity.partition(":")
-        if not sep:
-            kind, value = "customer", q.identity
-        if kind not in KINDS or not value:
-            raise RequestError(
-                f"identity={q.identity!r}; expected customer:<id>, device:<id>, session:<id> or a bare customer id."
-            )
+        kind, value = identity_key("identity", q.identity)
         store = self._open()
         try:
             keys = store.identity_keys(kind, value)

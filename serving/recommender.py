@@ -92,8 +92,17 @@ class Recommender:
         self.retriever = Retrieve(c, self.index)
         self.ranker = Rank(c, runtime, remote)
         self.experiment = experiment
-        options = (threads, use_gpu, verify, remote, profile_store, complement_slots, complement_window_hours)
-        self.arms = {} if _arm else self._arm_models(experiment, arm_bundles or {}, *options)
+        shared = dict(
+            threads=threads,
+            use_gpu=use_gpu,
+            verify=verify,
+            remote=remote,
+            profile_store=profile_store,
+            complement_slots=complement_slots,
+            complement_window_hours=complement_window_hours,
+            limits=self.limits,
+        )
+        self.arms = {} if _arm else self._arm_models(experiment, arm_bundles or {}, shared)
         self.stages = [
             self.decoder,
             Assign(experiment, self.model_version, profiles),
@@ -138,7 +147,7 @@ class Recommender:
         self.timing = timing
         return batch.results
 
-    def _arm_models(self, experiment, bundles, *options) -> dict[str, Recommender]:
+    def _arm_models(self, experiment, bundles, shared: dict) -> dict[str, Recommender]:
         """A recommender per other model version the experiment's arms name (each assigns the same way)."""
         if experiment is None:
             return {}
@@ -149,21 +158,9 @@ class Recommender:
                 f"version {self.model_version!r}; known versions: {sorted(bundles)}). Publish the version to the "
                 "repository first, or fix the arm's model_version."
             )
-        threads, use_gpu, verify, remote, store, slots, window = options
         return {
             version: Recommender(
-                Path(bundles[version]),
-                threads,
-                use_gpu,
-                verify,
-                remote,
-                store,
-                slots,
-                window,
-                self.limits,
-                model_version=version,
-                experiment=experiment,
-                _arm=True,
+                Path(bundles[version]), model_version=version, experiment=experiment, _arm=True, **shared
             )
             for version in sorted(experiment.versions() - {self.model_version})
         }

@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from intentrec.data.features import replay_cart
+from intentrec.data.schema import EVENT_TYPES, enum_code
 
 HEADS = ("purchase", "exit", "abandon", "next_category")
 ECE_BINS = 15
@@ -49,25 +50,18 @@ def intent_labels(split, event_types: list[str], item_category: np.ndarray | Non
     kinds = np.asarray(event_types, dtype=object)[split.steps["event_types"].astype(np.int64)]
     last = np.ones(S, bool)
     last[:-1] = session[1:] != session[:-1]
-    purchase = kinds == "purchase"
-    # purchase after t within the session: a reverse running count per session
-    after = np.zeros(S, np.int64)
-    later = 0
-    for t in range(S - 1, -1, -1):
-        if last[t]:
-            later = 0
-        after[t] = later
-        later += int(purchase[t])
+    # purchases after t within the session: the session's running count at its last step minus t's
+    bought = np.cumsum(kinds == "purchase")
+    after = bought[np.flatnonzero(last)][session] - bought
     labels = {"purchase": (after > 0).astype(np.int8), "exit": last.astype(np.int8)}
-    # the cart at each session's end
+    # the cart at the end of each session with an add-to-cart (data.features.replay_cart: the one cart rule)
     items, quantities = split.steps["item_ids"], split.steps.get("quantities")
     ends_with_cart = np.zeros(session[-1] + 1 if S else 0, bool)
-    bounds = np.flatnonzero(starts).tolist() + [S]
-    for number, (begin, end) in enumerate(zip(bounds[:-1], bounds[1:])):
-        if not np.isin(kinds[begin:end], ("add_to_cart",)).any():
-            continue
+    bounds = np.append(np.flatnonzero(starts), S)
+    for number in np.unique(session[kinds == "add_to_cart"]):
+        steps = range(bounds[number], bounds[number + 1])
         cart, _, _ = replay_cart(
-            (int(items[t]), kinds[t], int(quantities[t]) if quantities is not None else 1, t) for t in range(begin, end)
+            (int(items[t]), kinds[t], int(quantities[t]) if quantities is not None else 1, t) for t in steps
         )
         ends_with_cart[number] = bool(cart)
     labels["abandon"] = (ends_with_cart[session] & (after == 0)).astype(np.int8)
@@ -110,12 +104,14 @@ def session_features(split) -> np.ndarray:
     elapsed = np.cumsum(gaps)
     elapsed -= elapsed[first_of] - gaps[first_of]
     kinds = split.steps["event_types"].astype(np.int64)
-    change = np.select([kinds == 2, kinds == 3, kinds == 4], [1, -1, -1], 0)  # EVENT_TYPES codes: add, remove, buy
+    code = lambda name: enum_code(EVENT_TYPES, name)  # noqa: E731 - prepared codes follow data.schema
+    change = np.select([kinds == code("add_to_cart"), kinds == code("remove_from_cart"), kinds == code("purchase")],
+                       [1, -1, -1], 0)  # fmt: skip
     running = np.cumsum(change)
     cart = np.maximum(running - (running[first_of] - change[first_of]), 0)
     device = np.eye(4)[np.clip(split.steps["device_types"].astype(np.int64), 0, 3)]
-    hours = split.steps["hours"].astype(np.int64) - 1  # prepared hours are 1-based (0 unknown)
-    band = np.eye(4)[np.clip(hours, 0, 23) // 6]
+    hours = split.steps["hours"].astype(np.int64) - 1  # prepared hours are 1-based (0 unknown: no band)
+    band = np.vstack([np.eye(4), np.zeros(4)])[np.where(hours >= 0, np.clip(hours, 0, 23) // 6, 4)]
     return np.column_stack([np.log1p(steps_so_far), np.log1p(elapsed / 60.0), cart, device, band]).astype(np.float64)
 
 
@@ -123,32 +119,21 @@ def session_features(split) -> np.ndarray:
 
 
 def auc(p: np.ndarray, y: np.ndarray) -> float:
-    """Area under the ROC curve (ties counted half); NaN without both classes."""
-    p, y = np.asarray(p, np.float64), np.asarray(y).astype(bool)
+    """Area under the ROC curve (the Mann-Whitney statistic, ties counted half); NaN without both classes."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(y).astype(bool)
     positives, negatives = int(y.sum()), int((~y).sum())
     if not positives or not negatives:
         return float("nan")
-    order = np.argsort(p, kind="mergesort")
-    ranks = np.empty(len(p))
-    sorted_p = p[order]
-    # average ranks over ties
-    boundaries = np.flatnonzero(np.diff(sorted_p)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [len(p)]])
-    average = (starts + ends + 1) / 2.0
-    ranks[order] = np.repeat(average, ends - starts)
+    ranks = rankdata(np.asarray(p, np.float64))  # ties share their average rank
     return float((ranks[y].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 def binary_metrics(p: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> dict:
     p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
     y = np.asarray(y, np.float64)
-    which = np.minimum((p * bins).astype(int), bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        chosen = which == b
-        if chosen.any():
-            ece += chosen.mean() * abs(y[chosen].mean() - p[chosen].mean())
+    ece = sum(count * abs(observed - predicted) for predicted, observed, count in reliability(p, y, bins)) / len(y)
     return {
         "auc": auc(p, y),
         "log_loss": float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()),
@@ -163,10 +148,11 @@ def reliability(p: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> list[tupl
     """(mean predicted, observed rate, count) per non-empty equal-width bin: the reliability diagram's points."""
     p, y = np.asarray(p, np.float64), np.asarray(y, np.float64)
     which = np.minimum((p * bins).astype(int), bins - 1)
+    count = np.bincount(which, minlength=bins)
+    predicted = np.bincount(which, weights=p, minlength=bins)
+    observed = np.bincount(which, weights=y, minlength=bins)
     return [
-        (float(p[which == b].mean()), float(y[which == b].mean()), int((which == b).sum()))
-        for b in range(bins)
-        if (which == b).any()
+        (float(predicted[b] / count[b]), float(observed[b] / count[b]), int(count[b])) for b in np.flatnonzero(count)
     ]
 
 
@@ -174,39 +160,28 @@ def reliability(p: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> list[tupl
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The temperature T > 0 minimising the log loss of sigmoid(logits / T) (golden-section search on log T)."""
+    """The temperature T in [0.05, 20] minimising the log loss of sigmoid(logits / T) (bounded search on log T)."""
+    from scipy.optimize import minimize_scalar
+
     logits, y = np.asarray(logits, np.float64), np.asarray(y, np.float64)
 
     def loss(log_t: float) -> float:
         z = logits / np.exp(log_t)
         return float(np.mean(np.logaddexp(0, z) - y * z))
 
-    low, high = np.log(0.05), np.log(20.0)
-    ratio = (np.sqrt(5) - 1) / 2
-    for _ in range(80):
-        a, b = high - ratio * (high - low), low + ratio * (high - low)
-        if loss(a) < loss(b):
-            high = b
-        else:
-            low = a
-    return float(np.exp((low + high) / 2))
+    found = minimize_scalar(loss, bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-6})
+    return float(np.exp(found.x))
 
 
 def fit_isotonic(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Isotonic regression of y on p (pool-adjacent-violators): (thresholds, calibrated values)."""
+    """Isotonic regression of y on p (scipy's pool-adjacent-violators): (thresholds, calibrated values)."""
+    from scipy.optimize import isotonic_regression
+
     order = np.argsort(p, kind="mergesort")
-    x, target = np.asarray(p, np.float64)[order], np.asarray(y, np.float64)[order]
-    values, weights, firsts = [], [], []
-    for i, v in enumerate(target):
-        values.append(v)
-        weights.append(1.0)
-        firsts.append(i)
-        while len(values) > 1 and values[-2] > values[-1]:
-            w = weights[-2] + weights[-1]
-            values[-2] = (values[-2] * weights[-2] + values[-1] * weights[-1]) / w
-            weights[-2] = w
-            values.pop(), weights.pop(), firsts.pop()
-    return x[np.asarray(firsts)], np.asarray(values)
+    x = np.asarray(p, np.float64)[order]
+    fitted = isotonic_regression(np.asarray(y, np.float64)[order]).x
+    first = np.r_[True, np.diff(fitted) != 0]  # each block's first point: its threshold
+    return x[first], fitted[first]
 
 
 def apply_isotonic(model: tuple[np.ndarray, np.ndarray], p: np.ndarray) -> np.ndarray:

@@ -226,55 +226,52 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if not summary["rejected"] and not summary["conflicts"] else 1
 
 
-def _attribute(args) -> int:
-    from intentrec.errors import IntentrecError
-    from intentrec.serving.events.attribution import AttributionSettings, run
+def _analyse(args, work, needs: dict[str, str] | None = None) -> int:
+    """Run an analysis (`work(source) -> summary`) on the store or the export the arguments name, after
+    checking the arguments it `needs` ({name: what it is})."""
+    from intentrec.errors import ConfigError, IntentrecError
     from intentrec.serving.events.store import open_store
 
     try:
-        settings = AttributionSettings(window_minutes=args.window_minutes, scope=args.scope)
-        settings.check()
-        store = None if args.events is not None else open_store(args.store, readonly=True)
-        document = run(args.out, store=store, events=args.events, settings=settings)
+        missing = [name for name in needs or {} if not getattr(args, name)]
+        if missing:
+            raise ConfigError(
+                f"{args.command} needs {', '.join(f'{m}=' for m in missing)}: {', '.join(needs[m] for m in missing)}"
+            )
+        source = args.events if args.events is not None else open_store(args.store, readonly=True)
+        summary = work(source)
     except IntentrecError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps({"out": str(args.out), **document["counts"]}))
+    print(json.dumps({"out": str(args.out), **summary}))
     return 0
+
+
+def _attribute(args) -> int:
+    from intentrec.serving.events.attribution import AttributionSettings, run
+
+    def work(source) -> dict:
+        settings = AttributionSettings(window_minutes=args.window_minutes, scope=args.scope)
+        settings.check()
+        return run(args.out, source, settings)["counts"]
+
+    return _analyse(args, work)
 
 
 def _estimate(args) -> int:
-    from intentrec.errors import ConfigError, IntentrecError
     from intentrec.serving.events.off_policy import run
-    from intentrec.serving.events.store import open_store
 
-    try:
-        missing = [
-            flag
-            for flag, value in (("bundle", args.bundle), ("experiment", args.experiment), ("arm", args.arm))
-            if not value
-        ]
-        if missing:
-            raise ConfigError(
-                f"estimate needs {', '.join(f'{m}=' for m in missing)}: the candidate bundle, the experiment and its exploring arm"
-            )
-        store = None if args.events is not None else open_store(args.store, readonly=True)
-        document = run(
-            args.out, args.bundle, args.experiment, args.arm, store=store, events=args.events, policy=args.policy
-        )
-    except IntentrecError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps({"out": str(args.out), **document["candidate_clicks_per_list"]}))
-    return 0
+    def work(source) -> dict:
+        return run(args.out, source, args.bundle, args.experiment, args.arm, args.policy)["candidate_clicks_per_list"]
+
+    needs = {"bundle": "the candidate's export bundle", "experiment": "the experiment", "arm": "its exploring arm"}
+    return _analyse(args, work, needs)
 
 
 def _report(args) -> int:
-    from intentrec.errors import IntentrecError
     from intentrec.serving.events.report import ReportSettings, parse_time, run
-    from intentrec.serving.events.store import open_store
 
-    try:
+    def work(source) -> dict:
         name, shares = args.experiment, None
         if args.experiment_ab:
             from intentrec.serving.experiments import load_experiment
@@ -291,21 +288,10 @@ def _report(args) -> int:
             cuped_before=None if args.cuped_before is None else parse_time(args.cuped_before, "cuped_before"),
         )
         settings.check()
-        store = None if args.events is not None else open_store(args.store, readonly=True)
-        document = run(args.out, store=store, events=args.events, settings=settings)
-    except IntentrecError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(
-        json.dumps(
-            {
-                "out": str(args.out),
-                "shoppers": document["shoppers"],
-                "sample_ratio_mismatch": document["sample_ratio"]["mismatch"],
-            }
-        )
-    )
-    return 0
+        document = run(args.out, source, settings)
+        return {"shoppers": document["shoppers"], "sample_ratio_mismatch": document["sample_ratio"]["mismatch"]}
+
+    return _analyse(args, work)
 
 
 if __name__ == "__main__":

@@ -273,10 +273,10 @@ def create_app(
 
 def unmatched_feedback(store: EventStore, events: list[dict]) -> list[Unmatched]:
     """The events (other than impressions) whose recommendation_id has no impression in the store."""
-    ids = {e["recommendation_id"] for e in events if e.get("recommendation_id") and e["event_type"] != "impression"}
-    if not ids:
+    feedback = [e for e in events if e.get("recommendation_id") and e["event_type"] != "impression"]
+    if not feedback:
         return []
-    known = store.impressed(ids)
+    known = store.impressed({e["recommendation_id"] for e in feedback})
     return [
         Unmatched(
             index=e[INDEX],
@@ -285,8 +285,8 @@ def unmatched_feedback(store: EventStore, events: list[dict]) -> list[Unmatched]
             reason="no impression of this recommendation_id is stored; the event is kept (send the impressions "
             "of the list, or check the id the server returned)",
         )
-        for e in events
-        if e.get("recommendation_id") and e["event_type"] != "impression" and e["recommendation_id"] not in known
+        for e in feedback
+        if e["recommendation_id"] not in known
     ]
 
 

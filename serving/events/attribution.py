@@ -38,18 +38,12 @@ import pandas as pd
 
 from intentrec.data.schema import FEEDBACK_TYPES
 from intentrec.errors import ConfigError
-from intentrec.serving.events.export import read_frame
+from intentrec.serving.events.export import EVENT_KEYS, read_frame, shopper_of, source_name
 
 ACTIONS = ("add_to_cart", "purchase")
 READ_TYPES = FEEDBACK_TYPES + ACTIONS
 COLUMNS = (
-    "event_id",
-    "event_time",
-    "session_id",
-    "customer_id",
-    "device_id",
-    "item_id",
-    "event_type",
+    *EVENT_KEYS,
     "price",
     "quantity",
     "recommendation_id",
@@ -88,9 +82,7 @@ class Attribution:
 
 
 def _visit(frame: pd.DataFrame, scope: str) -> pd.Series:
-    if scope == "session":
-        return frame["session_id"]
-    return frame["customer_id"].fillna(frame["device_id"]).fillna(frame["session_id"])
+    return frame["session_id"] if scope == "session" else shopper_of(frame)
 
 
 def attribute(events: pd.DataFrame, settings: AttributionSettings | None = None) -> Attribution:
@@ -252,14 +244,9 @@ def write_report(result: Attribution, out: str | Path, source: str) -> dict:
     return document
 
 
-def run(
-    out: str | Path, *, store=None, events: str | Path | None = None, settings: AttributionSettings | None = None
-) -> dict:
-    """Read (a store or exported Parquet), attribute, write the report under `out`."""
+def run(out: str | Path, source, settings: AttributionSettings | None = None) -> dict:
+    """Read `source` (an EventStore, or the path of exported Parquet), attribute, write the report under `out`."""
     settings = settings or AttributionSettings()
     settings.check()
-    if (store is None) == (events is None):
-        raise ConfigError("attribute reads one source: store=<url> or events=<exported Parquet>, not both")
-    frame = read_frame(events if events is not None else store, COLUMNS, READ_TYPES)
-    source = str(events) if events is not None else store.url.split("@")[-1]
-    return write_report(attribute(frame, settings), out, source)
+    frame = read_frame(source, COLUMNS, READ_TYPES)
+    return write_report(attribute(frame, settings), out, source_name(source))

@@ -66,6 +66,24 @@ def _table(rows: list[dict]) -> pa.Table:
     return pa.table(columns, schema=EVENT_SCHEMA)
 
 
+# The columns every analysis of stored events reads (attribution, report, off-policy add their own).
+EVENT_KEYS = ("event_id", "event_time", "session_id", "customer_id", "device_id", "item_id", "event_type")
+
+
+def source_name(source) -> str:
+    """How an analysis names what it read: the Parquet path, or the store's URL without credentials."""
+    return str(source) if isinstance(source, str | Path) else source.url.split("@")[-1]
+
+
+def shopper_of(frame: pd.DataFrame) -> pd.Series:
+    """Each event's shopper as the experiment unit: `customer:<id>`, else `device:<id>`, else `session:<id>`."""
+    return (
+        ("customer:" + frame["customer_id"])
+        .fillna("device:" + frame["device_id"])
+        .fillna("session:" + frame["session_id"])
+    )
+
+
 def read_frame(source, columns: tuple[str, ...], event_types: tuple[str, ...] | None = None) -> pd.DataFrame:
     """`columns` of the events of a store (an `EventStore`) or of exported Parquet (a path: `events.parquet`
     or a folder holding it), any schema version (a missing column is empty); only `event_types` when

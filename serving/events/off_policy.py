@@ -35,17 +35,11 @@ import numpy as np
 import pandas as pd
 
 from intentrec.errors import ConfigError, DataError
-from intentrec.serving.events.export import read_frame
-from intentrec.serving.events.report import Z95, influence, shopper_of
+from intentrec.serving.events.export import EVENT_KEYS, read_frame, shopper_of
+from intentrec.serving.events.report import Z95, influence
 
 COLUMNS = (
-    "event_id",
-    "event_time",
-    "session_id",
-    "customer_id",
-    "device_id",
-    "item_id",
-    "event_type",
+    *EVENT_KEYS,
     "quantity",
     "channel",
     "device_type",
@@ -202,15 +196,13 @@ def logged_clicks(lists: list[LoggedList]) -> dict:
     return {"value": value, "ci": [value - Z95 * se, value + Z95 * se]}
 
 
-def run(out, bundle, experiment: str, arm: str, *, store=None, events=None, policy: str = "model") -> dict:
+def run(out, source, bundle, experiment: str, arm: str, policy: str = "model") -> dict:
     """Estimate the candidate bundle's clicks per list from the exploring arm's logs; writes off_policy.json."""
     from intentrec.serving.recommender import Recommender
 
     if policy not in POLICIES:
         raise ConfigError(f"policy={policy!r}; expected one of {list(POLICIES)}")
-    if (store is None) == (events is None):
-        raise ConfigError("estimate reads one source: store=<url> or events=<exported Parquet>, not both")
-    frame = read_frame(events if events is not None else store, COLUMNS)
+    frame = read_frame(source, COLUMNS)
     lists, counts = logged_lists(frame, experiment, arm)
     queries = rebuild(frame, lists, policy)
     kept = [i for i, q in enumerate(queries) if q is not None]

@@ -47,18 +47,13 @@ import numpy as np
 import pandas as pd
 
 from intentrec.errors import ConfigError, DataError
-from intentrec.serving.events.export import read_frame
+from intentrec.serving.events.export import EVENT_KEYS, read_frame, shopper_of, source_name
+from intentrec.serving.events.schema import iso_ms
 
 Z95 = 1.959963984540054
 SRM_ALPHA = 0.001
 READ = (
-    "event_id",
-    "event_time",
-    "session_id",
-    "customer_id",
-    "device_id",
-    "item_id",
-    "event_type",
+    *EVENT_KEYS,
     "price",
     "quantity",
     "experiment",
@@ -76,6 +71,8 @@ METRICS = {
     "page_views_per_session": ("views", "sessions", "page views per session"),
     "time_on_site_minutes": ("minutes", "sessions", "time on site (minutes per session)"),
 }
+# The metrics that are shares (shown in percent).
+RATES = frozenset({"ctr", "add_to_cart_rate", "conversion_rate", "cart_abandonment_rate", "bounce_rate"})
 SESSION_COLUMNS = (
     "sessions",
     "impressions",
@@ -108,27 +105,14 @@ class ReportSettings:
 
 
 def parse_time(value, name: str) -> int:
-    """Epoch milliseconds from an integer or an ISO 8601 time (UTC without an offset)."""
-    from datetime import UTC, datetime
-
+    """Epoch milliseconds from an integer or an ISO 8601 time (serving.events.schema.iso_ms)."""
     text = str(value).strip()
     if text.lstrip("-").isdigit():
         return int(text)
     try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(
-            f"{name}={value!r}; expected epoch milliseconds or an ISO 8601 time such as 2026-12-01T00:00:00Z"
-        ) from None
-    return int((parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp() * 1000)
-
-
-def shopper_of(frame: pd.DataFrame) -> pd.Series:
-    return (
-        ("customer:" + frame["customer_id"])
-        .fillna("device:" + frame["device_id"])
-        .fillna("session:" + frame["session_id"])
-    )
+        return iso_ms(text)
+    except ValueError as error:
+        raise ConfigError(f"{name}={value!r}; {error}") from None
 
 
 def session_table(events: pd.DataFrame) -> pd.DataFrame:
@@ -414,12 +398,8 @@ def write_report(document: dict, out: str | Path, source: str) -> dict:
         + " |",
         "|---|" + "---|" * (2 * len(arms) - 1),
     ]
-    for metric in document["metrics"].values():
-        percent = metric["ratio_of"][1] in ("sessions", "impressions", "carted") and metric["ratio_of"][0] not in (
-            "revenue",
-            "views",
-            "minutes",
-        )
+    for name, metric in document["metrics"].items():
+        percent = name in RATES
         cells = [_fmt(metric["arms"][a]["value"], metric["arms"][a]["ci"], percent) for a in arms]
         for arm in arms:
             if arm == control:
@@ -462,9 +442,6 @@ def _plot(document: dict, path: Path) -> None:
     plt.close(figure)
 
 
-def run(out, *, store=None, events=None, settings: ReportSettings | None = None) -> dict:
-    if (store is None) == (events is None):
-        raise ConfigError("report reads one source: store=<url> or events=<exported Parquet>, not both")
-    frame = read_frame(events if events is not None else store, READ)
-    source = str(events) if events is not None else store.url.split("@")[-1]
-    return write_report(report(frame, settings), out, source)
+def run(out, source, settings: ReportSettings | None = None) -> dict:
+    """Read `source` (an EventStore, or the path of exported Parquet), report, write under `out`."""
+    return write_report(report(read_frame(source, READ), settings), out, source_name(source))

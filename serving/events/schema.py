@@ -86,15 +86,7 @@ class Event(BaseModel):
         if isinstance(value, bool):
             raise ValueError("expected epoch milliseconds (an integer) or an ISO 8601 string")
         if isinstance(value, str):
-            try:
-                parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            except ValueError:
-                raise ValueError(
-                    "expected epoch milliseconds or an ISO 8601 time such as 2026-11-24T10:15:00Z"
-                ) from None
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=UTC)
-            value = int(parsed.timestamp() * 1000)
+            value = iso_ms(value)
         if not MIN_EVENT_TIME_MS <= value < MAX_EVENT_TIME_MS:
             raise ValueError(
                 "expected epoch milliseconds between 2000 and 2100 (a value in seconds must be multiplied by 1000)"
@@ -218,6 +210,15 @@ def validate_events(raw: list[Any], received_ms: int) -> tuple[list[dict], list[
             record[TIME_DEFAULTED] = True
         events.append(record)
     return events, rejected
+
+
+def iso_ms(text: str) -> int:
+    """Epoch milliseconds of an ISO 8601 time (UTC when it has no offset); ValueError naming the expected form."""
+    try:
+        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError("expected epoch milliseconds or an ISO 8601 time such as 2026-11-24T10:15:00Z") from None
+    return int((parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp() * 1000)
 
 
 def feedback_problems(event: Event) -> list[tuple[str, object, str]]:

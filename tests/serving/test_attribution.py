@@ -114,7 +114,7 @@ def test_a_longer_window_and_the_shopper_scope_credit_more(store):
 
 def test_the_store_and_its_parquet_export_give_the_same_report(store, tmp_path):
     stored(store)
-    from_store = run(tmp_path / "store", store=store, settings=AttributionSettings(window_minutes=60))
+    from_store = run(tmp_path / "store", store, AttributionSettings(window_minutes=60))
     export_events(store, tmp_path / "export")
     code = events_main(
         ["attribute", f"events={tmp_path / 'export'}", "window_minutes=60", f"out={tmp_path / 'parquet'}"]

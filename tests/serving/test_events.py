@@ -567,6 +567,7 @@ def test_feedback_fields_are_checked_by_name_and_the_valid_events_are_kept():
         ),
         event("view", "i1", "view", device_id="d", recommendation_id=rid, position=1, arm="model"),
         event("bare", "i1", "click", device_id="d"),
+        {**event("when", "i1", device_id="d"), "event_time": "yesterday"},
     ]
     events, rejected = validate_events(raw, T0)
     assert [e["event_id"] for e in events] == ["ok"]
@@ -582,6 +583,7 @@ def test_feedback_fields_are_checked_by_name_and_the_valid_events_are_kept():
     assert "only impression and click events carry position" in reasons[("view", "position")]
     assert "only impression and click events carry arm" in reasons[("view", "arm")]
     assert "a click event needs recommendation_id" in reasons[("bare", "recommendation_id")]
+    assert "expected epoch milliseconds or an ISO 8601 time such as" in reasons[("when", "event_time")]
 
 
 def test_feedback_on_a_list_with_no_stored_impression_is_stored_and_flagged(collector):

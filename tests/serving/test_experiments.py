@@ -43,11 +43,28 @@ def experiment(**changes) -> Experiment:
             r"a popularity arm uses no model; remove model_version='2'",
         ),
         ([], r"arms=\[\]; expected a list of arms"),
+        (
+            [{"name": "a", "share": 1, "explore": 0.2, "explore_pool": 1}],
+            r"arms\[0\]\.explore_pool=1; expected an integer of at least 2",
+        ),
     ],
 )
 def test_a_bad_experiment_config_names_the_key_and_what_is_expected(arms, message):
     with pytest.raises(ConfigError, match=message):
         Experiment.from_dict({**TWO_ARMS, "arms": arms}, "conf/experiment_ab/x.yaml")
+
+
+def test_a_config_that_is_no_experiment_is_refused_naming_the_file_and_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"x.yaml: salt=''; expected a non-empty string"):
+        Experiment.from_dict({**TWO_ARMS, "salt": ""}, "x.yaml")
+    with pytest.raises(ConfigError, match=r"x.yaml: unknown keys \['owner'\]; expected name, salt, arms"):
+        Experiment.from_dict({**TWO_ARMS, "owner": "me"}, "x.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: not valid YAML"):
+        load_experiment(broken)
+    with pytest.raises(ConfigError, match=r"has no recommend/config.pbtxt; build the repository first"):
+        set_experiment(tmp_path, "aa", ServingOptions())
 
 
 def test_every_shipped_experiment_config_loads():

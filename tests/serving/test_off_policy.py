@@ -40,3 +40,28 @@ def test_ips_and_snips_intervals_hold_the_candidates_true_clicks(order):
     if order[0] != 0:  # a candidate unlike the logging policy: the estimate moves away from the logged clicks
         assert result["ips_ci"][0] > own and result["snips_ci"][0] > own
     assert 0 < result["matched"] < 1 and result["shoppers"] == 2000
+
+
+def test_logs_an_estimate_cannot_use_are_named(tmp_path, capsys):
+    import pandas as pd
+
+    from intentrec.errors import DataError
+    from intentrec.serving.events.__main__ import main as events_main
+    from intentrec.serving.events.off_policy import COLUMNS, logged_lists
+
+    rows = [
+        {"event_id": f"e{p}", "event_time": 0, "session_id": "s", "device_id": "d", "item_id": f"i{p}",
+         "event_type": "impression", "recommendation_id": "r", "position": p, "experiment": "x", "arm": "greedy",
+         "propensity": None}
+        for p in (1, 2)
+    ]  # fmt: skip
+    events = pd.DataFrame([{c: row.get(c) for c in COLUMNS} for row in rows])
+    with pytest.raises(DataError, match=r"no impression of experiment 'x', arm 'explore' in these events"):
+        logged_lists(events, "x", "explore")
+    with pytest.raises(DataError, match=r"2 impressions of arm 'greedy' carry no propensity: the arm did not explore"):
+        logged_lists(events, "x", "greedy")
+    assert events_main(["estimate", f"events={tmp_path}", "experiment=x"]) == 2
+    assert "estimate needs bundle=, arm=: the candidate's export bundle, its exploring arm" in capsys.readouterr().err
+    args = ["estimate", f"events={tmp_path}", "bundle=b", "experiment=x", "arm=a", "policy=random"]
+    assert events_main(args) == 2
+    assert "policy='random'; expected one of ['model', 'no_context']" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from intentrec.errors import DataError
 from intentrec.serving.events.__main__ import main as events_main
 from intentrec.serving.events.export import export_events
 from intentrec.serving.events.report import ReportSettings, report
@@ -29,12 +30,13 @@ def frame(rows: list[dict]) -> pd.DataFrame:
     return out
 
 
-def session(shopper: str, sid: str, arm: str, at: int, actions: list[tuple], experiment: str = "exp") -> list[dict]:
-    """An exposed session: an impression of two items at `at`, then (kind, minute, item, price, quantity) actions."""
+def session(shopper: str, sid: str, arm: str | None, at: int, actions: list[tuple], experiment: str = "exp"):
+    """A session of (kind, minute, item[, price, quantity]) actions from `at`; exposed to `experiment` (an impression
+    of two items at `at`) unless `arm` is None."""
     rows = [
         {"event_id": f"{sid}-imp{p}", "event_time": T0 + at * MIN, "session_id": sid, "device_id": shopper,
          "item_id": f"i{p}", "event_type": "impression", "experiment": experiment, "arm": arm}
-        for p in (1, 2)
+        for p in (1, 2) if arm is not None
     ]  # fmt: skip
     for n, (kind, minute, item, *rest) in enumerate(actions):
         row = {"event_id": f"{sid}-{n}", "event_time": T0 + (at + minute) * MIN, "session_id": sid,
@@ -86,6 +88,15 @@ def test_each_metric_is_the_ratio_it_names_over_the_arm_shoppers():
     assert document["metrics"]["revenue_per_session"]["vs_control"]["b"]["lift"] == pytest.approx(5.0 / (20 / 3) - 1)
 
 
+def test_events_without_an_exposure_say_how_to_get_one():
+    plain = frame([{"event_id": "v", "event_time": T0, "session_id": "s", "device_id": "d", "item_id": "i1",
+                    "event_type": "view"}])  # fmt: skip
+    with pytest.raises(
+        DataError, match=r"no impression in these events carries an experiment; serve with experiment_ab"
+    ):
+        report(plain)
+
+
 def simulated(seed, shoppers, rates, split, pre_period=False, shape=2.0, visits=(1, 4)):
     """Shoppers with 1-3 sessions and a personal propensity; each session converts with the arm's rate
     times the propensity (gamma, mean 1, variance 1 / `shape`); with `pre_period`, the same shoppers also
@@ -105,15 +116,7 @@ def simulated(seed, shoppers, rates, split, pre_period=False, shape=2.0, visits=
                 actions = [("view", 0, "i1")] + (
                     [("purchase", 5, "i1", float(rng.uniform(5, 50)), 1)] if bought else []
                 )
-                if label is None:
-                    for m, (kind, minute, item, *rest) in enumerate(actions):
-                        row = {"event_id": f"{sid}-{m}", "event_time": T0 + (at + minute) * MIN, "session_id": sid,
-                               "device_id": shopper, "item_id": item, "event_type": kind}  # fmt: skip
-                        if rest:
-                            row["price"], row["quantity"] = rest
-                        rows.append(row)
-                else:
-                    rows += session(shopper, sid, label, at, actions, experiment=split.name)
+                rows += session(shopper, sid, label, at, actions, experiment=split.name)
     return frame(rows)
 
 

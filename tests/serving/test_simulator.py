@@ -77,3 +77,10 @@ def test_the_model_arm_beats_popularity_on_the_shops_goal_metrics_from_the_repor
     assert estimate["lists_not_rebuilt"] == 0 and estimate["candidate_clicks_per_list"]["matched"] > 0.3
     assert logging["ci"][0] > 0  # the exploring arm's own clicks, for the record
     shutil.rmtree(repository, ignore_errors=True)
+
+
+def test_the_simulator_command_names_a_bad_count(capsys):
+    from intentrec.serving.simulator import main
+
+    assert main(["--shop", "/nonexistent/shop", "--shoppers", "0"]) == 2
+    assert "--shoppers 0; expected at least 1" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from intentrec.data import schema
 from intentrec.training.datamodule import Split
 from intentrec.training.intent import (
     apply_isotonic,
@@ -21,16 +22,7 @@ from intentrec.training.intent import (
     session_features,
 )
 
-EVENT_TYPES = [
-    "<pad>",
-    "view",
-    "add_to_cart",
-    "remove_from_cart",
-    "purchase",
-    "email_open",
-    "email_click",
-    "store_purchase",
-]
+EVENT_TYPES = ["<pad>", *schema.EVENT_TYPES]  # the prepared vocabulary
 V, A, R, P = 1, 2, 3, 4
 
 
