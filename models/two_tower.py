@@ -17,11 +17,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from intentrec.data.features import PURCHASE_EVENTS, event_codes
-from intentrec.data.schema import EVENT_TYPES
+from intentrec.data.schema import EVENT_TYPES, enum_code
 from intentrec.models.bert4rec import Bert4RecEncoder, slot_query
 from intentrec.models.context import ContextEmbedding, ContextFusion
 from intentrec.models.dif_sr import DifSrEncoder
 from intentrec.models.filter_mix import FilterMixEncoder
+from intentrec.models.intent import IntentHeads, now_context, session_counters
 from intentrec.models.towers import ENCODERS as BASE_ENCODERS
 from intentrec.models.towers import ItemTower, StepEmbedding
 
@@ -31,6 +32,8 @@ SIMILARITIES = ("dot", "cosine")
 # Query encoders by model.encoder (one module each: models/towers.py, models/filter_mix.py).
 ENCODERS = {**BASE_ENCODERS, "filter_mix": FilterMixEncoder, "bert4rec": Bert4RecEncoder, "dif_sr": DifSrEncoder}
 ITEM_FEATURES = ("id", "content", "id+content")
+# Event-type codes the intent heads' session counters read (models.intent.session_counters).
+CART_EVENT_CODES = {name: enum_code(EVENT_TYPES, name) for name in ("add_to_cart", "remove_from_cart", "purchase")}
 
 
 @dataclass
@@ -51,6 +54,7 @@ class TwoTowerConfig:
     filter_mix: float = 0.5  # filter_mix and dif_sr encoders: share of the filter branch in each block
     cloze_mask: float = 0.2  # bert4rec encoder: share of the steps masked and predicted in training
     attribute_loss: float = 0.0  # weight of the auxiliary attribute-prediction loss (DIF-SR's lambda; 0 = off)
+    intent_heads: bool = False  # intent heads on the query tower (models/intent.py; intent.heads in conf/train.yaml)
 
     def __post_init__(self):
         for key, allowed in (
@@ -64,6 +68,11 @@ class TwoTowerConfig:
             raise ValueError(f"model.cloze_mask={self.cloze_mask}; expected a share between 0 and 1.")
         if not self.attribute_loss >= 0.0:
             raise ValueError(f"model.attribute_loss={self.attribute_loss}; expected a weight >= 0 (0 turns it off).")
+        if self.intent_heads and self.encoder == "bert4rec":
+            raise ValueError(
+                "intent heads read the state at each step, which a bidirectional encoder (bert4rec) does not have; "
+                "use a causal encoder (transformer, gru, mean, filter_mix, dif_sr) or intent.heads=none."
+            )
         if self.embedding_dim % self.num_heads:
             raise ValueError(
                 f"model.embedding_dim={self.embedding_dim} must be divisible by model.num_heads={self.num_heads}."
@@ -81,6 +90,7 @@ class Vocabulary:
     context_sizes: dict[str, int]
     feature_sizes: list[int]
     feature_widths: list[int] | None = None  # columns of each item feature's codes (bags); None = 1 each
+    num_categories: int = 0  # category codes (0 = unknown) the next-category intent head predicts among
 
 
 class TwoTower(nn.Module):
@@ -118,6 +128,12 @@ class TwoTower(nn.Module):
         self.reads_attributes = getattr(self.encoder, "reads_attributes", False)
         self.context = ContextEmbedding(cfg.embedding_dim, vocab.context_sizes) if cfg.context != "none" else None
         self.fusion = ContextFusion(cfg.context, cfg.embedding_dim, cfg.dropout)
+        # Built last, from a side copy of the random state: the tower's initial weights and every later draw
+        # (dropout, augmentations) are the same with and without heads.
+        self.intent = None
+        if cfg.intent_heads:
+            with torch.random.fork_rng(devices=[]):
+                self.intent = IntentHeads(cfg.embedding_dim, vocab.num_categories, self.context is not None)
 
     def purchase_summary(
         self, batch: dict[str, torch.Tensor], step_items: torch.Tensor, past_items: torch.Tensor | None = None
@@ -140,7 +156,8 @@ class TwoTower(nn.Module):
         step_items: torch.Tensor | None = None,
         past_items: torch.Tensor | None = None,
         step_attributes: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        intent: bool = False,
+    ):
         """Queries at every position (B, T, D): position t predicts the step after t.
 
         Serving passes the item vectors itself (`step_items` (B, T, D), `past_items` (B, P, D)) from
@@ -148,9 +165,33 @@ class TwoTower(nn.Module):
         reads the same vectors (`item_embeddings`: normalized for cosine, as the table is); then
         only `item_ids > 0` and `past_purchase_ids > 0` (which steps are real) are used from the batch.
         An encoder that reads attributes takes them the same way (`step_attributes` (B, T, A, D)).
+
+        With `intent` and intent heads, returns (queries, the intent logits at every position:
+        `models.intent.IntentHeads`); the batch then carries the current step's context (`now_*`,
+        models.intent.NOW_COLUMNS).
         """
         if self.bidirectional:
             raise ValueError("a bidirectional encoder (bert4rec) has no causal per-position queries; use query()")
+        states, summary = self._sequence_states(batch, step_items, past_items, step_attributes)
+        context = self.context(batch, summary) if self.context is not None else None
+        queries = self.fusion(states, context)
+        queries = F.normalize(queries, dim=-1) if self.cfg.similarity == "cosine" else queries
+        if not intent or self.intent is None:
+            return queries
+        return queries, self.intent(self._intent_inputs(batch, states, summary))
+
+    def intent_inputs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What the intent heads read at every position (B, T, width): the encoder's state, the context of
+        the current step and the session counters (models.intent)."""
+        states, summary = self._sequence_states(batch, None, None, None)
+        return self._intent_inputs(batch, states, summary)
+
+    def _intent_inputs(self, batch, states, summary) -> torch.Tensor:
+        now = self.context(now_context(batch), summary) if self.context is not None else None
+        return self.intent.inputs(states, now, session_counters(batch, CART_EVENT_CODES))
+
+    def _sequence_states(self, batch, step_items, past_items, step_attributes):
+        """The encoder's states (B, T, D) and the purchase summary (B, T, D) (None without context)."""
         mask = batch["item_ids"] > 0
         if step_items is None:
             step_items = self.item_embeddings(batch["item_ids"])  # (B, T, D); the served table's vectors
@@ -161,11 +202,8 @@ class TwoTower(nn.Module):
             states = self.encoder(steps, mask, step_attributes)
         else:
             states = self.encoder(steps, mask)  # (B, T, D)
-        context = None
-        if self.context is not None:
-            context = self.context(batch, self.purchase_summary(batch, step_items, past_items))
-        queries = self.fusion(states, context)
-        return F.normalize(queries, dim=-1) if self.cfg.similarity == "cosine" else queries
+        summary = self.purchase_summary(batch, step_items, past_items) if self.context is not None else None
+        return states, summary
 
     def query(
         self,
@@ -173,13 +211,19 @@ class TwoTower(nn.Module):
         step_items: torch.Tensor | None = None,
         past_items: torch.Tensor | None = None,
         step_attributes: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The query of each sequence's last real step: (B, D) (bert4rec: of the [mask] slot after it)."""
+        intent: bool = False,
+    ):
+        """The query of each sequence's last real step: (B, D) (bert4rec: of the [mask] slot after it).
+        With `intent` (and intent heads): (query, the intent logits at that step: {"binary": (B, 3), ...})."""
         if self.bidirectional:
             return slot_query(self, batch, step_items, past_items)
-        states = self.query_states(batch, step_items, past_items, step_attributes)
+        states = self.query_states(batch, step_items, past_items, step_attributes, intent=intent)
         last = (batch["item_ids"] > 0).sum(dim=1).clamp(min=1) - 1  # (B,)
-        return states[torch.arange(states.shape[0], device=states.device), last]
+        rows = torch.arange(last.shape[0], device=last.device)
+        if intent and self.intent is not None:
+            states, logits = states
+            return states[rows, last], {name: values[rows, last] for name, values in logits.items()}
+        return states[rows, last]
 
     def item_embeddings(self, item_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Item-side vectors (N, D) for all items, or (..., D) for the given ids; normalized for cosine."""

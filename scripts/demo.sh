@@ -19,11 +19,11 @@ DATA=(data=synthetic data.num_events="$NUM_EVENTS" data.seed="$SEED")
 echo "[demo] 1/7 synthetic shop -> prepared sequences (${DATA[*]})"
 python -m data.prepare "${DATA[@]}"
 
-echo "[demo] 2/7 train the default model (${EPOCHS} epochs at most, early stopping on val NDCG@10)"
+echo "[demo] 2/7 train the default model (${EPOCHS} epochs at most, early stopping on val NDCG@10), then its intent heads"
 rm -rf "$RUN"
 PREPARED=artifacts/data/synthetic
 python -m training.train data_dir="$PREPARED" trainer.max_epochs="$EPOCHS" trainer.enable_progress_bar=false \
-  seed="$SEED" run_dir="$RUN/train"
+  seed="$SEED" run_dir="$RUN/train" intent.heads=second_stage
 
 echo "[demo] 3/7 evaluate the best checkpoint again from disk (full-catalogue ranking)"
 python -m training.evaluate ckpt_path="$RUN/train/checkpoints/best.ckpt" run_dir="$RUN/evaluate"

@@ -64,6 +64,12 @@ def main() -> int:
                 RecommendRequest(item_ids=views + top[new][:2], timestamps=times, now=times[5] + 30_000)
             )
             show(f"... then 2 views of {new}", after)
+            for label, reply in ((f"after the {old}", before), (f"after the {new}", after)):
+                if reply.intent:  # a model with intent heads (intent.heads=second_stage)
+                    signals, top3 = reply.intent, reply.intent.get("next_category", [])
+                    print(f"  intent {label:36} purchase {signals.get('purchase', float('nan')):.2f}, exit "
+                          f"{signals.get('exit', float('nan')):.2f}, next category "
+                          + ", ".join(f"{c['category']} {c['p']:.2f}" for c in top3))  # fmt: skip
 
             print("\n2. context: a shopper returning after two days, same history, another device")
             boosts = truth["context_boosts"]["device_type"]

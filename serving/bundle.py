@@ -8,6 +8,7 @@
     <bundle>/content_tables.npz   content-feature embedding tables (embeds items added later)
     <bundle>/index.faiss          FAISS index; row r is item r + 1
     <bundle>/cooccurrence.npz     (trained items + 1)^2 sparse co-occurrence counts (when the hybrid is served)
+    <bundle>/intent.json          the intent heads' calibration and category names (when the model has heads)
 
 `load_bundle` refuses a bundle whose files do not match the manifest (hash, shape, count) and says
 which file and what to do. `add_items` embeds new catalogue items from their content features alone
@@ -44,6 +45,7 @@ FILES = (
     "index.faiss",
     "complements.json",
     "cooccurrence.npz",
+    "intent.json",
 )
 
 

@@ -68,6 +68,12 @@ class Recommendation:
     experiment: str | None = None  # the experiment the shopper is in and their arm (None outside one)
     arm: str | None = None
 
+    @property
+    def intent(self) -> dict | None:
+        """The shopper's intent signals (a model with intent heads): {"purchase": p, "exit": p, "abandon": p,
+        "next_category": [{"category": c, "p": p}, ...]}, heads that are off left out; None without heads."""
+        return self.info.get("intent")
+
     def impressions(
         self,
         placement: str,
@@ -335,6 +341,20 @@ class Client:
     def similar_items(self, item_ids: list[str], k: int = 10) -> Recommendation:
         return _replies(self._infer("similar_items", similar_arrays([list(item_ids)], [k])))[0]
 
+    def intent(self, requests: RecommendRequest | list[RecommendRequest]) -> Recommendation | list[Recommendation]:
+        """The `intent` model: the signals alone (`.intent`), for the same requests as `recommend`; no items."""
+        single = isinstance(requests, RecommendRequest)
+        batch = [requests] if single else list(requests)
+        replies = _replies(self._infer("intent", recommend_arrays(batch)))
+        return replies[0] if single else replies
+
+    def banners(self, requests: RecommendRequest | list[RecommendRequest]) -> Recommendation | list[Recommendation]:
+        """The `banners` model: banner ids best first (`item_ids`), scores, titles in `info["banners"]`."""
+        single = isinstance(requests, RecommendRequest)
+        batch = [requests] if single else list(requests)
+        replies = _replies(self._infer("banners", recommend_arrays(batch)))
+        return replies[0] if single else replies
+
     def ready(self) -> bool:
         try:
             return bool(self.client.is_server_ready())
@@ -389,6 +409,12 @@ class AsyncClient:
     async def similar_items(self, item_ids: list[str], k: int = 10) -> Recommendation:
         return _replies(await self._infer("similar_items", similar_arrays([list(item_ids)], [k])))[0]
 
+    async def intent(self, requests):
+        single = isinstance(requests, RecommendRequest)
+        batch = [requests] if single else list(requests)
+        replies = _replies(await self._infer("intent", recommend_arrays(batch)))
+        return replies[0] if single else replies
+
     async def close(self) -> None:
         if self._channel is not None:
             await self._channel.close()
@@ -407,7 +433,7 @@ def _split(text: str | None) -> list[str] | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", choices=["recommend", "similar"])
+    parser.add_argument("model", choices=["recommend", "similar", "intent", "banners"])
     parser.add_argument("--url", default=None, help="host:port (default 127.0.0.1:8001 for grpc, :8000 for http)")
     parser.add_argument("--protocol", default="grpc", choices=["grpc", "http"])
     parser.add_argument("--items", default="", help="comma-separated raw item ids, oldest first")
@@ -437,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
                 reply = client.similar_items(_split(args.items) or [], args.k)
             else:
                 timestamps = _split(args.timestamps)
-                reply = client.recommend(
+                reply = {"intent": client.intent, "banners": client.banners}.get(args.model, client.recommend)(
                     RecommendRequest(
                         item_ids=_split(args.items) or [],
                         event_types=_split(args.event_types),

@@ -11,6 +11,7 @@ import numpy as np
 
 from intentrec.serving.bundle import attribute_vectors, feature_widths
 from intentrec.serving.catalogue import Catalogue
+from intentrec.serving.intent import Signals
 from intentrec.serving.rows import Batch, Row
 from intentrec.serving.runtime import Runtime
 
@@ -27,13 +28,20 @@ class Encode:
         self.session = runtime.session(catalogue.bundle.directory / "query_encoder.onnx")
         # Inputs the model does not read (e.g. context with model.context=none) are not in the graph.
         self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
         self.attribute_tables = catalogue.bundle.attribute_tables() if "step_attributes" in self.inputs else []
+        # A model with intent heads answers their signals with the query, from the same pass.
+        self.signals = Signals.load(catalogue.bundle.directory) if "intent_binary" in self.outputs else None
 
     def run(self, batch: Batch) -> None:
         rows = batch.active()
         if rows:
-            for row, query in zip(rows, self.encode(rows)):
+            queries, signals, categories = self._encode_all(rows)
+            for row, query in zip(rows, queries):
                 row.query = query
+            for i, row in enumerate(rows if signals is not None else ()):
+                row.intent = signals[i]
+                row.intent_categories = categories[i] if categories is not None else None
 
     def feed(self, rows: list[Row]) -> dict[str, np.ndarray]:
         """The encoder's input tensors for `rows` (padded to the longest)."""
@@ -65,7 +73,22 @@ class Encode:
 
     def encode(self, rows: list[Row]) -> np.ndarray:
         """(B, D) query vectors of rows that have at least one known event."""
-        feed = self.feed(rows)
+        return self._run(self.feed(rows), ["query"])[0]
+
+    def encode_with_intent(self, rows: list[Row]) -> tuple[np.ndarray, list[dict] | None]:
+        """(B, D) query vectors and, when the bundle serves them, each row's intent signals (else None)."""
+        queries, signals, _ = self._encode_all(rows)
+        return queries, signals
+
+    def _encode_all(self, rows: list[Row]):
+        """(queries, signals or None, (B, C) next-category probabilities or None)."""
+        if self.signals is None:
+            return self.encode(rows), None, None
+        values = self._run(self.feed(rows), self.outputs)
+        category = values[2] if len(values) > 2 else None
+        return values[0], self.signals.of(values[1], category), self.signals.distribution(category)
+
+    def _run(self, feed: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
         if self.remote is not None:
-            return self.remote("query_encoder", feed)
-        return self.session.run(["query"], feed)[0]
+            return self.remote("query_encoder", feed, outputs)
+        return self.session.run(outputs, feed)

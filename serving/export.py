@@ -187,6 +187,45 @@ def category_complements(data, top: int = 5) -> dict:
     return {"method": "within-session view-to-view transitions to another category, training split", "next": following}
 
 
+def export_intent(cfg, task, data, out: Path) -> dict:
+    """`intent.json` of a model with intent heads: each head's calibration fitted on the run's validation steps
+    (training.intent.evaluate_heads, with the checkpoint's intent settings) and the category names by code;
+    returns the manifest's `intent` (the heads served, what was measured on test)."""
+    from omegaconf import open_dict
+
+    from intentrec.serving.intent import INTENT_FILE
+    from intentrec.training.intent import calibrate_heads
+    from intentrec.training.prepared import build_datamodule
+
+    with open_dict(cfg):
+        cfg.intent.heads = task.intent_mode or "second_stage"
+    datamodule = build_datamodule(cfg, data)
+    datamodule.setup()
+    specs = calibrate_heads(task.model, datamodule, str(cfg.intent.calibration))
+    unavailable = {head: reason for head, reason in datamodule.intent_heads.items() if reason}
+    spec: dict = {"heads": {h: s for h, s in specs.items() if h != "next_category"}, "unavailable": unavailable}
+    if "next_category" in specs:
+        names = [str(name) for name in data.vocab_json.get("categories", [])]
+        spec["next_category"] = {**specs["next_category"], "names": names}
+    (out / INTENT_FILE).write_text(json.dumps(spec, indent=1))
+    run = ckpt_run_report(cfg)
+    return {
+        "heads": [*spec["heads"], *(["next_category"] if "next_category" in spec else [])],
+        "calibration": str(cfg.intent.calibration),
+        "unavailable": unavailable,
+        "test": run,
+    }
+
+
+def ckpt_run_report(cfg) -> dict | None:
+    """The test figures of the checkpoint's run (`<run>/intent.json`, written by training), when there."""
+    path = Path(cfg.ckpt_path).resolve().parent.parent / "intent.json"
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    return {head: {k: v for k, v in entry["test"].items() if k != "n"} for head, entry in report["heads"].items()}
+
+
 def default_out_dir(cfg, data) -> Path:
     """`<artifacts_dir>/exports/<data name>/<time>`."""
     return Path(cfg.artifacts_dir) / "exports" / data.stats["name"] / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
@@ -264,6 +303,7 @@ def export(cfg) -> dict:
     past = int(cfg.data.past_purchases)
     stages.next("ONNX query encoder")
     export_query_encoder(model, out / "query_encoder.onnx", sizes, model.cfg.max_seq_len, past)
+    intent_info = export_intent(cfg, task, data, out) if model.intent is not None else None
 
     if hybrid is not None:
         import scipy.sparse as sp
@@ -349,6 +389,7 @@ def export(cfg) -> dict:
         },
         "ranker": ranker_info,
         "hybrid": hybrid,
+        "intent": intent_info,
         "settings": task.hparams.get("settings"),
         "forced": forced,
     }

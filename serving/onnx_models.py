@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from intentrec.models.context import CONTEXT_FIELDS
+from intentrec.models.intent import NOW_COLUMNS
 
 STEP_INPUTS = ("event_types", "gap_buckets", "channels", "new_session")
 # Request context in CONTEXT_FIELDS order (device type, hour, day of week, referrer, region, gap), then loyalty.
@@ -39,8 +40,20 @@ RANKER_INPUTS = ("query", "candidates", "candidate_codes", "context", "retrieval
 OPSET = 17
 
 
+def query_output_names(model) -> tuple[str, ...]:
+    """The query encoder's outputs: the query, and the intent heads' logits when the model has them."""
+    if model.intent is None:
+        return ("query",)
+    return (
+        ("query", "intent_binary", "intent_category")
+        if model.intent.category is not None
+        else ("query", "intent_binary")
+    )
+
+
 class QueryEncoder(nn.Module):
-    """The query tower of a trained TwoTower with the item vectors given as inputs."""
+    """The query tower of a trained TwoTower with the item vectors given as inputs; with intent heads, also
+    their logits at the request's moment (the request's context is the shopper's current one)."""
 
     def __init__(self, model):
         super().__init__()
@@ -65,7 +78,12 @@ class QueryEncoder(nn.Module):
         # (only the last real position is read, and the encoder is causal).
         for name, value in zip(CONTEXT_FIELDS, context):
             batch[name] = value.unsqueeze(1).expand(-1, T)
-        return self.model.query(batch, step_items, past_items, step_attributes)
+        if self.model.intent is None:
+            return self.model.query(batch, step_items, past_items, step_attributes)
+        for field, column in NOW_COLUMNS.items():
+            batch[column] = batch[field]
+        query, logits = self.model.query(batch, step_items, past_items, step_attributes, intent=True)
+        return (query, logits["binary"], logits["category"]) if "category" in logits else (query, logits["binary"])
 
 
 class RankerScorer(nn.Module):
@@ -120,20 +138,21 @@ def export_query_encoder(model, path: Path, sizes: dict[str, int], max_seq_len: 
     axes[ATTRIBUTE_INPUT] = {0: "B", 1: "T"}
     axes.update({name: {0: "B", 1: "T"} for name in ("step_mask", *STEP_INPUTS)})
     axes.update({name: {0: "B"} for name in (*CONTEXT_INPUTS, "loyalty")})
-    axes["query"] = {0: "B"}
+    outputs = query_output_names(model)
+    axes.update({name: {0: "B"} for name in outputs})
     names = query_input_names(model)
-    _export(encoder, inputs, path, names, "query", {k: v for k, v in axes.items() if k in names or k == "query"})
+    _export(encoder, inputs, path, names, outputs, {k: v for k, v in axes.items() if k in names or k in outputs})
 
 
-def _export(module, inputs: tuple, path: Path, input_names, output: str, axes: dict) -> None:
-    """TorchScript-based ONNX export (opset OPSET) with the given dynamic axes."""
+def _export(module, inputs: tuple, path: Path, input_names, output, axes: dict) -> None:
+    """TorchScript-based ONNX export (opset OPSET) with the given dynamic axes; `output`: a name or names."""
     with torch.no_grad():
         torch.onnx.export(
             module,
             inputs,
             str(path),
             input_names=list(input_names),
-            output_names=[output],
+            output_names=[output] if isinstance(output, str) else list(output),
             dynamic_axes=axes,
             opset_version=OPSET,
             dynamo=False,

@@ -66,6 +66,8 @@ class Recommender:
         model_version: str | None = None,
         experiment: Experiment | None = None,
         arm_bundles: dict[str, Path] | None = None,
+        retrieval: bool = True,
+        banners=None,
         _arm: bool = False,
     ):
         """`remote`: optional `run(model_name, feed) -> output` that runs `query_encoder` and `ranker`
@@ -78,20 +80,28 @@ class Recommender:
         `model_version`: the label every answer carries (the Triton repository passes its version);
         by default the bundle's digest (`Bundle.digest`).
         `experiment`: an A/B experiment (serving.experiments) whose arms this recommender assigns;
-        `arm_bundles`: the bundle of every other model version an arm names (version -> folder)."""
+        `arm_bundles`: the bundle of every other model version an arm names (version -> folder).
+        `retrieval=False`: a light recommender that answers `intent` only (no index, no ranker loaded).
+        `banners`: a banner catalogue (serving.banners: a file or the list of banners) that `banners` ranks."""
         self.limits = limits or RequestLimits()
         self.bundle = load_bundle(Path(bundle_dir), verify=verify)
         self.model_version = model_version or self.bundle.digest
         self.catalogue = c = Catalogue(self.bundle)
         runtime = Runtime.choose(threads, use_gpu)
-        self.index = runtime.index(self.bundle)
+        self.index = runtime.index(self.bundle) if retrieval else None
         self.profiles = profiles = Profiles(profile_store, c.max_seq_len, c.past)
         window_ms = int(float(complement_window_hours) * 3_600_000)
         self.decoder = Decode(c, self.limits, profiles, window_ms)
         self.encoder = Encode(c, runtime, remote)
-        self.retriever = Retrieve(c, self.index)
-        self.ranker = Rank(c, runtime, remote)
+        self.retriever = Retrieve(c, self.index) if retrieval else None
+        self.ranker = Rank(c, runtime, remote) if retrieval else None
         self.experiment = experiment
+        self.banner_set = None
+        if banners is not None:
+            from intentrec.serving.banners import BannerSet, load_banners
+
+            names = self.encoder.signals.names if self.encoder.signals is not None else None
+            self.banner_set = BannerSet(load_banners(banners), c, names)
         shared = dict(
             threads=threads,
             use_gpu=use_gpu,
@@ -114,7 +124,13 @@ class Recommender:
             Respond(c, self.model_version),
         ]
         self.timing: dict[str, float] = {}  # the last recommend() batch's milliseconds per stage
-        log.info("recommender: %d items, dim %d, ranker %s", c.num_items, c.dim, self.ranker.session is not None)
+        if not retrieval:
+            self.stages = [self.decoder, self.encoder]
+        log.info(
+            "recommender: %d items, dim %d, ranker %s, intent signals %s",
+            c.num_items, c.dim, self.ranker is not None and self.ranker.session is not None,
+            self.encoder.signals is not None,
+        )  # fmt: skip
 
     def decode(self, q: Query) -> Row:
         """One request's model inputs and rule sets (the decode stage alone); raises RequestError."""
@@ -124,10 +140,53 @@ class Recommender:
         """(B, D) query vectors of decoded rows that have a known event (the encode stage alone)."""
         return self.encoder.encode(rows)
 
+    def intent(self, queries: list[Query]) -> list[Result | RequestError]:
+        """The intent signals of each request alone (decode and encode; no retrieval): a Result with no items
+        and `info.intent` (serving.intent), or `info.intent` None and `info.fallback` for a row without a known
+        event. A bundle without intent heads refuses every row, saying how to get them."""
+        if self.encoder.signals is None:
+            message = (
+                f"model version {self.model_version} has no intent heads; train with intent.heads=second_stage "
+                "(or joint) and export that checkpoint"
+            )
+            return [RequestError(message) for _ in queries]
+        batch = Batch(list(queries))
+        for stage in (self.decoder, self.encoder):
+            stage.run(batch)
+        results: list[Result | RequestError] = []
+        for row in batch.rows:
+            if not isinstance(row, Row):
+                results.append(row)
+                continue
+            info = {"intent": row.intent, **{k: v for k, v in row.info.items() if k != "fallback"}}
+            if row.intent is None:
+                info["fallback"] = "no known event: the signals need the shopper's events"
+            results.append(Result([], [], info).label(self.model_version))
+        return results
+
+    def banners(self, queries: list[Query]) -> list[Result | RequestError]:
+        """The banner catalogue ranked for each request (serving.banners): a Result whose `item_ids` are the
+        banner ids, best first (`k` of them), `scores` their scores and `info.banners` their titles."""
+        if self.banner_set is None:
+            return [RequestError("no banner catalogue is loaded; serve with --banners <file>") for _ in queries]
+        batch = Batch(list(queries))
+        for stage in (self.decoder, self.encoder, self.retriever):
+            stage.run(batch)
+        results: list[Result | RequestError] = []
+        for row in batch.rows:
+            if not isinstance(row, Row):
+                results.append(row)
+                continue
+            ids, scores, info = self.banner_set.rank(row)
+            results.append(Result(ids, scores, {**row.info, **info}).label(self.model_version))
+        return results
+
     def recommend(self, queries: list[Query]) -> list[Result | RequestError]:
         """Answer a batch; a request that fails validation gets its RequestError, the others their Result.
 
         `self.timing` then holds the batch's milliseconds per stage."""
+        if self.index is None:
+            raise ConfigError("this recommender was loaded for intent signals only (retrieval=False)")
         batch = Batch(list(queries))
         timing: dict[str, float] = {}
         for stage in self.stages:

@@ -45,6 +45,27 @@ class PublishError(IntentrecError):
 
 
 MODELS = {"recommend": "RecommendModel", "similar_items": "SimilarItemsModel"}
+# Served beside them when the bundle has intent heads (its manifest's `intent`).
+OPTIONAL_MODELS = {"intent": "IntentModel", "banners": "BannersModel"}
+
+
+def served_models(repository: Path) -> dict[str, str]:
+    """The python models a repository serves (name -> class): those it has a config for."""
+    every = {**MODELS, **OPTIONAL_MODELS}
+    return {model: cls for model, cls in every.items() if (Path(repository) / model / "config.pbtxt").is_file()}
+
+
+def models_of(bundle_dir: Path, options: ServingOptions | None = None) -> dict[str, str]:
+    """The python models (name -> class) that serve this bundle: `intent` with intent heads, `banners` with a
+    banner catalogue in the options."""
+    models = dict(MODELS)
+    if load_bundle(bundle_dir).manifest.get("intent") and (options is None or options.intent_model):
+        models["intent"] = OPTIONAL_MODELS["intent"]
+    if options is not None and options.banners:
+        models["banners"] = OPTIONAL_MODELS["banners"]
+    return models
+
+
 TYPES = {
     "BYTES": mc.TYPE_STRING,
     "INT64": mc.TYPE_INT64,
@@ -108,6 +129,10 @@ class ServingOptions:
     complement_slots: int = 2  # places of each list for complements of a recent purchase (0: off)
     complement_window_hours: float = 24.0  # how recent a purchase must be for complement slots
     experiment_ab: str | None = None  # an A/B experiment: a name in conf/experiment_ab/ or a YAML path
+    banners: str | None = None  # a banner catalogue (serving.banners) the `banners` model ranks
+    intent_model: bool = (
+        True  # serve the `intent` model when the bundle has intent heads (recommend carries them anyway)
+    )
     # Request limits per row (RequestLimits documents each; conf/serving.yaml sets them).
     max_events: int = RequestLimits.max_events
     max_string_bytes: int = RequestLimits.max_string_bytes
@@ -120,6 +145,8 @@ class ServingOptions:
     def __post_init__(self):
         if self.experiment_ab in ("", "none", "None"):
             self.experiment_ab = None
+        if self.banners in ("", "none", "None"):
+            self.banners = None
         self.limits()
         if self.kind not in ("KIND_CPU", "KIND_GPU"):
             raise ConfigError(f"kind={self.kind!r}; expected KIND_CPU or KIND_GPU.")
@@ -155,7 +182,7 @@ def serving_options(path: Path, overrides=None) -> ServingOptions:
 
 def python_model_config(name: str, options: ServingOptions, pipeline: str = "inprocess") -> mc.ModelConfig:
     config = mc.ModelConfig(name=name, backend="python", max_batch_size=options.max_batch_size)
-    for input_name, kind, dims, optional in RECOMMEND_INPUTS if name == "recommend" else SIMILAR_INPUTS:
+    for input_name, kind, dims, optional in SIMILAR_INPUTS if name == "similar_items" else RECOMMEND_INPUTS:
         config.input.add(
             name=input_name, data_type=TYPES[kind], dims=dims, optional=optional, allow_ragged_batch=dims == [-1]
         )
@@ -170,9 +197,13 @@ def python_model_config(name: str, options: ServingOptions, pipeline: str = "inp
     config.parameters["pipeline"].string_value = pipeline
     for limit, value in vars(options.limits()).items():
         config.parameters[limit].string_value = str(int(value))
+    if name != "similar_items" and options.profile_store:
+        config.parameters["profile_store"].string_value = options.profile_store
+    if name == "banners":
+        from intentrec.serving.banners import load_banners
+
+        config.parameters["banners"].string_value = json.dumps(load_banners(options.banners))
     if name == "recommend":
-        if options.profile_store:
-            config.parameters["profile_store"].string_value = options.profile_store
         config.parameters["complement_slots"].string_value = str(int(options.complement_slots))
         config.parameters["complement_window_hours"].string_value = str(float(options.complement_window_hours))
         if options.experiment_ab:
@@ -239,13 +270,17 @@ def add_version(repository: Path, bundle_dir: Path, version: int | None = None) 
                 f"{repository} is not a model repository of intentrec (no {missing[0]}/config.pbtxt); build one "
                 "with python -m serving.repository build --bundle <bundle> --out <repository>."
             )
-    version = version or max([0, *[v for m in MODELS for v in versions(repository, m)]]) + 1
-    folders = [repository / model / str(version) for model in MODELS]
+    served = served_models(repository)
+    if load_bundle(bundle_dir, verify=False).manifest.get("intent") and "intent" not in served:
+        log.warning("%s has intent heads but %s has no intent model; build the repository again to serve it",
+                    bundle_dir, repository)  # fmt: skip
+    version = version or max([0, *[v for m in served for v in versions(repository, m)]]) + 1
+    folders = [repository / model / str(version) for model in served]
     for folder in folders:
         if folder.exists():
             raise ConfigError(f"{folder} exists; versions are never overwritten, publish as a new version.")
     try:
-        for folder, cls in zip(folders, MODELS.values()):
+        for folder, cls in zip(folders, served.values()):
             _link_tree(Path(bundle_dir), folder / "bundle")
             (folder / "model.py").write_text(MODEL_PY.format(cls=cls))
     except BaseException:
@@ -268,7 +303,7 @@ def build(bundle_dir: Path, out: Path, options: ServingOptions | None = None, pi
     out.mkdir(parents=True)
     if kept is not None:
         registry.write_text(kept)
-    for model in MODELS:
+    for model in models_of(bundle_dir, options):
         (out / model).mkdir()
         (out / model / "config.pbtxt").write_text(config_text(python_model_config(model, options, pipeline)))
         validate_config(out / model / "config.pbtxt")
@@ -387,11 +422,11 @@ def publish(
         return version
     loaded = []
     try:
-        for model in MODELS:
+        for model in served_models(repository):
             client.load_model(model, headers=headers, client_timeout=timeout_s)
             loaded.append(model)
     except InferenceServerException as error:
-        for model in MODELS:
+        for model in served_models(repository):
             shutil.rmtree(Path(repository) / model / str(version), ignore_errors=True)
         for model in loaded:  # back to the previous version
             try:
@@ -428,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="A/B experiment: a name in conf/experiment_ab/ or a YAML path ('none': off)",
     )
+    parser.add_argument("--banners", default=None, help="a banner catalogue (YAML/JSON) the `banners` model ranks")
     parser.add_argument(
         "--url", default=None, help="publish: gRPC address of the running server to load the new version"
     )
@@ -462,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         options = serving_options(args.config, args)
         if args.action == "build":
             build(args.bundle, args.out, options)
-            print(f"repository {args.out}: {', '.join(MODELS)} version 1")
+            print(f"repository {args.out}: {', '.join(served_models(args.out))} version 1")
         elif args.action == "production":
             options.kind = "KIND_GPU"
             production(args.bundle, args.out, options)

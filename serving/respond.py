@@ -27,6 +27,8 @@ class Respond:
                 # An exploring row the model did not rank (no known event): its list was certain.
                 shown = row.propensities if row.propensities is not None else np.ones(len(row.items))
                 row.info["propensities"] = [round(float(p), 6) for p in shown]
+            if isinstance(row, Row) and row.intent is not None:
+                row.info["intent"] = row.intent
         batch.results = [
             Result(item_ids[row.items].tolist(), row.scores.astype(float).tolist(), row.info).label(
                 self.model_version, row.experiment, row.arm

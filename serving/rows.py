@@ -57,6 +57,8 @@ class Row:
     explore: tuple[float, int] | None = None  # (epsilon, pool) of an exploring arm (serving.explore)
     propensities: np.ndarray | None = None  # P(shown item at its position) under an exploring policy
     query: np.ndarray | None = None  # (D,) query vector (encode)
+    intent: dict | None = None  # intent signals (encode, when the bundle serves them: serving.intent)
+    intent_categories: np.ndarray | None = None  # (C,) next-category probabilities by code (banners read them)
     items: np.ndarray | None = None  # the list, best first (retrieve, rank, rules)
     scores: np.ndarray | None = None
 

@@ -1,4 +1,4 @@
-"""The Triton python-backend models `recommend` and `similar_items` (one Python hop per batch).
+"""The Triton python-backend models `recommend`, `similar_items` and `intent` (one Python hop per batch).
 
 Each model version folder holds `model.py` (which imports the classes below) and `bundle/` (the
 export bundle of that version). Requests Triton batches together are answered with one ONNX call
@@ -12,7 +12,10 @@ Inputs of `recommend` (first dimension: rows of the request, each row one shoppe
   whose stored profile is read when the repository has a profile store); shopper BYTES [1] (the experiment
   unit of a request that sends its events); min_price, max_price FP32 [1] (all optional except item_ids).
 Outputs: item_ids BYTES [-1], scores FP32 [-1] (rows padded with "" / NaN to the longest), info BYTES [1] (JSON:
-the diagnostics of `Result.info` plus the list's `recommendation_id`, `model_version`, `experiment`, `arm`).
+the diagnostics of `Result.info` plus the list's `recommendation_id`, `model_version`, `experiment`, `arm`; with
+intent heads, `intent`: the shopper's purchase, exit and abandonment propensity and next categories).
+`intent` (served when the bundle has intent heads) takes the inputs of `recommend` and answers `info.intent` alone;
+`banners` (served with a banner catalogue) takes them too and answers the banners ranked for the shopper.
 Integers are INT64 so that no value a client sends (a JSON `k` of 4294967301) wraps into range.
 
 Errors, per request and per row (the contract the client relies on):
@@ -75,8 +78,9 @@ def _text(value) -> str:
 OUTPUT_OF = {"query_encoder": "query", "ranker": "logits"}
 
 
-def _bls(model: str, feed: dict) -> np.ndarray:
-    """Run `model` (an onnxruntime-backend model of the same repository) through Triton BLS.
+def _bls(model: str, feed: dict, outputs: list[str] | None = None):
+    """Run `model` (an onnxruntime-backend model of the same repository) through Triton BLS: its output, or
+    the list of the named `outputs`.
 
     Used by the production repository (`pipeline: bls`); generated and validated here, but not
     executed on this machine: the pytriton wheel has no onnxruntime backend and there is no GPU.
@@ -85,11 +89,13 @@ def _bls(model: str, feed: dict) -> np.ndarray:
         pb_utils.Tensor(name, value.reshape(-1, 1) if value.ndim == 1 else np.ascontiguousarray(value))
         for name, value in feed.items()
     ]
-    request = pb_utils.InferenceRequest(model_name=model, requested_output_names=[OUTPUT_OF[model]], inputs=inputs)
+    names = list(outputs) if outputs else [OUTPUT_OF[model]]
+    request = pb_utils.InferenceRequest(model_name=model, requested_output_names=names, inputs=inputs)
     response = request.exec()
     if response.has_error():
         raise RuntimeError(f"{model}: {response.error().message()}")
-    return pb_utils.get_output_tensor_by_name(response, OUTPUT_OF[model]).as_numpy()
+    values = [pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in names]
+    return values if outputs else values[0]
 
 
 def _refused(message: str):
@@ -114,6 +120,7 @@ def _texts(values: np.ndarray) -> list[list[str]]:
 
 class _Base:
     timing_stages = False
+    retrieval = True  # whether the model loads the index and ranker (the intent model does not)
 
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -144,8 +151,10 @@ class _Base:
             complement_window_hours=float(params.get("complement_window_hours", "24")),
             limits=limits,
             model_version=args["model_version"],
-            experiment=experiment,
-            arm_bundles=arm_bundles,
+            experiment=experiment if self.retrieval else None,
+            arm_bundles=arm_bundles if self.retrieval else {},
+            retrieval=self.retrieval,
+            banners=json.loads(params["banners"]) if params.get("banners") else None,
         )
 
     @staticmethod
@@ -309,6 +318,27 @@ class RecommendModel(_Base):
 
     def _answer(self, queries):
         return self.recommender.recommend(queries)
+
+
+class IntentModel(RecommendModel):
+    """`intent`: the same inputs as `recommend`, answered with the intent signals alone (no retrieval): each
+    row's `info` holds `intent` (serving.intent), `item_ids` and `scores` are empty."""
+
+    timing_stages = False
+    retrieval = False
+
+    def _answer(self, queries):
+        return self.recommender.intent(queries)
+
+
+class BannersModel(RecommendModel):
+    """`banners`: the same inputs as `recommend`; `item_ids` are the banner ids best first (`k` of them),
+    `scores` their scores, `info.banners` their titles (serving.banners)."""
+
+    timing_stages = False
+
+    def _answer(self, queries):
+        return self.recommender.banners(queries)
 
 
 class SimilarItemsModel(_Base):

@@ -31,6 +31,7 @@ import torch
 
 from intentrec.data.features import NUM_GAP_BUCKETS, purchases_before, time_gap_buckets, window_starts
 from intentrec.data.item_content import code_matrix, pad_column, table_arrays
+from intentrec.models.intent import LABEL_ARRAYS, NOW_COLUMNS
 from intentrec.models.two_tower import PURCHASE_EVENT_CODES, Vocabulary
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,10 @@ CONTEXT_COLUMNS = {  # batch name -> prepared step column
     "ctx_regions": "regions",
 }
 # (B, T) arrays of a batch, cut together when a batch is trimmed to its longest sequence.
-SEQUENCE_ARRAYS = frozenset({*STEP_INPUTS, "gap_buckets", *CONTEXT_COLUMNS, "ctx_gap_buckets", "targets"})
+SEQUENCE_ARRAYS = frozenset(
+    {*STEP_INPUTS, "gap_buckets", *CONTEXT_COLUMNS, "ctx_gap_buckets", "targets"}
+    | {*LABEL_ARRAYS.values(), *NOW_COLUMNS.values(), "step_index"}  # intent windows (models/intent.py)
+)
 DEVICE_NAMES = ("unknown", "desktop", "mobile", "tablet")
 
 
@@ -105,10 +109,20 @@ def _inputs(
     return batch
 
 
-def training_windows(split: Split, T: int, past: int) -> dict[str, np.ndarray]:
-    """Windows over every train row, with `targets` (W, T) at the positions whose next step is a target."""
+def training_windows(
+    split: Split, T: int, past: int, intent: dict[str, np.ndarray] | None = None, every_window: bool = False
+) -> dict[str, np.ndarray]:
+    """Windows over every train row, with `targets` (W, T) at the positions whose next step is a target.
+
+    With `intent` (per-step labels of the split: training.intent_labels.intent_labels) the windows read every
+    step, a row's last one too (it has no next step to predict, but its intent labels: the session ends
+    there), and carry the labels (`intent_*`, -1 where none), the current step's context (`now_*`) and
+    each position's flat step index (`step_index`, -1 for padding): models/intent.py. A window without a
+    next-item target is left out (a training batch of them would have no next-item loss) unless
+    `every_window` (the intent evaluation of val and test, which reads every step)."""
     lengths = np.diff(split.offsets)
-    slots = np.maximum(lengths - 1, 0)  # steps that can be predicted (all but the first)
+    # steps that can be predicted (all but the first); with intent, one slot more: past the last step
+    slots = np.maximum(lengths - 1, 0) if intent is None else lengths
     per_row = -(-slots // T)  # ceil
     row = np.repeat(np.arange(len(lengths)), per_row)
     k = np.arange(per_row.sum()) - np.repeat(np.cumsum(per_row) - per_row, per_row)
@@ -119,9 +133,19 @@ def training_windows(split: Split, T: int, past: int) -> dict[str, np.ndarray]:
     batch = _inputs(split, row, start, length, T, past)
     index = start[:, None] + np.arange(T)[None, :] + 1
     valid = np.arange(T)[None, :] < length[:, None]
-    is_target = _gather(split.steps["target_mask"], index, valid, False).astype(bool)
-    batch["targets"] = np.where(is_target, _gather(split.steps["item_ids"], index, valid), 0)
+    valid_next = valid & (index < split.offsets[row + 1][:, None])  # the next step is in the same row
+    is_target = _gather(split.steps["target_mask"], index, valid_next, False).astype(bool)
+    batch["targets"] = np.where(is_target, _gather(split.steps["item_ids"], index, valid_next), 0)
     keep = batch["targets"].any(axis=1)
+    if intent is not None:
+        for head, column in LABEL_ARRAYS.items():
+            if head in intent:
+                batch[column] = _gather(intent[head].astype(np.int64), index - 1, valid, -1)
+        for field, column in NOW_COLUMNS.items():
+            batch[column] = _gather(split.steps[CONTEXT_COLUMNS[field]], index - 1, valid)
+        batch["step_index"] = np.where(valid, index - 1, -1)
+    if every_window:
+        keep = valid.any(axis=1)
     return {name: values[keep] for name, values in batch.items()}
 
 
@@ -498,6 +522,7 @@ class PreparedData:
             },
             feature_sizes=sizes,
             feature_widths=widths,
+            num_categories=int(self.padded("category_idx").max(initial=0)) + 1 if "category_idx" in self.items else 0,
         )
 
 
@@ -534,8 +559,13 @@ class SequenceDataModule(pl.LightningDataModule):
         min_steps_per_epoch: int = 0,
         min_batch_size: int = 128,
         batches_on_device: bool | str = "auto",
+        intent: str = "none",
     ):
         super().__init__()
+        self.intent = intent
+        self.intent_heads: dict[str, str | None] = {}  # head -> None (learns) or why it cannot (intent only)
+        self.intent_sets: dict[str, tuple] = {}  # val/test: (windows, labels, split) (intent only)
+        self.intent_train: tuple | None = None  # (train split, labels of the heads that learn) (intent only)
         self.batches_on_device = batches_on_device
         self._device_arrays: DeviceArrays | None = None
         self.bucket_by_length, self.batch_targets = bucket_by_length, batch_targets
@@ -554,7 +584,21 @@ class SequenceDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_arrays is None:
             train = read_split(self.data.directory / "train.parquet")
-            self.train_arrays = training_windows(train, self.max_seq_len, self.past_purchases)
+            labels = None
+            if self.intent != "none":
+                from intentrec.training.intent_labels import available_heads, own_steps
+
+                own_steps(train, "train", self.data.stats["split"])  # a split that cuts sessions fails here
+                labels = self.intent_labels(train)
+                self.intent_heads = available_heads(labels)
+                for head, reason in self.intent_heads.items():
+                    if reason:
+                        log.warning("intent head %s is off: %s", head, reason)
+                labels = {head: values for head, values in labels.items() if not self.intent_heads[head]}
+                self.intent_train = (train, labels)
+            # Heads trained with the tower read the labels in its windows; a second stage reads its own.
+            joint = labels if self.intent == "joint" else None
+            self.train_arrays = training_windows(train, self.max_seq_len, self.past_purchases, joint)
             windows = len(self.train_arrays["targets"])
             log.info("train: %d windows, %d targets", windows, int((self.train_arrays["targets"] > 0).sum()))
             if self.min_steps_per_epoch > 0:
@@ -576,6 +620,36 @@ class SequenceDataModule(pl.LightningDataModule):
                     self.data.padded("train_count"),
                     self.rare_max_count,
                 )
+
+        for name in ("val", "test") if self.intent != "none" else ():
+            if name not in self.intent_sets:
+                split = read_split(self.data.directory / f"{name}.parquet")
+                from intentrec.errors import DataError
+                from intentrec.training.intent_labels import own_steps
+
+                if not own_steps(split, name, self.data.stats["split"]).any():
+                    raise DataError(
+                        f"the intent heads cannot be measured: {self.data.directory / name}.parquet has no steps of "
+                        f"its own (data.split: {self.data.stats['split'].get('protocol')}); give the split more days "
+                        "(data.split.val_days, data.split.test_days) or data covering them"
+                    )
+                labels = self.intent_labels(split)
+                windows = training_windows(split, self.max_seq_len, self.past_purchases, labels, every_window=True)
+                self.intent_sets[name] = (windows, labels, split)
+
+    def intent_train_windows(self) -> dict[str, np.ndarray]:
+        """Windows over every step of train with the labels of the heads that can learn (a second stage's data)."""
+        train, labels = self.intent_train
+        return training_windows(train, self.max_seq_len, self.past_purchases, labels, every_window=True)
+
+    def intent_labels(self, split: Split) -> dict[str, np.ndarray]:
+        """training.intent_labels.intent_labels of a split of this data (categories when the items have any)."""
+        from intentrec.training.intent_labels import intent_labels
+
+        category = self.data.padded("category_idx") if "category_idx" in self.data.items else None
+        if category is not None and not category.max(initial=0) > 0:
+            category = None
+        return intent_labels(split, self.data.vocab_json["event_types"], category)
 
     @property
     def train_counts(self) -> np.ndarray:

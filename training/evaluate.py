@@ -212,6 +212,9 @@ def evaluate(cfg) -> dict:
     run_dir = output_folder(cfg, ckpt)
     run_dir.mkdir(parents=True, exist_ok=True)
     task.eval_cfg = config_dict(cfg, "evaluate")
+    with open_dict(cfg):  # intent heads are measured when the checkpoint has them (intent.calibration applies)
+        cfg.intent.heads = task.intent_mode or "none"
+        cfg.intent.weight = task.intent_weight or cfg.intent.weight
     datamodule = build_datamodule(cfg, data)
     datamodule.setup()
     task.set_eval_sets(datamodule.eval_sets)
@@ -240,6 +243,10 @@ def evaluate(cfg) -> dict:
 
         hybrid, info["hybrid"] = evaluate_hybrid(task, datamodule, config_dict(cfg, "hybrid"), task.eval_cfg, ranks)
         metrics.update(hybrid)
+    if task.intent_mode:
+        from intentrec.training.intent import measure_heads
+
+        measure_heads(task.model.cpu(), datamodule, cfg, run_dir, metrics, info)
     write_metrics(run_dir, metrics, info, ks=cfg.evaluate.ks, ranks=ranks)
     with open_dict(cfg):
         cfg.run_dir = str(run_dir)

@@ -1,23 +1,12 @@
-"""Intent signals: per-step labels from prepared sequences, probability metrics, calibration, a baseline.
+"""Intent signals: probability metrics, calibration, the session-feature baseline and the heads' evaluation.
 
-The labels are one rule, used by the intent heads in training and by every evaluation of them. For each
-step t of a prepared split, within its session (`new_session` starts one; a row's first step always does):
-
-- `purchase`: the session has an online purchase at a step after t (will this visit end in a sale?);
-- `exit`: t is the session's last step (will the shopper leave now?);
-- `abandon`: the session ends with items in the web cart (data.features.replay_cart over the session)
-  and no purchase after t (is this cart about to be left behind?);
-- `next_category`: the category code of the session's next step's item, -1 at its last step.
-
-A data set without purchases has no positive `purchase` or `abandon` label, and one without item
-categories no `next_category`: `available_heads` says which heads can learn and why the others cannot.
-
-Metrics for a probability `p` of a binary label: AUC (the Mann-Whitney statistic, ties counted half),
-log loss, Brier score and expected calibration error (ECE: equal-width bins, the mean |accuracy -
-confidence| weighted by the bins' counts). Calibration on validation: temperature scaling of logits
-(one scalar, log loss minimised) or isotonic regression (pool-adjacent-violators). The baseline is a
-logistic regression on hand-made session features (`session_features`: steps so far, time in the
-session, cart size so far, device, hour band), which the heads must beat.
+The labels are one rule (training.intent_labels, re-exported here). Metrics for a probability `p` of a binary
+label: AUC (the Mann-Whitney statistic, ties counted half), log loss, Brier score and expected calibration
+error (ECE: equal-width bins, the mean |accuracy - confidence| weighted by the bins' counts). Calibration on
+validation: temperature scaling of logits (one scalar, log loss minimised) or isotonic regression
+(pool-adjacent-violators). The baseline is a logistic regression on hand-made session features
+(`session_features`: steps so far, time in the session, cart size so far, device, hour band), which the heads
+must beat. `evaluate_heads` measures a model's heads beside it; `train_heads` is the second stage.
 """
 
 from __future__ import annotations
@@ -28,66 +17,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
-from intentrec.data.features import replay_cart
 from intentrec.data.schema import EVENT_TYPES, enum_code
+from intentrec.training.intent_labels import (  # noqa: F401 - the label rule, re-exported
+    HEADS,
+    available_heads,
+    intent_labels,
+    own_steps,
+    session_starts,
+)
 
-HEADS = ("purchase", "exit", "abandon", "next_category")
 ECE_BINS = 15
-
-
-def session_starts(split) -> np.ndarray:
-    """(S,) bool: the steps that start a session (the `new_session` flags, and every row's first step)."""
-    starts = split.steps["new_session"].astype(bool).copy()
-    starts[split.offsets[:-1][np.diff(split.offsets) > 0]] = True
-    return starts
-
-
-def intent_labels(split, event_types: list[str], item_category: np.ndarray | None) -> dict[str, np.ndarray]:
-    """Per-step labels (see the module's docstring): int8 arrays for the binary heads, int64 categories."""
-    starts = session_starts(split)
-    session = np.cumsum(starts) - 1  # (S,) session number
-    S = len(session)
-    kinds = np.asarray(event_types, dtype=object)[split.steps["event_types"].astype(np.int64)]
-    last = np.ones(S, bool)
-    last[:-1] = session[1:] != session[:-1]
-    # purchases after t within the session: the session's running count at its last step minus t's
-    bought = np.cumsum(kinds == "purchase")
-    after = bought[np.flatnonzero(last)][session] - bought
-    labels = {"purchase": (after > 0).astype(np.int8), "exit": last.astype(np.int8)}
-    # the cart at the end of each session with an add-to-cart (data.features.replay_cart: the one cart rule)
-    items, quantities = split.steps["item_ids"], split.steps.get("quantities")
-    ends_with_cart = np.zeros(session[-1] + 1 if S else 0, bool)
-    bounds = np.append(np.flatnonzero(starts), S)
-    for number in np.unique(session[kinds == "add_to_cart"]):
-        steps = range(bounds[number], bounds[number + 1])
-        cart, _, _ = replay_cart(
-            (int(items[t]), kinds[t], int(quantities[t]) if quantities is not None else 1, t) for t in steps
-        )
-        ends_with_cart[number] = bool(cart)
-    labels["abandon"] = (ends_with_cart[session] & (after == 0)).astype(np.int8)
-    if item_category is not None:
-        following = np.full(S, -1, np.int64)
-        following[:-1] = np.asarray(item_category)[items[1:].astype(np.int64)]
-        labels["next_category"] = np.where(last, -1, following)
-    return labels
-
-
-def available_heads(labels: dict[str, np.ndarray]) -> dict[str, str | None]:
-    """head -> None when it can learn from these labels, else the reason it cannot."""
-    out = {}
-    for head in HEADS:
-        values = labels.get(head)
-        if values is None:
-            out[head] = "the items have no categories (items.parquet: category_id)"
-        elif head == "next_category":
-            out[head] = None if (values >= 0).any() else "no session has a second step"
-        elif head in ("purchase", "abandon") and not values.any():
-            out[head] = "the data has no purchase events" if head == "purchase" else "no session ends with a cart"
-        elif not values.any() or values.all():
-            out[head] = f"every step has the same {head} label"
-        else:
-            out[head] = None
-    return out
 
 
 def session_features(split) -> np.ndarray:
@@ -184,6 +123,36 @@ def fit_isotonic(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x[first], fitted[first]
 
 
+def fit_calibration(logits: np.ndarray, y: np.ndarray, method: str) -> dict:
+    """The calibration of a binary head fitted on validation logits: a spec `calibrated` applies (JSON-able)."""
+    if method == "temperature":
+        return {"method": "temperature", "temperature": fit_temperature(logits, y)}
+    thresholds, values = fit_isotonic(sigmoid(logits), y)
+    return {"method": "isotonic", "thresholds": thresholds.tolist(), "values": values.tolist()}
+
+
+def calibrated(spec: dict, logits: np.ndarray) -> np.ndarray:
+    """Probabilities of a binary head from its logits under a calibration spec (`fit_calibration`); evaluation
+    and serving (serving.intent) both apply it."""
+    logits = np.asarray(logits, np.float64)
+    if spec["method"] == "temperature":
+        return sigmoid(logits / float(spec["temperature"]))
+    return apply_isotonic((np.asarray(spec["thresholds"]), np.asarray(spec["values"])), sigmoid(logits))
+
+
+def category_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """(M, C) next-category probabilities: softmax(logits / temperature) over the known categories (code 0,
+    unknown, is never a label, so never predicted)."""
+    z = np.asarray(logits, np.float64) / float(temperature)
+    z[:, 0] = -np.inf
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-np.asarray(z, np.float64)))
+
+
 def apply_isotonic(model: tuple[np.ndarray, np.ndarray], p: np.ndarray) -> np.ndarray:
     thresholds, values = model
     position = np.searchsorted(thresholds, np.asarray(p, np.float64), side="right") - 1
@@ -217,30 +186,14 @@ def predict_logistic(model: np.ndarray, x: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-(z @ w)))
 
 
-# ------------------------------------------------------------------------------------ baseline evaluation
+# ------------------------------------------------------------------------------------ evaluation
 
 DEVICES = ("unknown", "desktop", "mobile", "tablet")
 LENGTHS = ((1, 1), (2, 3), (4, 7), (8, 10**9))
-
-
-def _prepared(data_dir: Path):
-    """(vocab event types, item -> category code or None, read_split) of a prepared data folder."""
-    import pyarrow.parquet as pq
-
-    from intentrec.errors import DataError
-    from intentrec.training.datamodule import read_split
-
-    data_dir = Path(data_dir)
-    if not (data_dir / "vocab.json").is_file():
-        raise DataError(f"data_dir={data_dir} holds no prepared data (no vocab.json); run python -m data.prepare first")
-    vocab = json.loads((data_dir / "vocab.json").read_text())
-    items = pq.read_table(data_dir / "items.parquet")
-    category = None
-    if "category_idx" in items.column_names and pc.max(items["category_idx"]).as_py():
-        index = items["item_idx"].to_numpy()
-        category = np.zeros(int(index.max()) + 1, np.int64)
-        category[index] = items["category_idx"].to_numpy()
-    return vocab["event_types"], category, lambda name: read_split(data_dir / f"{name}.parquet")
+BINARY = ("purchase", "exit", "abandon")
+CALIBRATIONS = ("temperature", "isotonic")
+# Temperatures of the next-category softmax tried on validation (log-spaced; 1 = as trained).
+CATEGORY_TEMPERATURES = np.exp(np.linspace(np.log(0.25), np.log(4.0), 25))
 
 
 def _slices(split) -> dict[str, np.ndarray]:
@@ -255,69 +208,410 @@ def _slices(split) -> dict[str, np.ndarray]:
     return out
 
 
+def binary_report(p: np.ndarray, y: np.ndarray, slices: dict[str, np.ndarray]) -> dict:
+    """Metrics of a binary head on the evaluated steps, per slice (with 50 steps or more) and its reliability points."""
+    return {
+        "test": binary_metrics(p, y),
+        "slices": {name: binary_metrics(p[m], y[m]) for name, m in slices.items() if m.sum() >= 50},
+        "reliability": reliability(p, y),
+    }
+
+
+def baseline_probabilities(train, evaluated, labels_train, heads, own_train) -> dict[str, np.ndarray]:
+    """The session-feature baseline of each available binary head, fitted on train's own steps: p per step of `evaluated`."""
+    x_train, x_eval = session_features(train)[own_train], session_features(evaluated)
+    return {
+        head: predict_logistic(fit_logistic(x_train, labels_train[head][own_train]), x_eval)
+        for head in BINARY
+        if not heads[head]
+    }
+
+
 def evaluate_baseline(data_dir: Path) -> dict:
-    """The session-feature baseline of every available head, fitted on train, measured on test (with slices)."""
-    event_types, category, split_of = _prepared(data_dir)
+    """The session-feature baseline of every available head, fitted on train, measured on test's own steps (with slices)."""
+    event_types, category, split_of, split_info = _prepared(data_dir)
     train, test = split_of("train"), split_of("test")
+    own_train, own_test = own_steps(train, "train", split_info), own_steps(test, "test", split_info)
     labels_train = intent_labels(train, event_types, category)
     labels_test = intent_labels(test, event_types, category)
-    heads = available_heads(labels_train)
-    x_train, x_test = session_features(train), session_features(test)
-    slices = _slices(test)
+    heads = available_heads({h: v[own_train] for h, v in labels_train.items()})
+    slices = {name: m[own_test] for name, m in _slices(test).items()}
     result: dict = {"data_dir": str(data_dir), "heads": {}, "unavailable": {h: r for h, r in heads.items() if r}}
-    for head in ("purchase", "exit", "abandon"):
-        if heads[head]:
-            continue
-        model = fit_logistic(x_train, labels_train[head])
-        p = predict_logistic(model, x_test)
-        y = labels_test[head]
-        result["heads"][head] = {
-            "test": binary_metrics(p, y),
-            "slices": {name: binary_metrics(p[m], y[m]) for name, m in slices.items() if m.sum() >= 50},
-            "reliability": reliability(p, y),
-        }
+    for head, p in baseline_probabilities(train, test, labels_train, heads, own_train).items():
+        result["heads"][head] = binary_report(p[own_test], labels_test[head][own_test], slices)
     if not heads["next_category"]:
-        result["heads"]["next_category"] = next_category_baseline(train, test, labels_train, labels_test, category)
+        table = category_transitions(train, labels_train, category, own_train)
+        result["heads"]["next_category"] = {"test": category_metrics(table, test, labels_test, category, own_test)}
     return result
 
 
-def next_category_baseline(train, test, labels_train, labels_test, category) -> dict:
-    """P(next category | this step's category) from train's transitions (add-one); top-1 accuracy and log loss."""
+def _prepared(data_dir: Path):
+    """(vocab event types, item -> category code or None, read_split, the split's stats) of a prepared folder."""
+    import pyarrow.parquet as pq
+
+    from intentrec.errors import DataError
+    from intentrec.training.datamodule import read_split
+
+    data_dir = Path(data_dir)
+    if not (data_dir / "vocab.json").is_file():
+        raise DataError(f"data_dir={data_dir} holds no prepared data (no vocab.json); run python -m data.prepare first")
+    vocab = json.loads((data_dir / "vocab.json").read_text())
+    split_info = json.loads((data_dir / "stats.json").read_text())["split"]
+    items = pq.read_table(data_dir / "items.parquet")
+    category = None
+    if "category_idx" in items.column_names and pc.max(items["category_idx"]).as_py():
+        index = items["item_idx"].to_numpy()
+        category = np.zeros(int(index.max()) + 1, np.int64)
+        category[index] = items["category_idx"].to_numpy()
+    return vocab["event_types"], category, lambda name: read_split(data_dir / f"{name}.parquet"), split_info
+
+
+def category_transitions(train, labels_train, category, own_train) -> np.ndarray:
+    """The next-category baseline: P(next category | this step's category) from train's transitions (add-one)."""
     C = int(category.max()) + 1
     counts = np.ones((C, C))
     now = category[train.steps["item_ids"].astype(np.int64)]
-    known = labels_train["next_category"] >= 0
+    known = (labels_train["next_category"] >= 0) & own_train
     np.add.at(counts, (now[known], labels_train["next_category"][known]), 1)
-    table = counts / counts.sum(axis=1, keepdims=True)
-    now_test = category[test.steps["item_ids"].astype(np.int64)]
-    target = labels_test["next_category"]
-    known = target >= 0
-    p = table[now_test[known]]
+    return counts / counts.sum(axis=1, keepdims=True)
+
+
+def category_metrics(table, evaluated, labels, category, own) -> dict:
+    """Accuracy@1 and log loss of the transition table on the evaluated steps with a known next category,
+    and accuracy@1 where that category differs from the current step's (`change_accuracy@1`)."""
+    now = category[evaluated.steps["item_ids"].astype(np.int64)]
+    target = labels["next_category"]
+    known = (target >= 0) & own
+    p = table[now[known]]
     chosen = p[np.arange(known.sum()), target[known]]
-    return {"test": {"accuracy@1": float((p.argmax(axis=1) == target[known]).mean()),
-                     "log_loss": float(-np.log(chosen).mean()), "n": int(known.sum())}}  # fmt: skip
+    correct = p.argmax(axis=1) == target[known]
+    change = now[known] != target[known]
+    return {"accuracy@1": float(correct.mean()), "log_loss": float(-np.log(chosen).mean()), "n": int(known.sum()),
+            "change_accuracy@1": float(correct[change].mean()) if change.any() else float("nan"),
+            "changes": int(change.sum())}  # fmt: skip
 
 
-def plot_reliability(result: dict, path: Path) -> None:
+# --------------------------------------------------------------------------------------- the heads
+
+
+def head_outputs(model, windows: dict[str, np.ndarray], labels: dict[str, np.ndarray], batch_size: int = 256) -> dict:
+    """The intent heads of `model` (models.two_tower.TwoTower) over a split's intent windows, per step of the split:
+    `binary` (S, 3) logits; with a category head, `top` (S,) its most likely category and, at each of
+    CATEGORY_TEMPERATURES, `nll` (S, G) of the labelled next category and `confidence` (S, G) of the top one."""
+    import torch
+
+    from intentrec.training.datamodule import ArrayDataset
+
+    dataset = ArrayDataset(windows)
+    S = len(labels["exit"])
+    out = {"binary": np.full((S, len(BINARY)), np.nan)}
+    if model.intent.category is not None:
+        G = len(CATEGORY_TEMPERATURES)
+        out.update(top=np.full(S, -1, np.int64), nll=np.full((S, G), np.nan), confidence=np.full((S, G), np.nan))
+    category = labels.get("next_category", np.full(S, -1, np.int64))
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            batch = dataset[np.arange(start, min(start + batch_size, len(dataset)))]
+            _, logits = model.query_states(batch, intent=True)
+            where = batch["step_index"] >= 0
+            steps = batch["step_index"][where].numpy()
+            out["binary"][steps] = logits["binary"][where].double().numpy()
+            if "top" in out:
+                z = logits["category"][where].double().numpy()
+                target = np.maximum(category[steps], 0)
+                for g, temperature in enumerate(CATEGORY_TEMPERATURES.tolist()):
+                    p = category_probabilities(z, temperature)
+                    out["nll"][steps, g] = -np.log(np.maximum(p[np.arange(len(p)), target], 1e-300))
+                    out["confidence"][steps, g] = p.max(axis=1)
+                out["top"][steps] = p.argmax(axis=1)
+    return out
+
+
+def _inputs_of(model, windows: dict[str, np.ndarray], keep=None, batch_size: int = 256):
+    """The heads' inputs at the steps of `windows` (model.intent_inputs), eval mode, no gradients:
+    (X (M, width) float32 tensor, flat step index (M,)), the steps where `keep[step]` when given."""
+    import torch
+
+    from intentrec.training.datamodule import ArrayDataset
+
+    dataset = ArrayDataset(windows)
+    inputs, steps = [], []
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            batch = dataset[np.arange(start, min(start + batch_size, len(dataset)))]
+            where = batch["step_index"] >= 0
+            if keep is not None:
+                where &= torch.from_numpy(keep)[batch["step_index"].clamp(min=0)]
+            inputs.append(model.intent_inputs(batch)[where].float())
+            steps.append(batch["step_index"][where].numpy())
+    return torch.cat(inputs), np.concatenate(steps)
+
+
+def train_heads(model, datamodule, settings: dict, seed: int) -> dict:
+    """The second stage (intent.heads=second_stage): the heads of `model` learn on the tower as trained, which
+    does not change. Their inputs (model.intent_inputs) are computed once for train's steps (at most
+    `max_train_steps`, whole windows drawn at random) and val's own steps; AdamW on the heads' loss
+    (models.intent.intent_loss) over shuffled batches of steps, for at most `epochs`, keeping the heads of the
+    epoch with the least val loss and stopping after `patience` epochs without a better one. Returns a summary."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):  # the stages after this one draw as they would without it
+        return _train_heads(model, datamodule, settings, seed)
+
+
+def _train_heads(model, datamodule, settings: dict, seed: int) -> dict:
+    import time
+
+    import torch
+
+    from intentrec.models.intent import LABEL_ARRAYS, intent_loss
+
+    started = time.perf_counter()
+    heads = tuple(head for head, reason in datamodule.intent_heads.items() if not reason)
+    rng = np.random.default_rng(seed)
+    windows = datamodule.intent_train_windows()
+    counts = (windows["step_index"] >= 0).sum(axis=1)
+    cap = int(settings.get("max_train_steps", 500_000))
+    if counts.sum() > cap:
+        order = rng.permutation(len(counts))
+        chosen = order[: int(np.searchsorted(np.cumsum(counts[order]), cap)) + 1]
+        windows = {name: values[np.sort(chosen)] for name, values in windows.items()}
+    _, train_labels = datamodule.intent_train
+    x_train, steps_train = _inputs_of(model, windows)
+    val_windows, val_labels, val_split = datamodule.intent_sets["val"]
+    own = own_steps(val_split, "val", datamodule.data.stats["split"])
+    x_val, steps_val = _inputs_of(model, val_windows, own)
+
+    def labels_of(labels, steps):
+        return {LABEL_ARRAYS[h]: torch.from_numpy(labels[h][steps].astype(np.int64)) for h in heads}
+
+    y_train, y_val = labels_of(train_labels, steps_train), labels_of(val_labels, steps_val)
+    torch.manual_seed(seed)
+    for layer in model.intent.modules():  # from fresh weights, as a stage of its own
+        if hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()
+    optimizer = torch.optim.AdamW(model.intent.parameters(), lr=float(settings.get("lr", 3e-3)), weight_decay=0.01)
+    batch_size, patience = int(settings.get("batch_size", 1024)), int(settings.get("patience", 3))
+    learning = set(heads)  # the heads still learning: each stops at its own best val loss
+
+    def val_losses() -> dict[str, float]:
+        model.intent.eval()
+        with torch.no_grad():
+            return {head: float(loss) for head, loss in intent_loss(model.intent(x_val), y_val, heads)[1].items()}
+
+    def snapshot(head: str) -> dict:
+        return {k: v.detach().clone() for k, v in model.intent.heads[head].state_dict().items()}
+
+    best = val_losses()
+    kept, waited, curve = {head: snapshot(head) for head in heads}, dict.fromkeys(heads, 0), []
+    for epoch in range(int(settings.get("epochs", 30))):
+        if not learning:
+            break
+        model.intent.train()
+        order = torch.from_numpy(rng.permutation(len(x_train)))
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            labels = {k: v[index] for k, v in y_train.items()}
+            loss, _ = intent_loss(model.intent(x_train[index]), labels, tuple(learning))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        current = val_losses()
+        curve.append({"epoch": epoch, **{head: round(value, 5) for head, value in current.items()}})
+        for head in sorted(learning):
+            if current[head] < best[head] - 1e-5:
+                best[head], waited[head], kept[head] = current[head], 0, snapshot(head)
+            else:
+                waited[head] += 1
+                if waited[head] >= patience:
+                    learning.discard(head)
+    for head, state in kept.items():
+        model.intent.heads[head].load_state_dict(state)
+    model.intent.eval()
+    return {"train_steps": int(len(x_train)), "val_steps": int(len(x_val)),
+            "best_val_loss": {head: round(value, 5) for head, value in best.items()},
+            "epochs": len(curve), "curve": curve, "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
+
+
+def save_heads(model, checkpoints) -> None:
+    """Write the heads' trained weights into each checkpoint file (`model.intent.*`), whole or not at all."""
+    import os
+
+    import torch
+
+    state = {f"model.intent.{k}": v.detach().cpu() for k, v in model.intent.state_dict().items()}
+    for path in {Path(p) for p in checkpoints if p and Path(p).is_file()}:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint["state_dict"].update(state)
+        draft = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(checkpoint, draft)
+        os.replace(draft, path)
+
+
+def calibrate_heads(model, datamodule, calibration: str = "temperature", val=None) -> dict:
+    """Each available head's calibration fitted on val's own steps: {head: spec (`fit_calibration`)} for the
+    binary heads and {"next_category": {"temperature": T}} (the softmax temperature of least val log loss).
+    `val`: head_outputs of val when already computed."""
+    from intentrec.errors import ConfigError
+
+    if calibration not in CALIBRATIONS:
+        raise ConfigError(f"intent.calibration={calibration!r}; expected one of {list(CALIBRATIONS)}.")
+    heads = datamodule.intent_heads
+    windows, labels, split = datamodule.intent_sets["val"]
+    own = own_steps(split, "val", datamodule.data.stats["split"])
+    val = head_outputs(model, windows, labels) if val is None else val
+    specs = {
+        head: fit_calibration(val["binary"][own, index], labels[head][own], calibration)
+        for index, head in enumerate(BINARY)
+        if not heads[head]
+    }
+    if not heads["next_category"] and "nll" in val:
+        known = (labels["next_category"] >= 0) & own
+        specs["next_category"] = {
+            "temperature": float(CATEGORY_TEMPERATURES[int(np.argmin(val["nll"][known].mean(axis=0)))])
+        }
+    return specs
+
+
+def evaluate_heads(model, datamodule, calibration: str = "temperature") -> tuple[dict, dict]:
+    """The intent heads on val and test beside the session-feature baseline: (flat metrics, report).
+
+    Each binary head is calibrated on val's own steps (`temperature`: one scalar on the logits; `isotonic`)
+    and measured on test's own steps (`own_steps`) with slices by device and session length; the baseline is
+    fitted on train. The next-category head takes the softmax temperature with the least val log loss, and is
+    compared with the train transition table. Metrics keys: `intent_test/<head>/<metric>`,
+    `intent_baseline_test/<head>/<metric>`, `intent_val/<head>/auc`."""
+    from intentrec.training.datamodule import read_split
+
+    heads, split_info = datamodule.intent_heads, datamodule.data.stats["split"]
+    runs = {}
+    for name in ("val", "test"):
+        windows, labels, split = datamodule.intent_sets[name]
+        runs[name] = (head_outputs(model, windows, labels), labels, split, own_steps(split, name, split_info))
+    (val, labels_val, _, own_val), (test, labels_test, split_test, own_test) = runs["val"], runs["test"]
+    specs = calibrate_heads(model, datamodule, calibration, val)
+    train = read_split(datamodule.data.directory / "train.parquet")
+    labels_train = datamodule.intent_labels(train)
+    own_train = own_steps(train, "train", split_info)
+    baseline = baseline_probabilities(train, split_test, labels_train, heads, own_train)
+    slices = {name: m[own_test] for name, m in _slices(split_test).items()}
+    report: dict = {
+        "calibration": calibration,
+        "heads": {},
+        "baseline": {},
+        "unavailable": {h: r for h, r in heads.items() if r},
+    }
+    metrics: dict = {}
+    for index, head in enumerate(BINARY):
+        if heads[head]:
+            continue
+        z_val, y_val = val["binary"][own_val, index], labels_val[head][own_val]
+        z_test, y_test = test["binary"][own_test, index], labels_test[head][own_test]
+        spec = specs[head]
+        p = calibrated(spec, z_test)
+        report["heads"][head] = {**binary_report(p, y_test, slices), "calibration": spec,
+                                 "uncalibrated_ece": binary_metrics(sigmoid(z_test), y_test)["ece"]}  # fmt: skip
+        report["baseline"][head] = binary_report(baseline[head][own_test], y_test, slices)
+        metrics[f"intent_val/{head}/auc"] = auc(z_val, y_val)
+        for key in ("auc", "log_loss", "brier", "ece"):
+            metrics[f"intent_test/{head}/{key}"] = report["heads"][head]["test"][key]
+            metrics[f"intent_baseline_test/{head}/{key}"] = report["baseline"][head]["test"][key]
+    if not heads["next_category"] and "top" in test:
+        g = int(np.flatnonzero(CATEGORY_TEMPERATURES == specs["next_category"]["temperature"])[0])
+        known = (labels_test["next_category"] >= 0) & own_test
+        target, top = labels_test["next_category"][known], test["top"][known]
+        category = datamodule.data.padded("category_idx").astype(np.int64)
+        now = category[split_test.steps["item_ids"].astype(np.int64)][known]
+        correct, change = top == target, now != target
+        confidence = test["confidence"][known, g]
+        report["heads"]["next_category"] = {"temperature": float(CATEGORY_TEMPERATURES[g]), "test": {
+            "accuracy@1": float(correct.mean()), "log_loss": float(test["nll"][known, g].mean()),
+            "ece": float(sum(n * abs(o - c) for c, o, n in reliability(confidence, correct)) / len(correct)),
+            "change_accuracy@1": float(correct[change].mean()) if change.any() else float("nan"),
+            "n": int(known.sum()), "changes": int(change.sum())}}  # fmt: skip
+        table = category_transitions(train, labels_train, category, own_train)
+        report["baseline"]["next_category"] = {
+            "test": category_metrics(table, split_test, labels_test, category, own_test)
+        }
+        for key in ("accuracy@1", "change_accuracy@1", "log_loss"):
+            metrics[f"intent_test/next_category/{key}"] = report["heads"]["next_category"]["test"][key]
+            metrics[f"intent_baseline_test/next_category/{key}"] = report["baseline"]["next_category"]["test"][key]
+    return metrics, report
+
+
+def measure_heads(model, datamodule, cfg, run_dir: Path, metrics: dict, info: dict) -> None:
+    """Training's and a checkpoint evaluation's last stage with intent heads: evaluate_heads into `metrics`
+    and `info["intent"]`, its report into `run_dir` (write_heads_report)."""
+    intent_metrics, report = evaluate_heads(model, datamodule, str(cfg.intent.calibration))
+    metrics.update(intent_metrics)
+    write_heads_report(run_dir, report)
+    info["intent"] = {key: cfg.intent[key] for key in ("heads", "weight", "calibration")}
+    info["intent"]["unavailable"] = report["unavailable"]
+
+
+def write_heads_report(run_dir: Path, report: dict) -> None:
+    """`intent.json`, `intent.md` and `intent_reliability.png` in a run folder."""
+    run_dir = Path(run_dir)
+    (run_dir / "intent.json").write_text(json.dumps(report, indent=2) + "\n")
+    title = f"Intent heads (calibration: {report['calibration']}) against the session-feature baseline, on test"
+    (run_dir / "intent.md").write_text(f"# {title}\n\n" + "\n".join(intent_table(report)) + "\n")
+    plot_reliability(report, run_dir / "intent_reliability.png", title)
+
+
+def plot_reliability(result: dict, path: Path, title: str) -> None:
+    """One panel per binary head: observed rate against predicted probability per bin (point size: steps),
+    for `result["heads"]` and, when present, `result["baseline"]`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    binary = [h for h in ("purchase", "exit", "abandon") if h in result["heads"]]
+    binary = [h for h in BINARY if h in result["heads"]]
     figure, axes = plt.subplots(1, max(len(binary), 1), figsize=(4 * max(len(binary), 1), 4), squeeze=False)
+    series = [("heads" if "baseline" in result else "baseline", result["heads"])]
+    if "baseline" in result:
+        series.append(("baseline", result["baseline"]))
     for axis, head in zip(axes[0], binary):
-        points = result["heads"][head]["reliability"]
         axis.plot([0, 1], [0, 1], color="grey", linewidth=1)
-        axis.scatter([p for p, _, _ in points], [o for _, o, _ in points], s=[max(8, n**0.5) for *_, n in points])
-        metrics = result["heads"][head]["test"]
-        axis.set_title(f"{head}: AUC {metrics['auc']:.3f}, ECE {metrics['ece']:.3f}")
+        titles = []
+        for (label, reports), marker in zip(series, "os"):
+            points, metrics = reports[head]["reliability"], reports[head]["test"]
+            sizes = [max(8, n**0.5) for *_, n in points]
+            axis.scatter([p for p, _, _ in points], [o for _, o, _ in points], s=sizes, marker=marker, label=label)
+            titles.append(f"{label} AUC {metrics['auc']:.3f} ECE {metrics['ece']:.3f}")
+        axis.set_title(f"{head}\n" + "\n".join(titles), fontsize=9)
         axis.set_xlabel("predicted")
         axis.set_ylabel("observed")
-    figure.suptitle("Session-feature baseline: reliability on test")
+        if len(series) > 1:
+            axis.legend(loc="upper left", fontsize=8)
+    figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def intent_table(result: dict) -> list[str]:
+    """Markdown rows of every head (and of the baseline beside each, when `result` has one)."""
+    lines = ["| head | by | AUC | log loss | Brier | ECE | positives | steps |", "|---|---|---|---|---|---|---|---|"]
+    series = [("heads" if "baseline" in result else "baseline", result["heads"])]
+    if "baseline" in result:
+        series.append(("baseline", result["baseline"]))
+    for head in (*BINARY, "next_category"):
+        for label, reports in series:
+            if head not in reports:
+                continue
+            m = reports[head]["test"]
+            if head == "next_category":
+                ece = f"{m['ece']:.4f}" if "ece" in m else "-"
+                lines.append(f"| next_category | {label} | accuracy@1 {m['accuracy@1']:.4f} (where it changes: "
+                             f"{m['change_accuracy@1']:.4f}) | {m['log_loss']:.4f} | - | {ece} | - | {m['n']:,} |")  # fmt: skip
+            else:
+                lines.append(f"| {head} | {label} | {m['auc']:.4f} | {m['log_loss']:.4f} | {m['brier']:.4f} | "
+                             f"{m['ece']:.4f} | {m['positives']:.3f} | {m['n']:,} |")  # fmt: skip
+    lines += [f"| {head} | off: {reason} | | | | | | |" for head, reason in result["unavailable"].items() if reason]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -342,18 +636,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.data_dir / "intent_baseline"
     out.mkdir(parents=True, exist_ok=True)
     (out / "intent_baseline.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot_reliability(result, out / "reliability.png")
-    lines = ["| head | AUC | log loss | Brier | ECE | positives | test steps |", "|---|---|---|---|---|---|---|"]
-    for head, entry in result["heads"].items():
-        m = entry["test"]
-        if head == "next_category":
-            lines.append(
-                f"| next_category | accuracy@1 {m['accuracy@1']:.4f} | {m['log_loss']:.4f} | - | - | - | {m['n']:,} |"
-            )
-        else:
-            lines.append(f"| {head} | {m['auc']:.4f} | {m['log_loss']:.4f} | {m['brier']:.4f} | {m['ece']:.4f} | "
-                         f"{m['positives']:.3f} | {m['n']:,} |")  # fmt: skip
-    lines += [f"| {head} | off: {reason} | | | | | |" for head, reason in result["unavailable"].items()]
+    plot_reliability(result, out / "reliability.png", "Session-feature baseline: reliability on test")
+    lines = intent_table(result)
     (out / "intent_baseline.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"written to {out}")

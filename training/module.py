@@ -11,6 +11,7 @@ import torch
 
 from intentrec.models.bert4rec import cloze_examples
 from intentrec.models.contrastive import ContrastiveObjective
+from intentrec.models.intent import LABEL_ARRAYS, intent_loss
 from intentrec.models.losses import (
     GBCE,
     SampledSoftmax,
@@ -25,7 +26,8 @@ from intentrec.training.metrics import RankingAccumulator, make_accumulator, mas
 
 log = logging.getLogger(__name__)
 
-STEP_ARRAYS = SEQUENCE_ARRAYS - {"targets"}  # the (B, T) inputs an augmented view re-orders together
+# the (B, T) inputs an augmented view re-orders together (not the targets, intent labels and step indexes)
+STEP_ARRAYS = SEQUENCE_ARRAYS - {"targets", "step_index", *LABEL_ARRAYS.values()}
 
 
 def scaled_lr_and_warmup(optim: dict) -> tuple[float, int]:
@@ -65,6 +67,9 @@ class RetrievalTask(pl.LightningModule):
         settings: what evaluate and export take over from the checkpoint (training.run_settings.record).
         contrastive: `model.contrastive` (models.contrastive.ContrastiveObjective arguments) or None: a
             contrastive term beside the next-item loss (CL4SRec / DuoRec style), training only.
+        intent: {mode: joint|second_stage, weight, heads: [the heads that learn]} with intent heads
+            (model.intent_heads). joint: their loss (models.intent.intent_loss) x weight beside the next-item
+            loss; second_stage: trained after the tower (training.intent.train_heads), not here.
     """
 
     def __init__(
@@ -80,6 +85,7 @@ class RetrievalTask(pl.LightningModule):
         variant: str = "two_tower",
         settings: dict | None = None,
         contrastive: dict | None = None,
+        intent: dict | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["feature_codes", "train_counts"])
@@ -115,6 +121,13 @@ class RetrievalTask(pl.LightningModule):
                 self.model_cfg.attribute_loss,
             )
         self.contrastive = ContrastiveObjective(self.model_cfg.embedding_dim, **contrastive) if contrastive else None
+        self.intent_mode = intent["mode"] if intent and self.model.intent is not None else None
+        self.intent_weight = float(intent["weight"]) if self.intent_mode else 0.0
+        self.intent_heads = tuple(intent["heads"]) if self.intent_mode else ()
+        if self.intent_mode == "joint" and not self.intent_weight > 0:
+            raise ValueError(
+                f"intent.weight={self.intent_weight}; expected a weight > 0 (intent.heads=none turns the heads off)."
+            )
         self.eval_cfg = evaluation
         self.seen: dict[str, dict] = {}
         self.slices: dict[str, dict] = {}
@@ -165,18 +178,20 @@ class RetrievalTask(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> torch.Tensor:
         mask = batch["targets"] > 0
+        intent_logits = None
         if self.model.bidirectional:  # bert4rec: masked steps and the slot after the last (models/bert4rec.py)
             queries, targets = cloze_examples(self.model, batch, self.model_cfg.cloze_mask)
-        elif self.loss_name == "full":
-            # One item-tower pass a step: the catalogue's vectors feed the softmax, and the steps and past
-            # purchases read their rows (as serving reads the served table's rows).
-            all_items = self.model.item_embeddings()
-            states = self.model.query_states(
-                batch, step_items=all_items[batch["item_ids"]], past_items=all_items[batch["past_purchase_ids"]]
-            )
-            queries, targets = states[mask], batch["targets"][mask]  # (M, D), (M,)
         else:
-            states = self.model.query_states(batch)  # (B, T, D)
+            read = {}
+            if self.loss_name == "full":
+                # One item-tower pass a step: the catalogue's vectors feed the softmax, and the steps and past
+                # purchases read their rows (as serving reads the served table's rows).
+                all_items = self.model.item_embeddings()
+                read = {"step_items": all_items[batch["item_ids"]], "past_items": all_items[batch["past_purchase_ids"]]}
+            joint = self.intent_mode == "joint"
+            states = self.model.query_states(batch, intent=joint, **read)  # (B, T, D)
+            if joint:
+                states, intent_logits = states  # and the intent heads' logits at every position
             queries, targets = states[mask], batch["targets"][mask]  # (M, D), (M,)
         scale = self.model.logit_scale()
         if self.loss_name == "full":
@@ -198,6 +213,11 @@ class RetrievalTask(pl.LightningModule):
             attribute = attribute_prediction_loss(self.model.item_tower, queries, targets)
             self.log("train/attribute", attribute, batch_size=windows)
             loss = loss + self.attribute_loss * attribute
+        if intent_logits is not None:
+            intent, parts = intent_loss(intent_logits, batch, self.intent_heads)
+            for head, value in parts.items():
+                self.log(f"train/intent_{head}", value, batch_size=windows)
+            loss = loss + self.intent_weight * intent
         if self.contrastive is not None:
             contrastive = self.contrastive(self.model, batch, STEP_ARRAYS)
             self.log("train/contrastive", contrastive, batch_size=windows)

@@ -141,4 +141,19 @@ def build_datamodule(cfg, data: PreparedData) -> SequenceDataModule:
         min_steps_per_epoch=int(d.get("min_steps_per_epoch", 0) or 0),
         min_batch_size=int(cfg.optim.get("reference_batch_size", 128)),
         batches_on_device=d.get("batches_on_device", "auto"),
+        intent=intent_mode(cfg),
     )
+
+
+def intent_mode(cfg) -> str:
+    """`intent.heads` (none | joint | detached), checked."""
+    from intentrec.models.intent import MODES
+    from intentrec.training.intent import CALIBRATIONS
+
+    intent = cfg.get("intent") or {}
+    mode, calibration = str(intent.get("heads", "none")), str(intent.get("calibration", "temperature"))
+    if mode not in MODES:
+        raise ConfigError(f"intent.heads={mode!r}; expected one of {list(MODES)}.")
+    if calibration not in CALIBRATIONS:
+        raise ConfigError(f"intent.calibration={calibration!r}; expected one of {list(CALIBRATIONS)}.")
+    return mode

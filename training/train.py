@@ -10,7 +10,8 @@
 
 Reads `<artifacts_dir>/data/<data.name>/` (prepared first when missing or made with another data
 config) and leaves in the run folder: `metrics.json` (`val/ndcg@10`, `test/hr@10`,
-`test/intent_shift/ndcg@10`, ...), `metrics.md`, `checkpoints/best.ckpt` and `last.ckpt` (written at
+`test/intent_shift/ndcg@10`, ...; with `intent.heads`, `intent_test/purchase/auc`, ... and `intent.md`,
+`intent.json`, `intent_reliability.png`), `metrics.md`, `checkpoints/best.ckpt` and `last.ckpt` (written at
 each validation and every `checkpoint.every_n_steps` steps), and the logger's files. A resumed run
 continues a mid-epoch checkpoint with the epoch's remaining batches and keeps the best-so-far.
 """
@@ -33,7 +34,7 @@ from intentrec.errors import ConfigError
 from intentrec.training.datamodule import PreparedData, SequenceDataModule
 from intentrec.training.evaluate import write_metrics
 from intentrec.training.metrics import evaluate_scorer
-from intentrec.training.prepared import build_datamodule, data_fingerprint, prepared_data
+from intentrec.training.prepared import build_datamodule, data_fingerprint, intent_mode, prepared_data
 from intentrec.training.runtime import keep_freed_memory
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,18 @@ def build_task(cfg, data: PreparedData, datamodule: SequenceDataModule):
     if model_cfg.get("kind") != "two_tower":
         raise ConfigError(f"model.kind={model_cfg.get('kind')!r}; a trainable model needs kind two_tower.")
     fields = {k: v for k, v in model_cfg.items() if k not in ("name", "kind", "contrastive")}
+    mode = intent_mode(cfg)
+    fields["intent_heads"] = mode != "none"
+    intent = None
+    if mode != "none":
+        active = [head for head, reason in datamodule.intent_heads.items() if not reason]
+        if not active:
+            raise ConfigError(
+                f"intent.heads={mode} but no intent head can learn from this data: "
+                + "; ".join(f"{head}: {reason}" for head, reason in datamodule.intent_heads.items())
+                + ". Set intent.heads=none."
+            )
+        intent = {"mode": mode, "weight": float(cfg.intent.weight), "heads": active}
     codes, _, _ = data.feature_codes()
     try:
         return RetrievalTask(
@@ -64,6 +77,7 @@ def build_task(cfg, data: PreparedData, datamodule: SequenceDataModule):
             variant=model_cfg.get("name", "two_tower"),
             settings=record(cfg, data.directory),
             contrastive=model_cfg.get("contrastive"),
+            intent=intent,
         )
     except (TypeError, ValueError) as error:
         raise ConfigError(f"model={model_cfg.get('name')!r}: {error}") from None
@@ -199,6 +213,13 @@ def _run_model(
         learning_curve=throughput.curve,
         parameters=int(sum(p.numel() for p in task.parameters())),
     )
+    if trainer.is_global_zero and task.intent_mode:
+        from intentrec.training.intent import measure_heads, save_heads, train_heads
+
+        if task.intent_mode == "second_stage":  # the heads learn on the tower as trained, into its checkpoints
+            info["intent_stage"] = train_heads(task.model.cpu(), datamodule, config_dict(cfg, "intent"), int(cfg.seed))
+            save_heads(task.model, [best, run_dir / "checkpoints" / "last.ckpt"])
+        measure_heads(task.model.cpu(), datamodule, cfg, run_dir, metrics, info)
     if trainer.is_global_zero and cfg.ranker.enabled:
         from intentrec.training.ranking import evaluate_reranked, train_ranker
 

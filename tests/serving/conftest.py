@@ -15,7 +15,7 @@ import pytest
 from intentrec.serving.events.local import RedisServer
 from intentrec.serving.events.store import RedisStore, open_store
 from intentrec.serving.export import export
-from intentrec.serving.repository import build
+from intentrec.serving.repository import ServingOptions, build
 from intentrec.serving.server import TritonServer
 from intentrec.training.train import train
 from tests.conftest import compose_config
@@ -31,6 +31,8 @@ SERVING_SHOP = [
     "ranker.max_train_examples=5000",
     "ranker.epochs=2",
 ]
+# The served model and the replayed one carry intent heads; they learn after the tower, which stays as without them.
+HEADS = "intent.heads=second_stage"
 
 
 def request_context(split, vocab: dict, target: int) -> dict:
@@ -61,7 +63,7 @@ def train_serving_model(artifacts, run, *overrides):
 def serving_run(tmp_path_factory):
     """(artifacts_dir, run_dir) of the trained default model."""
     root = tmp_path_factory.mktemp("serving")
-    return train_serving_model(root / "artifacts", root / "run")
+    return train_serving_model(root / "artifacts", root / "run", HEADS)
 
 
 def export_config(serving_run, out, *overrides):
@@ -95,9 +97,9 @@ def shop_truth(serving_run):
 
 
 @contextmanager
-def triton_for(bundle, root):
-    """The real tritonserver on a fresh repository of `bundle` under `root`, on free loopback ports."""
-    repository = build(bundle, root / "repository")
+def triton_for(bundle, root, options=None):
+    """The real tritonserver on a fresh repository of `bundle` under `root` (serving `options`), on free loopback ports."""
+    repository = build(bundle, root / "repository", options)
     with TritonServer(repository, None, None, None, log_file=root / "server.log", backend_root=root / "backends") as s:
         yield s
     shutil.rmtree(root / "repository", ignore_errors=True)
@@ -105,8 +107,9 @@ def triton_for(bundle, root):
 
 @pytest.fixture(scope="module")
 def server(bundle, tmp_path_factory):
-    """The real tritonserver on a fresh repository of `bundle`, on free loopback ports."""
-    with triton_for(bundle, tmp_path_factory.mktemp("triton")) as s:
+    """The real tritonserver on a fresh repository of `bundle`, on free loopback ports: recommend and
+    similar_items (tests/serving/test_triton.py serves the intent and banners models as well)."""
+    with triton_for(bundle, tmp_path_factory.mktemp("triton"), ServingOptions(intent_model=False)) as s:
         yield s
 
 

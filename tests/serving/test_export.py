@@ -91,6 +91,49 @@ def test_onnx_query_encoder_equals_torch_on_random_padded_inputs(tmp_path, encod
     assert worst < 1e-5, worst
 
 
+@pytest.mark.parametrize("encoder,context", [("transformer", "concat"), ("gru", "none"), ("dif_sr", "concat")])
+def test_onnx_intent_outputs_equal_torch_and_read_the_request_context_as_the_current_one(tmp_path, encoder, context):
+    vocab = Vocabulary(100, 8, 24, 5, {name: 9 for name in CONTEXT_FIELDS}, [5, 7], num_categories=6)
+    torch.manual_seed(0)
+    model = TwoTower(
+        TwoTowerConfig(encoder=encoder, context=context, embedding_dim=32, max_seq_len=30, intent_heads=True),
+        vocab,
+        torch.randint(0, 5, (101, 2)),
+    ).eval()
+    export_query_encoder(model, tmp_path / "q.onnx", SIZES, 30, 20)
+    session = _session(tmp_path / "q.onnx")
+    assert [o.name for o in session.get_outputs()] == ["query", "intent_binary", "intent_category"]
+    worst = 0.0
+    for B, T, P in [(4, 30, 20), (7, 9, 3), (1, 1, 1)]:
+        attributes = 2 if model.reads_attributes else None
+        inputs = example_query_inputs(B, T, P, 32, SIZES, torch.Generator().manual_seed(B * T), attributes)
+        with torch.no_grad():
+            expected = [x.numpy() for x in QueryEncoder(model)(*inputs)]
+        feed = {name: x.numpy() for name, x in zip(query_input_names(model), inputs)}
+        got = session.run(None, {i.name: feed[i.name] for i in session.get_inputs()})
+        assert [g.shape for g in got] == [(B, 32), (B, 3), (B, 6)]
+        worst = max(worst, *(float(np.abs(g - e).max()) for g, e in zip(got, expected)))
+        # The intent outputs are the heads at the last real step, with the request's context as the step's own.
+        names = query_input_names(model)
+        batch = {
+            "item_ids": inputs[1],
+            **dict(zip(("event_types", "gap_buckets", "channels", "new_session"), inputs[2:6])),
+        }
+        batch.update(loyalty=inputs[12], past_purchase_ids=inputs[14])
+        for field, value in zip(CONTEXT_FIELDS, inputs[6:12]):
+            batch[field] = value.unsqueeze(1).expand(-1, inputs[1].shape[1])
+        for field in CONTEXT_FIELDS[:5]:
+            batch["now_" + field.removeprefix("ctx_")] = batch[field]
+        with torch.no_grad():
+            _, logits = model.query_states(
+                batch, inputs[0], inputs[13], inputs[15] if attributes else None, intent=True
+            )
+        last = inputs[1].sum(dim=1) - 1
+        np.testing.assert_allclose(got[1], logits["binary"][torch.arange(B), last].numpy(), atol=1e-5)
+        assert names[0] == "step_items"
+    assert worst < 1e-5, worst
+
+
 @pytest.mark.parametrize("cross_rank", [0, 8])
 def test_onnx_ranker_equals_torch(tmp_path, cross_rank):
     torch.manual_seed(0)
@@ -126,7 +169,8 @@ def decode_case(request, serving_run, bundle, tmp_path_factory):
     from tests.serving.conftest import export_config, train_serving_model
 
     root = tmp_path_factory.mktemp(request.param)
-    run = train_serving_model(serving_run[0], root / "run", f"model={request.param}")
+    # Decoding and scoring are compared with the checkpoint's own, whatever it learnt: one epoch is enough.
+    run = train_serving_model(serving_run[0], root / "run", f"model={request.param}", "trainer.max_epochs=1")
     export(export_config(run, root / "bundle"))
     return run, root / "bundle"
 

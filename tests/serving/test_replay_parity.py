@@ -22,12 +22,13 @@ import torch
 
 from intentrec.data.features import SESSION_GAP_MS, replay_cart
 from intentrec.models.context import CONTEXT_FIELDS  # the order of Recommender.decode's Row.context
+from intentrec.models.intent import NOW_COLUMNS
 from intentrec.serving.export import export
 from intentrec.serving.recommender import Recommender
 from intentrec.serving.request import Query
 from intentrec.training.train import train
 from tests.conftest import SHARED_DATA, compose_config
-from tests.serving.conftest import export_config, request_context, train_serving_model, triton_for
+from tests.serving.conftest import HEADS, export_config, request_context, train_serving_model, triton_for
 
 EXAMPLES = 600
 STEP_FIELDS = {"idx": "item_ids", "event_types": "event_types", "gap_buckets": "gap_buckets", "channels": "channels"}
@@ -37,7 +38,10 @@ STEP_FIELDS = {"idx": "item_ids", "event_types": "event_types", "gap_buckets": "
 def paused(tmp_path_factory):
     """(serving_run, bundle) of the serving shop with breaks of 31-120 minutes inside 3% of its steps."""
     root = tmp_path_factory.mktemp("paused")
-    run = train_serving_model(root / "artifacts", root / "run", "data.long_pause_prob=0.03")
+    # Parity with the checkpoint's own features, queries and signals holds whatever it learnt: one epoch.
+    run = train_serving_model(
+        root / "artifacts", root / "run", "data.long_pause_prob=0.03", HEADS, "trainer.max_epochs=1"
+    )
     export(export_config(run, root / "bundle"))
     return run, root / "bundle"
 
@@ -206,6 +210,23 @@ def test_serving_decodes_raw_events_into_the_features_training_saw(replayed, req
     with torch.no_grad():
         expected = replay["task"].model.query(batch).numpy()
     assert np.abs(served - expected).max() < 1e-5
+    # ... and, with intent heads, into the checkpoint's own signals (the request's context is the current one).
+    encoder = recommender.encoder
+    if replay["task"].model.intent is None:
+        assert encoder.signals is None
+        refused = recommender.intent(replay["queries"][:2])
+        assert all("has no intent heads; train with intent.heads=second_stage" in str(r) for r in refused)
+        return
+    _, signals = encoder.encode_with_intent(decoded)
+    now = {**batch, **{column: batch[field] for field, column in NOW_COLUMNS.items()}}
+    with torch.no_grad():
+        _, logits = replay["task"].model.query(now, intent=True)
+    offline = encoder.signals.of(logits["binary"].numpy(), logits["category"].numpy())
+    for got, want in zip(signals, offline):
+        assert got.keys() == want.keys() == {"purchase", "exit", "abandon", "next_category"}
+        for head in ("purchase", "exit", "abandon"):
+            assert abs(got[head] - want[head]) < 1e-5, (head, got, want)
+        assert [c["category"] for c in got["next_category"]][:1] == [c["category"] for c in want["next_category"]][:1]
 
 
 @pytest.mark.parametrize("replayed", ["replay", "diginetica_replay"])

@@ -19,13 +19,24 @@ import tritonclient.grpc as grpcclient
 from intentrec.ids import id_time_ms
 from intentrec.serving.bundle import add_items
 from intentrec.serving.client import AsyncClient, Client, RecommendRequest, ServingError
-from intentrec.serving.repository import build, production, publish, validate_config
+from intentrec.serving.repository import ServingOptions, build, production, publish, validate_config
 from intentrec.serving.server import TritonServer, free_port
 from tests.conftest import REPO_ROOT
+from tests.serving.conftest import triton_for
 
 pytestmark = pytest.mark.triton
 
 T0 = 1_772_000_000_000  # a Wednesday, 06:13 UTC
+
+
+BANNERS = REPO_ROOT / "conf" / "banners" / "synthetic.yaml"
+
+
+@pytest.fixture(scope="module")
+def server(bundle, tmp_path_factory):
+    """Every model: recommend, similar_items, intent (the bundle has intent heads) and banners."""
+    with triton_for(bundle, tmp_path_factory.mktemp("triton"), ServingOptions(banners=str(BANNERS))) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +66,7 @@ def test_every_generated_config_is_valid_against_tritons_schema(bundle, tmp_path
     build(bundle, tmp_path / "cpu")
     production(bundle, tmp_path / "gpu")
     configs = sorted((tmp_path).glob("*/*/config.pbtxt"))
-    assert len(configs) == 2 + 4
+    assert len(configs) == 3 + 5  # recommend, similar_items, intent (+ query_encoder, ranker on the GPU)
     for path in configs:
         config = validate_config(path)
         assert config.max_batch_size == 64 and config.dynamic_batching is not None
@@ -65,6 +76,8 @@ def test_every_generated_config_is_valid_against_tritons_schema(bundle, tmp_path
     inputs = {i.name: i for i in gpu["query_encoder"].input}
     assert list(inputs["step_items"].dims) == [-1, 32] and inputs["device_type"].HasField("reshape")
     assert gpu["recommend"].parameters["pipeline"].string_value == "bls"
+    assert [o.name for o in gpu["query_encoder"].output] == ["query", "intent_binary", "intent_category"]
+    assert {i.name for i in gpu["intent"].input} == {i.name for i in gpu["recommend"].input}
     (tmp_path / "bad.pbtxt").write_text('name: "x"\nmax_batch_size: "many"\n')
     with pytest.raises(Exception, match=r"bad\.pbtxt: not a valid Triton model configuration"):
         validate_config(tmp_path / "bad.pbtxt")
@@ -113,6 +126,43 @@ def test_an_intent_shift_moves_the_recommendations_to_the_new_category(client, c
         shares.append(categories.count(new) / 10)
     # The last events, not the session's majority (4 of 6 views), decide.
     assert moved >= 8 and np.mean(shares) >= 0.5, (moved, shares)
+
+
+def test_intent_signals_follow_the_session_in_recommend_and_in_the_intent_model(client, catalogue, shop_truth):
+    """The next-category intent follows an intent shift, and the `intent` model answers what `recommend` carries."""
+    followed = 0
+    pairs = [(a, shop_truth["complements"][a][0]) for a in sorted(shop_truth["complements"])[:10]]
+    for old, new in pairs:
+        request = RecommendRequest(**session(catalogue["top"][old][:4] + catalogue["top"][new][:2]), now=T0 + 300_000)
+        listed, alone = client.recommend(request), client.intent(request)
+        assert alone.item_ids == [] and alone.error is None and alone.model_version == listed.model_version
+        assert alone.intent == listed.intent, (alone.intent, listed.intent)
+        signals = listed.intent
+        assert {"purchase", "exit", "abandon", "next_category"} <= set(signals)
+        assert all(0 <= signals[head] <= 1 for head in ("purchase", "exit", "abandon"))
+        top = signals["next_category"]
+        assert len(top) == 3 and sum(c["p"] for c in top) <= 1 + 1e-6 and top[0]["p"] >= top[1]["p"]
+        followed += top[0]["category"] == new
+    assert followed >= 7, followed
+    # A row the model cannot read answers without signals, saying why; a malformed request is refused clearly.
+    unknown = client.intent(RecommendRequest(item_ids=["never-sold"]))
+    assert unknown.intent is None and "no known event" in unknown.info["fallback"]
+    with pytest.raises(ServingError, match="timestamps") as caught:
+        client.intent(RecommendRequest(item_ids=["a", "b"], timestamps=[T0, -1]))
+    assert caught.value.code == "INVALID_ARGUMENT"
+
+
+def test_the_banners_model_answers_as_in_process(client, bundle, catalogue, shop_truth):
+    from intentrec.serving.recommender import Recommender
+
+    recommender = Recommender(bundle, banners=BANNERS)
+    old = sorted(shop_truth["complements"])[0]
+    new = shop_truth["complements"][old][0]
+    request = RecommendRequest(**session(catalogue["top"][old][:4] + catalogue["top"][new][:2]), now=T0 + 300_000)
+    expected = recommender.banners([request])[0]
+    reply = client.banners(request)
+    assert reply.item_ids == expected.item_ids and reply.info["banners"] == expected.info["banners"]
+    assert np.allclose(reply.scores, expected.scores, atol=1e-4) and len(reply.item_ids) == 10
 
 
 def test_device_context_changes_the_ranking_as_the_shop_says(client, catalogue, shop_truth):
@@ -378,7 +428,7 @@ def test_a_new_version_loads_under_load_without_a_failed_request(bundle, catalog
 def test_the_server_command_stops_cleanly_on_sigterm(bundle, tmp_path):
     """The documented interface: export leaves <out>/model_repository; the server takes key=value arguments."""
     repository = bundle / "model_repository"
-    assert sorted(p.name for p in repository.iterdir()) == ["recommend", "similar_items"]
+    assert sorted(p.name for p in repository.iterdir()) == ["intent", "recommend", "similar_items"]
     ports = [str(free_port()) for _ in range(3)]
     process = subprocess.Popen(
         [

@@ -35,6 +35,7 @@ def test_experiment_smoke_run_trains_on_the_real_dataset(shared_data, tmp_path, 
             f"experiment={experiment}",
             "debug=fast",
             "trainer.max_epochs=1",
+            "hybrid.enabled=false",  # Amazon's hybrid evaluation alone takes 50 s here; tests/training/test_hybrid.py covers it
             f"artifacts_dir={tmp_path}",
             f"run_dir={tmp_path / 'run'}",
         ],

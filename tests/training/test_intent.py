@@ -126,3 +126,129 @@ def test_the_baseline_command_measures_every_head_it_can_and_says_why_not_the_ot
     assert "| purchase |" in (tmp_path / "out" / "intent_baseline.md").read_text()
     assert main([f"data_dir={tmp_path / 'nothing'}"]) == 2
     assert "holds no prepared data" in capsys.readouterr().err
+
+
+def test_intent_windows_read_every_step_once_with_its_own_labels_and_context(artifacts, tmp_path):
+    from intentrec.training.datamodule import PreparedData, SequenceDataModule, read_split, training_windows
+    from tests.training.conftest import run
+
+    run(artifacts, tmp_path / "prepare", "model=popularity")  # prepares the tiny shop
+    data = PreparedData.load(artifacts / "data" / "synthetic")
+    module = SequenceDataModule(data, max_seq_len=7, batch_size=32, intent=True)
+    train = read_split(data.directory / "train.parquet")
+    labels = module.intent_labels(train)
+    windows = training_windows(train, 7, 5, labels, every_window=True)
+    where = windows["step_index"] >= 0
+    steps = windows["step_index"][where]
+    assert sorted(steps.tolist()) == list(range(len(train.steps["item_ids"])))  # each step once, the last ones too
+    for head, column in (
+        ("exit", "intent_exit"),
+        ("purchase", "intent_purchase"),
+        ("next_category", "intent_category"),
+    ):
+        assert (windows[column][where] == labels[head][steps]).all()
+        assert (windows[column][~where] == -1).all()
+    assert (windows["item_ids"][where] == train.steps["item_ids"][steps]).all()
+    assert (
+        windows["now_device_types"][where] == train.steps["device_types"][steps]
+    ).all()  # this step's, not the next's
+    assert (windows["now_hours"][where] == train.steps["hours"][steps]).all()
+    # The next-item targets are the ones the windows without intent train on: every target step once.
+    plain = training_windows(train, 7, 5)
+    targets = lambda w: np.sort(w["targets"][w["targets"] > 0])  # noqa: E731
+    assert (targets(windows) == targets(plain)).all()
+    rows_last = train.offsets[1:] - 1
+    at_last = np.isin(windows["step_index"], rows_last)
+    assert (windows["targets"][at_last] == 0).all()  # a row's last step predicts nothing (no next step in the row)
+
+
+def test_heads_train_with_the_tower_and_are_measured_against_the_baseline(artifacts, tmp_path):
+    from tests.training.conftest import run
+
+    learn = [
+        "trainer.max_epochs=4",
+        "trainer.limit_train_batches=null",
+        "model.embedding_dim=32",
+        "optim.warmup_steps=10",
+    ]
+    metrics = run(artifacts, tmp_path, "intent.heads=joint", "ranker.enabled=false", *learn)
+    for head in ("purchase", "exit", "abandon"):
+        for metric in ("auc", "log_loss", "brier", "ece"):
+            assert np.isfinite(metrics[f"intent_test/{head}/{metric}"]), (head, metric)
+            assert np.isfinite(metrics[f"intent_baseline_test/{head}/{metric}"]), (head, metric)
+        assert 0 <= metrics[f"intent_test/{head}/ece"] < 0.1
+        # Learnt from the sequence in 4 short epochs (a constant scores 0.5)
+        assert metrics[f"intent_test/{head}/auc"] > 0.54, head
+    assert 0 < metrics["intent_test/next_category/accuracy@1"] <= 1
+    report = json.loads((tmp_path / "intent.json").read_text())
+    assert report["calibration"] == "temperature" and report["heads"]["exit"]["calibration"]["temperature"] > 0
+    assert "device=mobile" in report["heads"]["exit"]["slices"] and "steps=1" in report["baseline"]["exit"]["slices"]
+    table = (tmp_path / "intent.md").read_text()
+    assert "| exit | heads |" in table and "| exit | baseline |" in table
+    assert (tmp_path / "intent_reliability.png").stat().st_size > 10_000
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["info"]["intent"]["heads"] == "joint" and "intent_test/exit/auc" in saved
+    assert "val/ndcg@10" in saved  # the ranking metrics as ever
+    # A checkpoint evaluation measures the heads again, to the same figures.
+    ckpt = tmp_path / "checkpoints" / "best.ckpt"
+    again = run(artifacts, tmp_path / "again", f"ckpt_path={ckpt}", config="evaluate")
+    for key in ("intent_test/exit/auc", "intent_test/purchase/ece", "intent_test/next_category/accuracy@1"):
+        assert again[key] == pytest.approx(metrics[key], abs=1e-6), key
+    assert (tmp_path / "again" / "intent.md").is_file()
+
+
+def test_a_second_stage_leaves_the_ranking_as_it_was_and_its_heads_reach_the_checkpoint(artifacts, tmp_path):
+    from tests.training.conftest import run
+
+    plain = run(artifacts, tmp_path / "plain", "ranker.enabled=false")
+    staged = run(
+        artifacts,
+        tmp_path / "staged",
+        "intent.heads=second_stage",
+        "intent.calibration=isotonic",
+        "ranker.enabled=false",
+    )
+    for key in ("val/ndcg@10", "test/ndcg@10", "test/hr@20", "test/intent_shift/mrr@10"):
+        assert staged[key] == plain[key], key  # the tower learns exactly as without heads
+    report = json.loads((tmp_path / "staged" / "intent.json").read_text())
+    spec = report["heads"]["exit"]["calibration"]
+    assert report["calibration"] == "isotonic" and spec["method"] == "isotonic"
+    assert np.all(np.diff(spec["values"]) >= 0) and len(spec["thresholds"]) == len(spec["values"])
+    info = json.loads((tmp_path / "staged" / "metrics.json").read_text())["info"]
+    assert info["intent_stage"]["epochs"] >= 1 and info["intent_stage"]["train_steps"] > 1000
+    # The trained heads are in best.ckpt: evaluating it gives the same signals.
+    ckpt = tmp_path / "staged" / "checkpoints" / "best.ckpt"
+    again = run(artifacts, tmp_path / "again", f"ckpt_path={ckpt}", "intent.calibration=isotonic", config="evaluate")
+    assert again["intent_test/exit/auc"] == pytest.approx(staged["intent_test/exit/auc"], abs=1e-6)
+    assert staged["intent_test/exit/auc"] > 0.55
+
+
+def test_intent_settings_and_data_that_cannot_carry_a_head_fail_or_switch_it_off_clearly(artifacts, tmp_path, caplog):
+    from intentrec.errors import ConfigError, DataError
+    from tests.training.conftest import run
+
+    with pytest.raises(
+        ConfigError, match=r"intent.heads='always'; expected one of \['none', 'joint', 'second_stage'\]"
+    ):
+        run(artifacts, tmp_path / "a", "intent.heads=always")
+    with pytest.raises(ConfigError, match="intent.calibration='platt'"):
+        run(artifacts, tmp_path / "b", "intent.heads=joint", "intent.calibration=platt")
+    with pytest.raises(ConfigError, match=r"intent.weight=0.0; expected a weight > 0"):
+        run(artifacts, tmp_path / "c", "intent.heads=joint", "intent.weight=0")
+    with pytest.raises(ConfigError, match="bidirectional encoder"):
+        run(artifacts, tmp_path / "d", "intent.heads=joint", "model=bert4rec")
+    with pytest.raises(DataError, match="intent signals need whole sessions.*data.split.type=temporal"):
+        run(tmp_path / "loo", tmp_path / "e", "intent.heads=joint", "data.split.type=leave_last_out")
+    from intentrec.data.prepare import run as prepare
+    from intentrec.training.datamodule import PreparedData, SequenceDataModule
+    from tests.conftest import compose_config
+
+    views = tmp_path / "views"
+    overrides = ["data=synthetic", "data.num_events=20000", "data.event_types=[view]", f"artifacts_dir={views}"]
+    prepare(compose_config("prepare", overrides), views / "data")
+    module = SequenceDataModule(PreparedData.load(views / "data"), max_seq_len=20, batch_size=32, intent="joint")
+    module.setup()
+    assert "intent head purchase is off: the data has no purchase events" in caplog.text
+    assert "intent head abandon is off" in caplog.text
+    assert module.intent_heads["exit"] is None and module.intent_heads["next_category"] is None
+    assert "intent_abandon" not in module.train_arrays and "intent_exit" in module.train_arrays
