@@ -150,36 +150,34 @@ class Recommender:
                 "(or joint) and export that checkpoint"
             )
             return [RequestError(message) for _ in queries]
-        batch = Batch(list(queries))
-        for stage in (self.decoder, self.encoder):
-            stage.run(batch)
-        results: list[Result | RequestError] = []
-        for row in batch.rows:
-            if not isinstance(row, Row):
-                results.append(row)
-                continue
+
+        def answer(row: Row) -> Result:
             info = {"intent": row.intent, **{k: v for k, v in row.info.items() if k != "fallback"}}
             if row.intent is None:
                 info["fallback"] = "no known event: the signals need the shopper's events"
-            results.append(Result([], [], info).label(self.model_version))
-        return results
+            return Result([], [], info)
+
+        return self._answer_rows(queries, (self.decoder, self.encoder), answer)
 
     def banners(self, queries: list[Query]) -> list[Result | RequestError]:
         """The banner catalogue ranked for each request (serving.banners): a Result whose `item_ids` are the
         banner ids, best first (`k` of them), `scores` their scores and `info.banners` their titles."""
         if self.banner_set is None:
             return [RequestError("no banner catalogue is loaded; serve with --banners <file>") for _ in queries]
-        batch = Batch(list(queries))
-        for stage in (self.decoder, self.encoder, self.retriever):
-            stage.run(batch)
-        results: list[Result | RequestError] = []
-        for row in batch.rows:
-            if not isinstance(row, Row):
-                results.append(row)
-                continue
+
+        def answer(row: Row) -> Result:
             ids, scores, info = self.banner_set.rank(row)
-            results.append(Result(ids, scores, {**row.info, **info}).label(self.model_version))
-        return results
+            return Result(ids, scores, {**row.info, **info})
+
+        return self._answer_rows(queries, (self.decoder, self.encoder, self.retriever), answer)
+
+    def _answer_rows(self, queries: list[Query], stages, answer) -> list[Result | RequestError]:
+        """Run `stages` over the batch of `queries`: each decoded row is answered by `answer(row)` (then labelled
+        with this model version), a refused row keeps its RequestError."""
+        batch = Batch(list(queries))
+        for stage in stages:
+            stage.run(batch)
+        return [answer(row).label(self.model_version) if isinstance(row, Row) else row for row in batch.rows]
 
     def recommend(self, queries: list[Query]) -> list[Result | RequestError]:
         """Answer a batch; a request that fails validation gets its RequestError, the others their Result.
