@@ -122,6 +122,11 @@ def time_gap_buckets(gaps_seconds: np.ndarray) -> np.ndarray:
     return np.clip(buckets, 0, NUM_GAP_BUCKETS - 1).astype(np.int64)
 
 
+# The seconds each time-gap bucket stands for (its inverse, for sums of gaps): 0 for unknown and no gap, and
+# 1.5 x 2^(b-2), the middle of bucket b's [2^(b-2), 2^(b-1)) seconds, above.
+GAP_BUCKET_SECONDS = np.concatenate([[0.0, 0.0], 1.5 * 2.0 ** np.arange(NUM_GAP_BUCKETS - 2)]).astype(np.float32)
+
+
 def cooccurrence_scores(matrix, item_ids: np.ndarray, history: int, decay: float):
     """Co-occurrence evidence of every item after each query's recent items (training and serving share it).
 

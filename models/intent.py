@@ -16,7 +16,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-BINARY_HEADS = ("purchase", "exit", "abandon")
+from intentrec.data.features import GAP_BUCKET_SECONDS
+from intentrec.training.intent_labels import BINARY_HEADS
+
 LABEL_ARRAYS = {  # head -> (B, T) batch array of its labels
     "purchase": "intent_purchase",
     "exit": "intent_exit",
@@ -38,8 +40,7 @@ COUNTERS = 5  # session_counters' features
 
 def session_counters(batch: dict[str, torch.Tensor], codes: dict[str, int]) -> torch.Tensor:
     """(B, T, COUNTERS) what the session has done so far, at each step, within the window: log(1 + steps),
-    log(1 + minutes) (from the steps' time-gap buckets: bucket b >= 2 is [2^(b-2), 2^(b-1)) seconds, read as
-    1.5 x 2^(b-2)), log(1 + items in the cart) (adds minus removes minus purchases, at least 0), whether the
+    log(1 + minutes) (the steps' time-gap buckets read as data.features.GAP_BUCKET_SECONDS), log(1 + items in the cart) (adds minus removes minus purchases, at least 0), whether the
     cart holds any, log(1 + purchases). Counting is what a small sequence encoder does worst, so the heads are
     given the counts; plain tensor ops (a (T, T) same-session mask), as exported to ONNX.
 
@@ -55,8 +56,7 @@ def session_counters(batch: dict[str, torch.Tensor], codes: dict[str, int]) -> t
     kinds = batch["event_types"]
     bought = (kinds == codes["purchase"]).to(torch.float32)
     change = (kinds == codes["add_to_cart"]).to(torch.float32) - (kinds == codes["remove_from_cart"]).to(torch.float32)
-    buckets = batch["gap_buckets"].to(torch.float32)
-    seconds = torch.where(buckets >= 2, 1.5 * torch.pow(2.0, buckets - 2), torch.zeros_like(buckets))
+    seconds = torch.as_tensor(GAP_BUCKET_SECONDS, device=real.device)[batch["gap_buckets"]]
     seconds = torch.where(starts, torch.zeros_like(seconds), seconds)  # the gap before the session is not in it
     per_step = torch.stack([torch.ones_like(bought), seconds / 60.0, change - bought, bought], dim=-1)  # (B, T, 4)
     so_far = torch.matmul(same, per_step)  # (B, T, 4): sums over the session's steps up to each one

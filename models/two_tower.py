@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from intentrec.data.features import PURCHASE_EVENTS, event_codes
-from intentrec.data.schema import EVENT_TYPES, enum_code
+from intentrec.data.schema import EVENT_TYPES
 from intentrec.models.bert4rec import Bert4RecEncoder, slot_query
 from intentrec.models.context import ContextEmbedding, ContextFusion
 from intentrec.models.dif_sr import DifSrEncoder
@@ -25,6 +25,7 @@ from intentrec.models.filter_mix import FilterMixEncoder
 from intentrec.models.intent import IntentHeads, now_context, session_counters
 from intentrec.models.towers import ENCODERS as BASE_ENCODERS
 from intentrec.models.towers import ItemTower, StepEmbedding
+from intentrec.training.intent_labels import CART_EVENT_CODES
 
 # Event-type codes (data.schema.EVENT_TYPES order, 1-based) of the purchases (data.features.PURCHASE_EVENTS).
 PURCHASE_EVENT_CODES = tuple(event_codes(PURCHASE_EVENTS, ("", *EVENT_TYPES)).tolist())
@@ -32,8 +33,6 @@ SIMILARITIES = ("dot", "cosine")
 # Query encoders by model.encoder (one module each: models/towers.py, models/filter_mix.py).
 ENCODERS = {**BASE_ENCODERS, "filter_mix": FilterMixEncoder, "bert4rec": Bert4RecEncoder, "dif_sr": DifSrEncoder}
 ITEM_FEATURES = ("id", "content", "id+content")
-# Event-type codes the intent heads' session counters read (models.intent.session_counters).
-CART_EVENT_CODES = {name: enum_code(EVENT_TYPES, name) for name in ("add_to_cart", "remove_from_cart", "purchase")}
 
 
 @dataclass

@@ -101,8 +101,9 @@ class BannerSet:
         known_categories = set(c.categories[1:].tolist()) - {""}
         brands = self._brands(c)
         self.members = []
-        self.intent_codes: list[np.ndarray | None] = []
         code_of = {name: code for code, name in enumerate(category_names or [])}
+        # (banners, C): which next-category codes each banner's categories are (banners without: no intent part)
+        self.category_codes = np.zeros((len(banners), max(len(code_of), 1)))
         for banner in banners:
             mask = np.ones(c.num_items + 1, bool)
             mask[0] = False
@@ -130,8 +131,9 @@ class BannerSet:
                 raise ConfigError(f"banner {banner['id']!r} matches no item of the catalogue ({filters})")
             self.members.append(mask)
             codes = [code_of[name] for name in banner.get("categories", []) if name in code_of]
-            self.intent_codes.append(np.asarray(codes, np.int64) if codes else None)
+            self.category_codes[len(self.members) - 1, codes] = 1
         self.membership = np.stack(self.members)  # (banners, N + 1)
+        self.has_categories = self.category_codes.any(axis=1)
         popularity = self.membership.astype(np.float64) @ np.asarray(c.popularity, np.float64)
         self.popularity_share = popularity / max(popularity.sum(), 1e-12)
 
@@ -156,12 +158,10 @@ class BannerSet:
         weights /= weights.sum()
         items_part = self.membership[:, row.items] @ weights  # (banners,)
         parts = [items_part]
-        categories = getattr(row, "intent_categories", None)
-        if categories is not None:
-            intent_part = np.array(
-                [categories[codes].sum() if codes is not None else np.nan for codes in self.intent_codes]
-            )
-            parts.append(intent_part)
+        categories = row.intent_categories
+        if categories is not None:  # P(next category in the banner's), for the banners with categories
+            codes = self.category_codes[:, : len(categories)]  # codes past the head's can never be predicted
+            parts.append(np.where(self.has_categories, codes @ categories, np.nan))
         scores = np.nanmean(np.vstack(parts), axis=0)
         order = np.argsort(-scores, kind="stable")[:k]
         return self._answer(order, scores, {"banner_parts": "intent+items" if categories is not None else "items"})

@@ -118,10 +118,9 @@ def write_manifest(directory: Path, manifest: dict) -> dict:
     return manifest
 
 
-def load_bundle(directory: Path, verify: bool = True) -> Bundle:
-    """Read a bundle; with `verify`, every file must match the manifest's hash, and shapes must agree."""
-    directory = Path(directory)
-    path = directory / "manifest.json"
+def read_manifest(directory: Path) -> dict:
+    """A bundle's manifest alone (checked to be one of this format), without reading or hashing its files."""
+    path = Path(directory) / "manifest.json"
     if not path.is_file():
         raise DataError(
             f"{path} not found: {directory} is not an export bundle; make one with python -m serving.export."
@@ -132,6 +131,14 @@ def load_bundle(directory: Path, verify: bool = True) -> Bundle:
             f"{path}: bundle_format={manifest.get('bundle_format')!r}, this intentrec reads {BUNDLE_FORMAT}; "
             "export the checkpoint again."
         )
+    return manifest
+
+
+def load_bundle(directory: Path, verify: bool = True) -> Bundle:
+    """Read a bundle; with `verify`, every file must match the manifest's hash, and shapes must agree."""
+    directory = Path(directory)
+    path = directory / "manifest.json"
+    manifest = read_manifest(directory)
     for name, digest in manifest["files"].items():
         file = directory / name
         if not file.is_file():

@@ -11,6 +11,7 @@ import numpy as np
 
 from intentrec.serving.bundle import attribute_vectors, feature_widths
 from intentrec.serving.catalogue import Catalogue
+from intentrec.serving.intent import OUTPUTS as INTENT_OUTPUTS
 from intentrec.serving.intent import Signals
 from intentrec.serving.rows import Batch, Row
 from intentrec.serving.runtime import Runtime
@@ -31,7 +32,7 @@ class Encode:
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.attribute_tables = catalogue.bundle.attribute_tables() if "step_attributes" in self.inputs else []
         # A model with intent heads answers their signals with the query, from the same pass.
-        self.signals = Signals.load(catalogue.bundle.directory) if "intent_binary" in self.outputs else None
+        self.signals = Signals.load(catalogue.bundle.directory) if INTENT_OUTPUTS[0] in self.outputs else None
 
     def run(self, batch: Batch) -> None:
         rows = batch.active()
@@ -85,8 +86,8 @@ class Encode:
         if self.signals is None:
             return self.encode(rows), None, None
         values = self._run(self.feed(rows), self.outputs)
-        category = values[2] if len(values) > 2 else None
-        return values[0], self.signals.of(values[1], category), self.signals.distribution(category)
+        probabilities = self.signals.distribution(values[2] if len(values) > 2 else None)
+        return values[0], self.signals.of(values[1], probabilities), probabilities
 
     def _run(self, feed: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
         if self.remote is not None:

@@ -8,7 +8,7 @@ and `intent.json`, the calibration fitted on the training run's validation steps
      "unavailable": {"abandon": "no session ends with a cart"},
      "next_category": {"temperature": 1.12, "names": ["", "dresses", ...]}}
 
-`Signals.of` turns the logits into what `recommend` answers in `info.intent` and the `intent` model
+`Signals.of` turns the logits (the category's through `Signals.distribution`) into what `recommend` answers in `info.intent` and the `intent` model
 answers alone: `{"purchase": 0.41, "exit": 0.12, "next_category": [{"category": "dresses", "p": 0.83}, ...]}`
 (a head that is off is left out). The calibration is training.intent.calibrated: one rule for both.
 """
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from intentrec.models.intent import BINARY_HEADS
 from intentrec.training.intent import calibrated, category_probabilities
+from intentrec.training.intent_labels import BINARY_HEADS  # numpy only: serving never imports torch
 
 INTENT_FILE = "intent.json"
-OUTPUTS = ("intent_binary", "intent_category")
+OUTPUTS = ("intent_binary", "intent_category")  # the query encoder's outputs after `query` (serving.onnx_models)
 TOP_CATEGORIES = 3
 
 
@@ -49,14 +49,15 @@ class Signals:
             return None
         return category_probabilities(category, self.category_temperature)
 
-    def of(self, binary: np.ndarray, category: np.ndarray | None) -> list[dict]:
-        """(B, 3) binary logits and (B, C) category logits (or None) -> one signals dict per row."""
+    def of(self, binary: np.ndarray, probabilities: np.ndarray | None) -> list[dict]:
+        """(B, 3) binary logits and (B, C) next-category probabilities (`distribution`, or None) -> one signals
+        dict per row."""
         out = [{} for _ in range(len(binary))]
         for index, head in enumerate(BINARY_HEADS):
             if head in self.heads:
                 for row, p in zip(out, calibrated(self.heads[head], binary[:, index])):
                     row[head] = round(float(p), 6)
-        p = self.distribution(category)
+        p = probabilities
         if p is not None:
             top = np.argsort(-p, axis=1, kind="stable")[:, :TOP_CATEGORIES]
             for row, codes, probabilities in zip(out, top, p):

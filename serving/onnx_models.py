@@ -22,6 +22,7 @@ from torch import nn
 
 from intentrec.models.context import CONTEXT_FIELDS
 from intentrec.models.intent import NOW_COLUMNS
+from intentrec.serving.intent import OUTPUTS as INTENT_OUTPUTS
 
 STEP_INPUTS = ("event_types", "gap_buckets", "channels", "new_session")
 # Request context in CONTEXT_FIELDS order (device type, hour, day of week, referrer, region, gap), then loyalty.
@@ -44,11 +45,7 @@ def query_output_names(model) -> tuple[str, ...]:
     """The query encoder's outputs: the query, and the intent heads' logits when the model has them."""
     if model.intent is None:
         return ("query",)
-    return (
-        ("query", "intent_binary", "intent_category")
-        if model.intent.category is not None
-        else ("query", "intent_binary")
-    )
+    return ("query", *INTENT_OUTPUTS) if model.intent.category is not None else ("query", INTENT_OUTPUTS[0])
 
 
 class QueryEncoder(nn.Module):

@@ -33,7 +33,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from intentrec.errors import ConfigError, IntentrecError
 from intentrec.paths import CONF_DIR, REPO_ROOT
-from intentrec.serving.bundle import load_bundle
+from intentrec.serving.bundle import load_bundle, read_manifest
 from intentrec.serving.experiments import Experiment, check_registry, load_experiment
 from intentrec.serving.request import RequestLimits
 
@@ -59,7 +59,7 @@ def models_of(bundle_dir: Path, options: ServingOptions | None = None) -> dict[s
     """The python models (name -> class) that serve this bundle: `intent` with intent heads, `banners` with a
     banner catalogue in the options."""
     models = dict(MODELS)
-    if load_bundle(bundle_dir).manifest.get("intent") and (options is None or options.intent_model):
+    if read_manifest(bundle_dir).get("intent") and (options is None or options.intent_model):
         models["intent"] = OPTIONAL_MODELS["intent"]
     if options is not None and options.banners:
         models["banners"] = OPTIONAL_MODELS["banners"]
@@ -261,7 +261,7 @@ def add_version(repository: Path, bundle_dir: Path, version: int | None = None) 
     """Add the bundle as a new version of every python model; returns the version number.
 
     All or nothing: a failure part-way removes the folders this call wrote."""
-    load_bundle(bundle_dir)  # refuses a broken bundle before anything is written
+    bundle = load_bundle(bundle_dir)  # refuses a broken bundle before anything is written
     repository = Path(repository)
     if version is None:
         missing = [m for m in MODELS if not (repository / m / "config.pbtxt").is_file()]
@@ -271,7 +271,7 @@ def add_version(repository: Path, bundle_dir: Path, version: int | None = None) 
                 "with python -m serving.repository build --bundle <bundle> --out <repository>."
             )
     served = served_models(repository)
-    if load_bundle(bundle_dir, verify=False).manifest.get("intent") and "intent" not in served:
+    if bundle.manifest.get("intent") and "intent" not in served:
         log.warning("%s has intent heads but %s has no intent model; build the repository again to serve it",
                     bundle_dir, repository)  # fmt: skip
     version = version or max([0, *[v for m in served for v in versions(repository, m)]]) + 1

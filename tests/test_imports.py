@@ -105,3 +105,16 @@ def test_scripts_import_the_installed_package_without_editing_sys_path():
         if "sys.path" in line
     ]
     assert not edits, f"scripts edit sys.path instead of importing intentrec: {edits}"
+
+
+def test_the_serving_path_imports_no_torch_or_lightning():
+    """Every Triton python model imports serving.triton_model; torch would cost each of them its import time."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, intentrec.serving.triton_model, intentrec.serving.banners; "
+        "print(sorted(m for m in ('torch', 'pytorch_lightning', 'lightning') if m in sys.modules))"
+    )
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert found == "[]", found

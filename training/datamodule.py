@@ -644,12 +644,9 @@ class SequenceDataModule(pl.LightningDataModule):
 
     def intent_labels(self, split: Split) -> dict[str, np.ndarray]:
         """training.intent_labels.intent_labels of a split of this data (categories when the items have any)."""
-        from intentrec.training.intent_labels import intent_labels
+        from intentrec.training.intent_labels import intent_labels, item_categories
 
-        category = self.data.padded("category_idx") if "category_idx" in self.data.items else None
-        if category is not None and not category.max(initial=0) > 0:
-            category = None
-        return intent_labels(split, self.data.vocab_json["event_types"], category)
+        return intent_labels(split, self.data.vocab_json["event_types"], item_categories(self.data))
 
     @property
     def train_counts(self) -> np.ndarray:

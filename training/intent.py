@@ -15,18 +15,20 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 
-from intentrec.data.schema import EVENT_TYPES, enum_code
 from intentrec.training.intent_labels import (  # noqa: F401 - the label rule, re-exported
+    BINARY_HEADS,
+    CART_EVENT_CODES,
     HEADS,
     available_heads,
     intent_labels,
+    item_categories,
     own_steps,
     session_starts,
 )
 
 ECE_BINS = 15
+CALIBRATIONS = ("temperature", "isotonic")
 
 
 def session_features(split) -> np.ndarray:
@@ -43,8 +45,7 @@ def session_features(split) -> np.ndarray:
     elapsed = np.cumsum(gaps)
     elapsed -= elapsed[first_of] - gaps[first_of]
     kinds = split.steps["event_types"].astype(np.int64)
-    code = lambda name: enum_code(EVENT_TYPES, name)  # noqa: E731 - prepared codes follow data.schema
-    change = np.select([kinds == code("add_to_cart"), kinds == code("remove_from_cart"), kinds == code("purchase")],
+    change = np.select([kinds == CART_EVENT_CODES[name] for name in ("add_to_cart", "remove_from_cart", "purchase")],
                        [1, -1, -1], 0)  # fmt: skip
     running = np.cumsum(change)
     cart = np.maximum(running - (running[first_of] - change[first_of]), 0)
@@ -69,15 +70,21 @@ def auc(p: np.ndarray, y: np.ndarray) -> float:
     return float((ranks[y].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
+def expected_calibration_error(p: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
+    """The mean |observed rate - mean predicted| over equal-width bins, weighted by their counts."""
+    return float(
+        sum(count * abs(observed - predicted) for predicted, observed, count in reliability(p, y, bins)) / len(y)
+    )
+
+
 def binary_metrics(p: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> dict:
     p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
     y = np.asarray(y, np.float64)
-    ece = sum(count * abs(observed - predicted) for predicted, observed, count in reliability(p, y, bins)) / len(y)
     return {
         "auc": auc(p, y),
         "log_loss": float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()),
         "brier": float(((p - y) ** 2).mean()),
-        "ece": float(ece),
+        "ece": expected_calibration_error(p, y, bins),
         "positives": float(y.mean()),
         "n": int(len(y)),
     }
@@ -127,6 +134,8 @@ def fit_calibration(logits: np.ndarray, y: np.ndarray, method: str) -> dict:
     """The calibration of a binary head fitted on validation logits: a spec `calibrated` applies (JSON-able)."""
     if method == "temperature":
         return {"method": "temperature", "temperature": fit_temperature(logits, y)}
+    if method != "isotonic":
+        raise ValueError(f"calibration method {method!r}; expected one of {list(CALIBRATIONS)}")
     thresholds, values = fit_isotonic(sigmoid(logits), y)
     return {"method": "isotonic", "thresholds": thresholds.tolist(), "values": values.tolist()}
 
@@ -169,7 +178,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iterations: int
     w = np.zeros(z.shape[1])
     y = np.asarray(y, np.float64)
     for _ in range(iterations):
-        p = 1 / (1 + np.exp(-(z @ w)))
+        p = sigmoid(z @ w)
         gradient = z.T @ (p - y) / len(y) + l2 * np.r_[w[:-1], 0]
         hessian = (z * (p * (1 - p))[:, None]).T @ z / len(y) + l2 * np.diag(np.r_[np.ones(len(w) - 1), 0])
         step = np.linalg.solve(hessian + 1e-9 * np.eye(len(w)), gradient)
@@ -182,23 +191,20 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iterations: int
 def predict_logistic(model: np.ndarray, x: np.ndarray) -> np.ndarray:
     F = x.shape[1]
     w, mean, scale = model[: F + 1], model[F + 1 : 2 * F + 1], model[2 * F + 1 :]
-    z = np.column_stack([(x - mean) / scale, np.ones(len(x))])
-    return 1 / (1 + np.exp(-(z @ w)))
+    return sigmoid(np.column_stack([(x - mean) / scale, np.ones(len(x))]) @ w)
 
 
 # ------------------------------------------------------------------------------------ evaluation
 
 DEVICES = ("unknown", "desktop", "mobile", "tablet")
 LENGTHS = ((1, 1), (2, 3), (4, 7), (8, 10**9))
-BINARY = ("purchase", "exit", "abandon")
-CALIBRATIONS = ("temperature", "isotonic")
 # Temperatures of the next-category softmax tried on validation (log-spaced; 1 = as trained).
 CATEGORY_TEMPERATURES = np.exp(np.linspace(np.log(0.25), np.log(4.0), 25))
 
 
-def _slices(split) -> dict[str, np.ndarray]:
-    steps = session_features(split)[:, 0]
-    count = np.rint(np.expm1(steps)).astype(int)
+def _slices(split, features: np.ndarray) -> dict[str, np.ndarray]:
+    """Device and session-length slices of a split's steps (`features`: its session_features)."""
+    count = np.rint(np.expm1(features[:, 0])).astype(int)
     device = np.clip(split.steps["device_types"].astype(int), 0, 3)
     out = {f"device={name}": device == code for code, name in enumerate(DEVICES)}
     for low, high in LENGTHS:
@@ -217,53 +223,40 @@ def binary_report(p: np.ndarray, y: np.ndarray, slices: dict[str, np.ndarray]) -
     }
 
 
-def baseline_probabilities(train, evaluated, labels_train, heads, own_train) -> dict[str, np.ndarray]:
-    """The session-feature baseline of each available binary head, fitted on train's own steps: p per step of `evaluated`."""
-    x_train, x_eval = session_features(train)[own_train], session_features(evaluated)
+def baseline_probabilities(x_train, labels_train, heads, own_train, x_eval) -> dict[str, np.ndarray]:
+    """The session-feature baseline of each available binary head, fitted on train's own steps (`x_train`: train's
+    session_features): p per step of the evaluated split (`x_eval`: its session_features)."""
     return {
-        head: predict_logistic(fit_logistic(x_train, labels_train[head][own_train]), x_eval)
-        for head in BINARY
+        head: predict_logistic(fit_logistic(x_train[own_train], labels_train[head][own_train]), x_eval)
+        for head in BINARY_HEADS
         if not heads[head]
     }
 
 
 def evaluate_baseline(data_dir: Path) -> dict:
     """The session-feature baseline of every available head, fitted on train, measured on test's own steps (with slices)."""
-    event_types, category, split_of, split_info = _prepared(data_dir)
-    train, test = split_of("train"), split_of("test")
+    from intentrec.errors import DataError
+    from intentrec.training.datamodule import PreparedData, read_split
+
+    data_dir = Path(data_dir)
+    if not (data_dir / "vocab.json").is_file():
+        raise DataError(f"data_dir={data_dir} holds no prepared data (no vocab.json); run python -m data.prepare first")
+    data = PreparedData.load(data_dir)
+    event_types, category, split_info = data.vocab_json["event_types"], item_categories(data), data.stats["split"]
+    train, test = read_split(data_dir / "train.parquet"), read_split(data_dir / "test.parquet")
     own_train, own_test = own_steps(train, "train", split_info), own_steps(test, "test", split_info)
     labels_train = intent_labels(train, event_types, category)
     labels_test = intent_labels(test, event_types, category)
     heads = available_heads({h: v[own_train] for h, v in labels_train.items()})
-    slices = {name: m[own_test] for name, m in _slices(test).items()}
+    x_train, x_test = session_features(train), session_features(test)
+    slices = {name: m[own_test] for name, m in _slices(test, x_test).items()}
     result: dict = {"data_dir": str(data_dir), "heads": {}, "unavailable": {h: r for h, r in heads.items() if r}}
-    for head, p in baseline_probabilities(train, test, labels_train, heads, own_train).items():
+    for head, p in baseline_probabilities(x_train, labels_train, heads, own_train, x_test).items():
         result["heads"][head] = binary_report(p[own_test], labels_test[head][own_test], slices)
     if not heads["next_category"]:
         table = category_transitions(train, labels_train, category, own_train)
         result["heads"]["next_category"] = {"test": category_metrics(table, test, labels_test, category, own_test)}
     return result
-
-
-def _prepared(data_dir: Path):
-    """(vocab event types, item -> category code or None, read_split, the split's stats) of a prepared folder."""
-    import pyarrow.parquet as pq
-
-    from intentrec.errors import DataError
-    from intentrec.training.datamodule import read_split
-
-    data_dir = Path(data_dir)
-    if not (data_dir / "vocab.json").is_file():
-        raise DataError(f"data_dir={data_dir} holds no prepared data (no vocab.json); run python -m data.prepare first")
-    vocab = json.loads((data_dir / "vocab.json").read_text())
-    split_info = json.loads((data_dir / "stats.json").read_text())["split"]
-    items = pq.read_table(data_dir / "items.parquet")
-    category = None
-    if "category_idx" in items.column_names and pc.max(items["category_idx"]).as_py():
-        index = items["item_idx"].to_numpy()
-        category = np.zeros(int(index.max()) + 1, np.int64)
-        category[index] = items["category_idx"].to_numpy()
-    return vocab["event_types"], category, lambda name: read_split(data_dir / f"{name}.parquet"), split_info
 
 
 def category_transitions(train, labels_train, category, own_train) -> np.ndarray:
@@ -294,37 +287,31 @@ def category_metrics(table, evaluated, labels, category, own) -> dict:
 # --------------------------------------------------------------------------------------- the heads
 
 
-def head_outputs(model, windows: dict[str, np.ndarray], labels: dict[str, np.ndarray], batch_size: int = 256) -> dict:
+def head_outputs(model, windows: dict[str, np.ndarray], labels: dict[str, np.ndarray], chunk: int = 8192) -> dict:
     """The intent heads of `model` (models.two_tower.TwoTower) over a split's intent windows, per step of the split:
     `binary` (S, 3) logits; with a category head, `top` (S,) its most likely category and, at each of
     CATEGORY_TEMPERATURES, `nll` (S, G) of the labelled next category and `confidence` (S, G) of the top one."""
     import torch
 
-    from intentrec.training.datamodule import ArrayDataset
-
-    dataset = ArrayDataset(windows)
+    x, steps = _inputs_of(model, windows)
     S = len(labels["exit"])
-    out = {"binary": np.full((S, len(BINARY)), np.nan)}
+    out = {"binary": np.full((S, len(BINARY_HEADS)), np.nan)}
     if model.intent.category is not None:
         G = len(CATEGORY_TEMPERATURES)
         out.update(top=np.full(S, -1, np.int64), nll=np.full((S, G), np.nan), confidence=np.full((S, G), np.nan))
     category = labels.get("next_category", np.full(S, -1, np.int64))
-    model.eval()
     with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
-            batch = dataset[np.arange(start, min(start + batch_size, len(dataset)))]
-            _, logits = model.query_states(batch, intent=True)
-            where = batch["step_index"] >= 0
-            steps = batch["step_index"][where].numpy()
-            out["binary"][steps] = logits["binary"][where].double().numpy()
+        for start in range(0, len(x), chunk):  # (chunk, C) category logits at a time
+            logits, at = model.intent(x[start : start + chunk]), steps[start : start + chunk]
+            out["binary"][at] = logits["binary"].double().numpy()
             if "top" in out:
-                z = logits["category"][where].double().numpy()
-                target = np.maximum(category[steps], 0)
+                z = logits["category"].double().numpy()
+                target = np.maximum(category[at], 0)
+                out["top"][at] = z[:, 1:].argmax(axis=1) + 1  # code 0 (unknown) is never predicted
                 for g, temperature in enumerate(CATEGORY_TEMPERATURES.tolist()):
                     p = category_probabilities(z, temperature)
-                    out["nll"][steps, g] = -np.log(np.maximum(p[np.arange(len(p)), target], 1e-300))
-                    out["confidence"][steps, g] = p.max(axis=1)
-                out["top"][steps] = p.argmax(axis=1)
+                    out["nll"][at, g] = -np.log(np.maximum(p[np.arange(len(p)), target], 1e-300))
+                    out["confidence"][at, g] = p.max(axis=1)
     return out
 
 
@@ -435,36 +422,17 @@ def _train_heads(model, datamodule, settings: dict, seed: int) -> dict:
             "epochs": len(curve), "curve": curve, "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
 
 
-def save_heads(model, checkpoints) -> None:
-    """Write the heads' trained weights into each checkpoint file (`model.intent.*`), whole or not at all."""
-    import os
-
-    import torch
-
-    state = {f"model.intent.{k}": v.detach().cpu() for k, v in model.intent.state_dict().items()}
-    for path in {Path(p) for p in checkpoints if p and Path(p).is_file()}:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        checkpoint["state_dict"].update(state)
-        draft = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(checkpoint, draft)
-        os.replace(draft, path)
-
-
 def calibrate_heads(model, datamodule, calibration: str = "temperature", val=None) -> dict:
     """Each available head's calibration fitted on val's own steps: {head: spec (`fit_calibration`)} for the
     binary heads and {"next_category": {"temperature": T}} (the softmax temperature of least val log loss).
     `val`: head_outputs of val when already computed."""
-    from intentrec.errors import ConfigError
-
-    if calibration not in CALIBRATIONS:
-        raise ConfigError(f"intent.calibration={calibration!r}; expected one of {list(CALIBRATIONS)}.")
     heads = datamodule.intent_heads
     windows, labels, split = datamodule.intent_sets["val"]
     own = own_steps(split, "val", datamodule.data.stats["split"])
     val = head_outputs(model, windows, labels) if val is None else val
     specs = {
         head: fit_calibration(val["binary"][own, index], labels[head][own], calibration)
-        for index, head in enumerate(BINARY)
+        for index, head in enumerate(BINARY_HEADS)
         if not heads[head]
     }
     if not heads["next_category"] and "nll" in val:
@@ -483,8 +451,6 @@ def evaluate_heads(model, datamodule, calibration: str = "temperature") -> tuple
     fitted on train. The next-category head takes the softmax temperature with the least val log loss, and is
     compared with the train transition table. Metrics keys: `intent_test/<head>/<metric>`,
     `intent_baseline_test/<head>/<metric>`, `intent_val/<head>/auc`."""
-    from intentrec.training.datamodule import read_split
-
     heads, split_info = datamodule.intent_heads, datamodule.data.stats["split"]
     runs = {}
     for name in ("val", "test"):
@@ -492,11 +458,11 @@ def evaluate_heads(model, datamodule, calibration: str = "temperature") -> tuple
         runs[name] = (head_outputs(model, windows, labels), labels, split, own_steps(split, name, split_info))
     (val, labels_val, _, own_val), (test, labels_test, split_test, own_test) = runs["val"], runs["test"]
     specs = calibrate_heads(model, datamodule, calibration, val)
-    train = read_split(datamodule.data.directory / "train.parquet")
-    labels_train = datamodule.intent_labels(train)
+    train, labels_train = datamodule.intent_train  # the labels of the heads that learn: those measured here
     own_train = own_steps(train, "train", split_info)
-    baseline = baseline_probabilities(train, split_test, labels_train, heads, own_train)
-    slices = {name: m[own_test] for name, m in _slices(split_test).items()}
+    x_test = session_features(split_test)
+    baseline = baseline_probabilities(session_features(train), labels_train, heads, own_train, x_test)
+    slices = {name: m[own_test] for name, m in _slices(split_test, x_test).items()}
     report: dict = {
         "calibration": calibration,
         "heads": {},
@@ -504,7 +470,7 @@ def evaluate_heads(model, datamodule, calibration: str = "temperature") -> tuple
         "unavailable": {h: r for h, r in heads.items() if r},
     }
     metrics: dict = {}
-    for index, head in enumerate(BINARY):
+    for index, head in enumerate(BINARY_HEADS):
         if heads[head]:
             continue
         z_val, y_val = val["binary"][own_val, index], labels_val[head][own_val]
@@ -522,13 +488,13 @@ def evaluate_heads(model, datamodule, calibration: str = "temperature") -> tuple
         g = int(np.flatnonzero(CATEGORY_TEMPERATURES == specs["next_category"]["temperature"])[0])
         known = (labels_test["next_category"] >= 0) & own_test
         target, top = labels_test["next_category"][known], test["top"][known]
-        category = datamodule.data.padded("category_idx").astype(np.int64)
+        category = item_categories(datamodule.data)
         now = category[split_test.steps["item_ids"].astype(np.int64)][known]
         correct, change = top == target, now != target
         confidence = test["confidence"][known, g]
         report["heads"]["next_category"] = {"temperature": float(CATEGORY_TEMPERATURES[g]), "test": {
             "accuracy@1": float(correct.mean()), "log_loss": float(test["nll"][known, g].mean()),
-            "ece": float(sum(n * abs(o - c) for c, o, n in reliability(confidence, correct)) / len(correct)),
+            "ece": expected_calibration_error(confidence, correct),
             "change_accuracy@1": float(correct[change].mean()) if change.any() else float("nan"),
             "n": int(known.sum()), "changes": int(change.sum())}}  # fmt: skip
         table = category_transitions(train, labels_train, category, own_train)
@@ -568,7 +534,7 @@ def plot_reliability(result: dict, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    binary = [h for h in BINARY if h in result["heads"]]
+    binary = [h for h in BINARY_HEADS if h in result["heads"]]
     figure, axes = plt.subplots(1, max(len(binary), 1), figsize=(4 * max(len(binary), 1), 4), squeeze=False)
     series = [("heads" if "baseline" in result else "baseline", result["heads"])]
     if "baseline" in result:
@@ -598,7 +564,7 @@ def intent_table(result: dict) -> list[str]:
     series = [("heads" if "baseline" in result else "baseline", result["heads"])]
     if "baseline" in result:
         series.append(("baseline", result["baseline"]))
-    for head in (*BINARY, "next_category"):
+    for head in (*BINARY_HEADS, "next_category"):
         for label, reports in series:
             if head not in reports:
                 continue

@@ -20,8 +20,13 @@ from __future__ import annotations
 import numpy as np
 
 from intentrec.data.features import replay_cart
+from intentrec.data.schema import EVENT_TYPES, enum_code
 
-HEADS = ("purchase", "exit", "abandon", "next_category")
+BINARY_HEADS = ("purchase", "exit", "abandon")  # the order of the heads' binary logits everywhere
+HEADS = (*BINARY_HEADS, "next_category")
+# The prepared codes (data.schema) of the events that change a web cart: the baseline's cart size and the heads'
+# session counters (models.intent.session_counters) count them.
+CART_EVENT_CODES = {name: enum_code(EVENT_TYPES, name) for name in ("add_to_cart", "remove_from_cart", "purchase")}
 
 
 def session_starts(split) -> np.ndarray:
@@ -100,3 +105,12 @@ def own_steps(split, name: str, split_info: dict) -> np.ndarray:
     if name == "val":
         return (times >= split_info["val_cutoff_ms"]) & (times < split_info["test_cutoff_ms"])
     return times >= split_info["test_cutoff_ms"]
+
+
+def item_categories(data) -> np.ndarray | None:
+    """(N + 1,) each item's category code of prepared data (training.datamodule.PreparedData), or None when no
+    item has a category (the next-category head is then off)."""
+    if "category_idx" not in data.items:
+        return None
+    category = data.padded("category_idx").astype(np.int64)
+    return category if category.max(initial=0) > 0 else None

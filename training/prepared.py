@@ -146,7 +146,7 @@ def build_datamodule(cfg, data: PreparedData) -> SequenceDataModule:
 
 
 def intent_mode(cfg) -> str:
-    """`intent.heads` (none | joint | detached), checked."""
+    """`intent.heads` (none | joint | second_stage), checked, and `intent.calibration` checked."""
     from intentrec.models.intent import MODES
     from intentrec.training.intent import CALIBRATIONS
 

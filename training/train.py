@@ -214,7 +214,7 @@ def _run_model(
         parameters=int(sum(p.numel() for p in task.parameters())),
     )
     if trainer.is_global_zero and task.intent_mode:
-        from intentrec.training.intent import measure_heads, save_heads, train_heads
+        from intentrec.training.intent import measure_heads, train_heads
 
         if task.intent_mode == "second_stage":  # the heads learn on the tower as trained, into its checkpoints
             info["intent_stage"] = train_heads(task.model.cpu(), datamodule, config_dict(cfg, "intent"), int(cfg.seed))
@@ -284,6 +284,15 @@ class BestCheckpoint(pl.callbacks.ModelCheckpoint):
         log.info(
             "resuming into %s: best so far %s = %.4f (copied from %s)", self.dirpath, self.monitor, score, old_best
         )
+
+
+def save_heads(model, checkpoints) -> None:
+    """Write the intent heads' trained weights (`model.intent.*`) into each checkpoint file, whole or not at all."""
+    state = {f"model.intent.{k}": v.detach().cpu() for k, v in model.intent.state_dict().items()}
+    for path in {Path(p) for p in checkpoints if p and Path(p).is_file()}:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint["state_dict"].update(state)
+        AtomicCheckpointIO().save_checkpoint(checkpoint, path)
 
 
 class StepCheckpoint(pl.callbacks.ModelCheckpoint):

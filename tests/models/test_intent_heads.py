@@ -10,7 +10,8 @@ import torch
 
 from intentrec.data.schema import EVENT_TYPES, enum_code
 from intentrec.models.intent import LABEL_ARRAYS, NOW_COLUMNS, intent_loss, session_counters
-from intentrec.models.two_tower import CART_EVENT_CODES, TwoTower, TwoTowerConfig
+from intentrec.models.two_tower import TwoTower, TwoTowerConfig
+from intentrec.training.intent_labels import CART_EVENT_CODES
 from tests.models.test_two_tower import NUM_ITEMS, VOCAB, make_batch
 
 CATEGORIES = 6
@@ -99,6 +100,13 @@ def test_session_counters_count_within_the_session_up_to_each_step():
     assert cart.tolist() == [0, 1, 2, 1, 0, 0, 1, 0]  # the purchase empties it; a new session starts empty
     assert counters[:, 3].tolist() == [0, 1, 1, 1, 0, 0, 1, 0]
     assert torch.expm1(counters[:, 4]).round().tolist() == [0, 0, 0, 0, 1, 0, 0, 0]
+
+
+def test_each_gap_buckets_seconds_fall_in_that_bucket():
+    from intentrec.data.features import GAP_BUCKET_SECONDS, NUM_GAP_BUCKETS, time_gap_buckets
+
+    assert time_gap_buckets(GAP_BUCKET_SECONDS[2:]).tolist() == list(range(2, NUM_GAP_BUCKETS))
+    assert GAP_BUCKET_SECONDS[:2].tolist() == [0, 0]  # unknown, and no gap
 
 
 def test_the_loss_reads_labelled_positions_only_and_an_empty_head_adds_nothing():

@@ -221,7 +221,7 @@ def test_serving_decodes_raw_events_into_the_features_training_saw(replayed, req
     now = {**batch, **{column: batch[field] for field, column in NOW_COLUMNS.items()}}
     with torch.no_grad():
         _, logits = replay["task"].model.query(now, intent=True)
-    offline = encoder.signals.of(logits["binary"].numpy(), logits["category"].numpy())
+    offline = encoder.signals.of(logits["binary"].numpy(), encoder.signals.distribution(logits["category"].numpy()))
     for got, want in zip(signals, offline):
         assert got.keys() == want.keys() == {"purchase", "exit", "abandon", "next_category"}
         for head in ("purchase", "exit", "abandon"):

@@ -225,7 +225,8 @@ def test_a_second_stage_leaves_the_ranking_as_it_was_and_its_heads_reach_the_che
 
 def test_intent_settings_and_data_that_cannot_carry_a_head_fail_or_switch_it_off_clearly(artifacts, tmp_path, caplog):
     from intentrec.errors import ConfigError, DataError
-    from tests.training.conftest import run
+    from tests.conftest import compose_config
+    from tests.training.conftest import FAST, run
 
     with pytest.raises(
         ConfigError, match=r"intent.heads='always'; expected one of \['none', 'joint', 'second_stage'\]"
@@ -239,9 +240,22 @@ def test_intent_settings_and_data_that_cannot_carry_a_head_fail_or_switch_it_off
         run(artifacts, tmp_path / "d", "intent.heads=joint", "model=bert4rec")
     with pytest.raises(DataError, match="intent signals need whole sessions.*data.split.type=temporal"):
         run(tmp_path / "loo", tmp_path / "e", "intent.heads=joint", "data.split.type=leave_last_out")
+    with pytest.raises(DataError, match=r"the intent heads cannot be measured: .*val.parquet has no steps of its own"):
+        run(tmp_path / "short", tmp_path / "g", "intent.heads=joint", "data.split.val_days=0.00001")
+    # Data no head can learn from is refused before training, with each head's reason.
+    from intentrec.training.prepared import build_datamodule, prepared_data
+    from intentrec.training.train import build_task
+
+    cfg = compose_config("train", [*FAST, f"artifacts_dir={artifacts}", "intent.heads=second_stage"])
+    data = prepared_data(cfg)
+    datamodule = build_datamodule(cfg, data)
+    datamodule.setup()
+    datamodule.intent_heads = dict.fromkeys(datamodule.intent_heads, "every step has the same label")
+    with pytest.raises(ConfigError, match=r"intent.heads=second_stage but no intent head can learn from this data: "
+                                          r"purchase: every step has the same label; .*Set intent.heads=none."):  # fmt: skip
+        build_task(cfg, data, datamodule)
     from intentrec.data.prepare import run as prepare
     from intentrec.training.datamodule import PreparedData, SequenceDataModule
-    from tests.conftest import compose_config
 
     views = tmp_path / "views"
     overrides = ["data=synthetic", "data.num_events=20000", "data.event_types=[view]", f"artifacts_dir={views}"]
