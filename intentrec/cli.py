@@ -96,6 +96,16 @@ STAGES = {
         "abandoned-cart messages with recommendations",
         "intentrec carts bundle=bundle store=<url> out=carts.jsonl after_minutes=30",
     ),
+    "web": (
+        "intentrec.serving.web",
+        "JSON web API over Triton (CORS allowlist, token) and the playground page",
+        "intentrec web triton=127.0.0.1:8001 collector=http://127.0.0.1:8700 bundle=bundle port=8800",
+    ),
+    "triggers": (
+        "intentrec.serving.triggers",
+        "trigger rules over the intent signals: exit offers, cart pushes, clienteling (batch or as events arrive)",
+        "intentrec triggers bundle=bundle store=<url> rules=conf/triggers/default.yaml out=messages.jsonl",
+    ),
     "batch": (
         "intentrec.serving.batch",
         "top-k per customer for a campaign",

@@ -58,15 +58,7 @@ def abandoned_cart_messages(
     threshold = int(after_minutes * 60_000)
     identities: dict[str, tuple[str, str]] = {}
     for event in store.cart_adds(now - int(lookback_hours * 3_600_000)):
-        if event.get("customer_id"):
-            kind, value = "customer", event["customer_id"]
-        elif event.get("device_id"):
-            kind, value = "device", event["device_id"]
-        else:
-            kind, value = "session", event["session_id"]
-        owner = store.owner(kind, value)
-        if owner:  # one message per customer, however many devices filled the cart
-            kind, value = "customer", owner
+        kind, value = store.shopper_of(event)  # one message per customer, however many devices filled the cart
         identities.setdefault(f"{kind}:{value}", (kind, value))
     messages = []
     for key, (kind, value) in sorted(identities.items()):
@@ -86,18 +78,18 @@ def abandoned_cart_messages(
             "recommendations": [],
         }
         if recommender is not None:
-            message["recommendations"], labels = _complements(recommender, key, profile.cart, k, now)
+            query = Query(identity=key, k=min(3 * k, 100), exclude_in_cart=True, now=now)
+            message["recommendations"], labels = cart_complements(recommender, query, profile.cart, k)
             message.update(labels)
         messages.append(message)
     return messages
 
 
-def _complements(
-    recommender: Recommender, identity: str, cart: dict[str, int], k: int, now: int
-) -> tuple[list[str], dict]:
-    """`k` suggestions (the model's items for the shopper, cart excluded, complements of the cart first) and the
-    list's labels (recommendation_id, model_version, experiment, arm)."""
-    result = recommender.recommend([Query(identity=identity, k=min(3 * k, 100), exclude_in_cart=True, now=now)])[0]
+def cart_complements(recommender: Recommender, query: Query, cart: dict[str, int], k: int) -> tuple[list[str], dict]:
+    """`k` suggestions for a cart (the model's items for `query`, cart excluded, the complements of the cart's
+    categories first, then other categories, then the cart's own) and the list's labels (recommendation_id,
+    model_version, experiment, arm). `query` should ask for about 3 k items with `exclude_in_cart`."""
+    result = recommender.recommend([query])[0]
     if isinstance(result, RequestError):
         raise result
     category = {i: recommender.catalogue.categories[recommender.catalogue.item_index[i]] for i in result.item_ids}

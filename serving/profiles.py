@@ -80,31 +80,7 @@ class Profiles:
                 f"the profile store {store_address(store.url)} did not answer ({type(error).__name__}: "
                 f"{str(error)[:200]}); retry later, or send the shopper's events instead of identity"
             ) from None
-        n = len(q.item_ids)
-        now = q.now if q.now is not None else int(time.time() * 1000)
-        own_times = list(q.timestamps) if q.timestamps is not None else [now] * n
-        own_types = list(q.event_types) if q.event_types is not None else ["view"] * n
-        seen = {(e["item_id"], e["event_type"], e["event_time"]) for e in stored}
-        keep = [i for i in range(n) if (str(q.item_ids[i]), own_types[i], own_times[i]) not in seen]
-        pick = lambda values, default: [default if v is None else v for v in values]  # noqa: E731
-        merged = replace(
-            q,
-            identity=None,
-            item_ids=[e["item_id"] for e in stored] + [q.item_ids[i] for i in keep],
-            event_types=[e["event_type"] for e in stored] + [own_types[i] for i in keep],
-            timestamps=[e["event_time"] for e in stored] + [own_times[i] for i in keep],
-            channels=pick([e["channel"] for e in stored], "web")
-            + [q.channels[i] if q.channels is not None else "web" for i in keep],
-            session_ids=pick([e["session_id"] for e in stored], "")
-            + [q.session_ids[i] if q.session_ids is not None else "" for i in keep],
-            quantities=[int(e.get("quantity") or 1) for e in stored]
-            + [q.quantities[i] if q.quantities is not None else 1 for i in keep],
-            past_purchases=list(dict.fromkeys([*q.past_purchases, *(e["item_id"] for e in bought[::-1])])),
-            loyalty=q.loyalty
-            if q.loyalty is not None or "loyalty_member" not in traits
-            else ("yes" if traits["loyalty_member"] else "no"),
-            device_type=q.device_type or next((e["device_type"] for e in stored[::-1] if e["device_type"]), None),
-        )
+        merged = with_events(q, stored, bought, traits)
         read = {
             "identity": f"{kind}:{value}",
             "customer_id": keys.customer,
@@ -112,3 +88,37 @@ class Profiles:
             "purchases": len(bought),
         }
         return merged, read
+
+
+def with_events(q: Query, stored: list[dict], bought: list[dict], traits: dict) -> Query:
+    """`q` with a shopper's stored events in front of its own (an event present in both counts once), the
+    items of their purchases and their loyalty trait: the one rule that turns stored events into a request
+    (recommend by identity, the triggers).
+
+    `stored`: events oldest first (the store's dicts); `bought`: purchase events newest first; `traits`: the
+    customer's stored traits (`loyalty_member`). The request's own loyalty and device type win."""
+    n = len(q.item_ids)
+    now = q.now if q.now is not None else int(time.time() * 1000)
+    own_times = list(q.timestamps) if q.timestamps is not None else [now] * n
+    own_types = list(q.event_types) if q.event_types is not None else ["view"] * n
+    seen = {(e["item_id"], e["event_type"], e["event_time"]) for e in stored}
+    keep = [i for i in range(n) if (str(q.item_ids[i]), own_types[i], own_times[i]) not in seen]
+    pick = lambda values, default: [default if v is None else v for v in values]  # noqa: E731
+    return replace(
+        q,
+        identity=None,
+        item_ids=[e["item_id"] for e in stored] + [q.item_ids[i] for i in keep],
+        event_types=[e["event_type"] for e in stored] + [own_types[i] for i in keep],
+        timestamps=[e["event_time"] for e in stored] + [own_times[i] for i in keep],
+        channels=pick([e.get("channel") for e in stored], "web")
+        + [q.channels[i] if q.channels is not None else "web" for i in keep],
+        session_ids=pick([e.get("session_id") for e in stored], "")
+        + [q.session_ids[i] if q.session_ids is not None else "" for i in keep],
+        quantities=[int(e.get("quantity") or 1) for e in stored]
+        + [q.quantities[i] if q.quantities is not None else 1 for i in keep],
+        past_purchases=list(dict.fromkeys([*q.past_purchases, *(e["item_id"] for e in bought[::-1])])),
+        loyalty=q.loyalty
+        if q.loyalty is not None or traits.get("loyalty_member") is None
+        else ("yes" if traits["loyalty_member"] else "no"),
+        device_type=q.device_type or next((e.get("device_type") for e in stored[::-1] if e.get("device_type")), None),
+    )

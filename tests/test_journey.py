@@ -247,6 +247,11 @@ BAD_ARGUMENTS = {
         ["store=sqlite:///nonexistent/x.db", "out=x.jsonl"],
         r"nonexistent/x\.db does not exist; point store= at",
     ),
+    "web": (["host=0.0.0.0"], r"host=0\.0\.0\.0 is reachable beyond this machine and no web API token is set"),
+    "triggers": (
+        ["bundle=b", "store=sqlite:///nonexistent/x.db", "out=o.jsonl"],
+        r"nonexistent/x\.db does not exist; point store= at",
+    ),
     "batch": (["--bundle", "b", "--store", "s", "--out", "o", "--k", "ten"], r"argument --k: invalid int value: 'ten'"),
 }
 

@@ -5,6 +5,7 @@
     python -m serving.events serve store=... host=0.0.0.0 token_file=/run/secrets/collector-token
     python -m serving.events export store=sqlite:///artifacts/events/events.db out=artifacts/events/export
     python -m serving.events import-pos file=pos.csv store=sqlite:///artifacts/events/events.db
+    python -m serving.events import events=artifacts/shops/<shop> store=sqlite:///artifacts/events/events.db
     python -m serving.events attribute store=sqlite:///artifacts/events/events.db out=artifacts/attribution
     python -m serving.events attribute events=artifacts/events/export window_minutes=60 scope=shopper
     python -m serving.events report store=sqlite:///artifacts/events/events.db experiment_ab=model_vs_popularity
@@ -16,6 +17,8 @@ line, which every local user can read in the process list); beyond loopback a to
 `export` writes `<out>/events.parquet` in the canonical
 schema (what `python -m data.prepare data=generic data.format=parquet` reads). `import-pos` reads a
 point-of-sale export (CSV) and stores each line as a `store_purchase` event (see `serving.events.pos`).
+`import` stores canonical Parquet events (an export, a shop's history; `customers.parquet` beside it gives
+loyalty), each validated as the collector would (see `serving.events.export.import_events`).
 `attribute` credits add-to-carts and purchases to the served lists that led to them, per placement,
 model version and arm, from a store or exported Parquet (see `serving.events.attribution`).
 `report` writes an experiment's goal metrics per arm with intervals, lifts and the sample-ratio check
@@ -35,10 +38,15 @@ from intentrec.serving.cli import key_value_flags
 
 DEFAULT_STORE = "sqlite:///artifacts/events/events.db"
 TOKEN_ENV = "INTENTREC_COLLECTOR_TOKEN"
+# What anyone could do to a service bound beyond loopback without its token.
+RISKS = {"collector": "merge customers and read profiles", "web API": "read shoppers' lists and post their events"}
 
 
-def collector_token(host: str, argv_token: str | None, token_file: Path | None) -> str | None:
-    """The bearer token from $INTENTREC_COLLECTOR_TOKEN or `token_file`; required beyond loopback.
+def collector_token(
+    host: str, argv_token: str | None, token_file: Path | None, env: str = TOKEN_ENV, what: str = "collector"
+) -> str | None:
+    """The bearer token from the environment variable `env` ($INTENTREC_COLLECTOR_TOKEN) or `token_file`; required
+    beyond loopback. The web API (serving.web, INTENTREC_WEB_TOKEN) reads its token by the same rule.
 
     Raises ConfigError for a token on the command line, an unreadable or empty file, or a host
     other than loopback without a token."""
@@ -49,10 +57,10 @@ def collector_token(host: str, argv_token: str | None, token_file: Path | None) 
 
     if argv_token is not None:
         raise ConfigError(
-            f"token= on the command line is visible to every local user (ps); put the token in {TOKEN_ENV} "
+            f"token= on the command line is visible to every local user (ps); put the token in {env} "
             "or in a file readable by this user only and pass token_file=<path>."
         )
-    token = os.environ.get(TOKEN_ENV, "").strip() or None
+    token = os.environ.get(env, "").strip() or None
     if token_file is not None:
         try:
             token = Path(token_file).read_text().strip()
@@ -61,7 +69,7 @@ def collector_token(host: str, argv_token: str | None, token_file: Path | None) 
         if not token:
             raise ConfigError(f"token_file={token_file} is empty; write the token into it.")
     if token is not None and (not token.isascii() or any(c.isspace() for c in token)):
-        raise ConfigError("the collector token must be printable ASCII without spaces (it travels in an HTTP header).")
+        raise ConfigError(f"the {what} token must be printable ASCII without spaces (it travels in an HTTP header).")
     if token is None:
         try:
             loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
@@ -69,8 +77,8 @@ def collector_token(host: str, argv_token: str | None, token_file: Path | None) 
             loopback = False
         if not loopback:
             raise ConfigError(
-                f"host={host} is reachable beyond this machine and no token is set: anyone could merge customers "
-                f"and read profiles. Set {TOKEN_ENV} or token_file=<path>, or bind 127.0.0.1."
+                f"host={host} is reachable beyond this machine and no {what} token is set: anyone could "
+                f"{RISKS.get(what, 'call it')}. Set {env} or token_file=<path>, or bind 127.0.0.1."
             )
     return token
 
@@ -134,7 +142,9 @@ def _categories(path: Path | None) -> dict[str, str] | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["serve", "export", "import-pos", "attribute", "report", "estimate"])
+    parser.add_argument(
+        "command", choices=["serve", "export", "import", "import-pos", "attribute", "report", "estimate"]
+    )
     parser.add_argument("--store", default=DEFAULT_STORE, help="sqlite:///<path> or redis://host:port/db")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8700)
@@ -153,7 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--abandon-after-minutes", type=float, default=30.0)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--file", type=Path, default=None)
-    parser.add_argument("--events", type=Path, default=None, help="attribute: exported Parquet instead of a store")
+    parser.add_argument(
+        "--events",
+        type=Path,
+        default=None,
+        help="attribute: exported Parquet instead of a store; import: the Parquet to store",
+    )
     parser.add_argument("--window-minutes", type=float, default=1440.0)
     parser.add_argument("--scope", default="session")
     parser.add_argument("--experiment", default=None, help="report: the experiment's name in the events")
@@ -212,6 +227,19 @@ def main(argv: list[str] | None = None) -> int:
         summary = export_events(store, args.out)
         print(json.dumps(summary))
         return 0
+    if args.command == "import":
+        from intentrec.serving.events.export import import_events
+
+        if args.events is None:
+            print("error: import needs events=<canonical events.parquet or its folder>", file=sys.stderr)
+            return 2
+        try:
+            summary = import_events(args.events, store)
+        except IntentrecError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(json.dumps(summary))
+        return 0 if not summary["rejected_count"] and not summary["conflicts"] else 1
     from intentrec.serving.events.pos import import_pos
 
     if args.file is None:

@@ -76,7 +76,7 @@ class Guard:
     the bytes actually received (chunked or streamed bodies too) are counted as they arrive, so no
     more than max_body_bytes is ever read or kept."""
 
-    def __init__(self, app, settings: CollectorSettings):
+    def __init__(self, app, settings):  # CollectorSettings or serving.web.WebSettings: max_body_bytes, token
         self.app, self.settings = app, settings
         self.token = settings.token.encode() if settings.token is not None else None
 
@@ -112,6 +112,22 @@ class Guard:
         await self.app(scope, counted, send)
 
 
+async def read_json_body(request: Request, max_json_depth: int):
+    """The request's JSON body (Guard has cut it at max_body_bytes); HTTP 400 naming the problem when it is not
+    JSON or nests deeper than `max_json_depth`."""
+    body = await request.body()
+    too_deep = HTTPException(400, f"request body nests objects/arrays deeper than max_json_depth={max_json_depth}")
+    try:
+        payload = json.loads(body)
+    except RecursionError:
+        raise too_deep from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise HTTPException(400, f"request body is not valid JSON: {shorten(str(error))}") from None
+    if _too_deep(payload, max_json_depth):
+        raise too_deep
+    return payload
+
+
 def _too_deep(value, limit: int) -> bool:
     """Whether objects/arrays nest deeper than `limit` (iterative: no recursion on hostile input)."""
     stack = [(value, 1)]
@@ -139,19 +155,7 @@ def create_app(
     app.add_middleware(Guard, settings=settings)
 
     async def read_json(request: Request):
-        body = await request.body()  # Guard stops it at max_body_bytes
-        too_deep = HTTPException(
-            400, f"request body nests objects/arrays deeper than max_json_depth={settings.max_json_depth}"
-        )
-        try:
-            payload = json.loads(body)
-        except RecursionError:
-            raise too_deep from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise HTTPException(400, f"request body is not valid JSON: {shorten(str(error))}") from None
-        if _too_deep(payload, settings.max_json_depth):
-            raise too_deep
-        return payload
+        return await read_json_body(request, settings.max_json_depth)
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, error: HTTPException):

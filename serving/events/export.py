@@ -118,3 +118,56 @@ def read_frame(source, columns: tuple[str, ...], event_types: tuple[str, ...] | 
     if "event_time" in frame:
         frame["event_time"] = frame["event_time"].astype("int64")
     return frame.drop_duplicates("event_id") if "event_id" in frame else frame
+
+
+def import_events(source: str | Path, store: EventStore, chunk: int = 10_000) -> dict:
+    """Store the events of canonical Parquet (`events.parquet`, or a folder holding it and optionally
+    `customers.parquet`, whose loyalty flags become the customers' traits): the inverse of `export_events`, for a
+    backfill of past events or a shop's history. Every event is validated as the collector validates it
+    (`serving.events.schema.validate_events`); bad rows are reported by row number, the good ones stored; an
+    event_id stored before is not stored again."""
+    from intentrec.serving.events.schema import validate_events
+
+    path = Path(source)
+    folder = path if path.is_dir() else path.parent
+    path = path / "events.parquet" if path.is_dir() else path
+    if not path.is_file():
+        raise ConfigError(f"events={path}: no such file; give canonical events.parquet or the folder holding it")
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise DataError(f"events={path}: not a Parquet file ({error})") from None
+    missing = sorted({"event_id", "event_time", "item_id", "event_type"} - set(parquet.schema_arrow.names))
+    if missing:
+        raise DataError(f"events={path}: lacks the column(s) {missing} of the canonical events schema")
+    accepted = duplicates = row = 0
+    rejected, conflicts = [], []
+    for batch in parquet.iter_batches(batch_size=chunk):
+        table = pa.Table.from_batches([batch])
+        if pa.types.is_timestamp(table.schema.field("event_time").type):
+            times = pc.cast(pc.cast(table["event_time"], pa.timestamp("ms", tz="UTC")), pa.int64())
+            table = table.set_column(table.schema.get_field_index("event_time"), "event_time", times)
+        raw = [{k: v for k, v in event.items() if v is not None and k in EVENT_FIELDS} for event in table.to_pylist()]
+        events, bad = validate_events(raw, 0)
+        rejected += [{"row": row + r.index, "field": r.field, "value": r.value, "reason": r.reason} for r in bad]
+        result = store.append(events)
+        accepted, duplicates = accepted + result.accepted, duplicates + result.duplicates
+        conflicts += [{"event_id": c["event_id"], "fields": c["fields"]} for c in result.conflicts]
+        row += len(raw)
+    customers = 0
+    if (folder / "customers.parquet").is_file():
+        table = pq.read_table(folder / "customers.parquet")
+        if "customer_id" in table.column_names and "loyalty_member" in table.column_names:
+            for customer, loyal in zip(table["customer_id"].to_pylist(), table["loyalty_member"].to_pylist()):
+                if customer and loyal is not None:
+                    store.identify(str(customer), traits={"loyalty_member": bool(loyal)})
+                    customers += 1
+    return {
+        "rows": row,
+        "accepted": accepted,
+        "duplicates": duplicates,
+        "rejected": rejected[:100],
+        "rejected_count": len(rejected),
+        "conflicts": conflicts[:100],
+        "customers": customers,
+    }

@@ -1,4 +1,4 @@
-"""Local processes of the platform, for the demo, tests and benchmarks: redis-server and the collector.
+"""Local processes of the platform, for the demo, tests and benchmarks: redis-server, the collector, the web API.
 
     with RedisServer(tmp_dir) as redis:            # real redis-server, AOF fsynced on every write
         store = open_store(redis.url)
@@ -108,34 +108,28 @@ class RedisServer:
         self.stop()
 
 
-class Collector:
-    """`python -m serving.events serve` as a child process on a free loopback port."""
+class Service:
+    """`python -m <module> serve-like arguments port=<port>` as a child process on a free loopback port, ready when
+    its `/healthz` answers 200."""
 
-    def __init__(
-        self, store: str, port: int | None = None, log_file: str | Path | None = None, extra_args: tuple[str, ...] = ()
-    ):
-        self.store, self.port = store, port or free_port()
+    module = ""
+    name = ""
+
+    def __init__(self, args: tuple[str, ...], port: int | None = None, log_file: str | Path | None = None):
+        self.port = port or free_port()
         self.log_file = Path(log_file) if log_file else None
-        self.args = tuple(extra_args)
+        self.args = tuple(args)
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30) -> Collector:
+    def start(self, timeout: float = 30):
         log = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         env = {**os.environ, "PYTHONPATH": str(IMPORT_ROOT)}
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "intentrec.serving.events",
-                "serve",
-                f"store={self.store}",
-                f"port={self.port}",
-                *self.args,
-            ],
+            [sys.executable, "-m", self.module, *self.args, f"port={self.port}"],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=IMPORT_ROOT,
@@ -153,7 +147,7 @@ class Collector:
                 code = self.process.poll()
                 self.stop()
                 tail = self.log_file.read_text()[-2000:] if self.log_file and self.log_file.exists() else ""
-                raise RuntimeError(f"collector did not become ready (exit code {code}):\n{tail}")
+                raise RuntimeError(f"{self.name} did not become ready (exit code {code}):\n{tail}")
             time.sleep(0.05)
 
     def kill(self) -> None:
@@ -167,8 +161,29 @@ class Collector:
         _terminate(self.process)
         self.process = None
 
-    def __enter__(self) -> Collector:
+    def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class Collector(Service):
+    """`python -m serving.events serve` as a child process on a free loopback port."""
+
+    module, name = "intentrec.serving.events", "collector"
+
+    def __init__(
+        self, store: str, port: int | None = None, log_file: str | Path | None = None, extra_args: tuple[str, ...] = ()
+    ):
+        super().__init__(("serve", f"store={store}", *extra_args), port, log_file)
+        self.store = store
+
+
+class WebApi(Service):
+    """`python -m serving.web` (the JSON API and playground over a Triton server) on a free loopback port."""
+
+    module, name = "intentrec.serving.web", "web API"
+
+    def __init__(self, triton: str, port: int | None = None, log_file: str | Path | None = None, **options: str):
+        super().__init__((f"triton={triton}", *(f"{k}={v}" for k, v in options.items())), port, log_file)

@@ -174,6 +174,18 @@ class EventStore(ABC):
     def close(self) -> None:  # noqa: B027 - optional
         pass
 
+    def shopper_of(self, event: dict) -> tuple[str, str]:
+        """(kind, value) of the shopper an event belongs to: its customer's canonical id; for an anonymous event
+        the customer its device (else session) is linked to, or that device (else session) itself."""
+        if event.get("customer_id"):
+            kind, value = "customer", event["customer_id"]
+        elif event.get("device_id"):
+            kind, value = "device", event["device_id"]
+        else:
+            kind, value = "session", event["session_id"]
+        owner = self.owner(kind, value)
+        return ("customer", owner) if owner else (kind, value)
+
     def identity_keys(self, kind: str, value: str) -> IdentityKeys:
         _check_kind(kind)
         customer = self.owner(kind, value)

@@ -17,7 +17,7 @@ from intentrec.data.loaders import load_canonical
 from intentrec.errors import ConfigError, DataError
 from intentrec.serving.events.__main__ import collector_token
 from intentrec.serving.events.app import CollectorSettings, create_app
-from intentrec.serving.events.export import export_events
+from intentrec.serving.events.export import export_events, import_events
 from intentrec.serving.events.local import Collector, RedisServer
 from intentrec.serving.events.pos import import_pos
 from intentrec.serving.events.profile import build_profile
@@ -490,7 +490,7 @@ def test_the_token_comes_from_the_environment_or_a_file_never_the_command_line(t
     assert "token= on the command line is visible to every local user" in on_argv.stderr
     exposed = serve("host=0.0.0.0")
     assert exposed.returncode == 2
-    assert "host=0.0.0.0 is reachable beyond this machine and no token is set" in exposed.stderr
+    assert "host=0.0.0.0 is reachable beyond this machine and no collector token is set" in exposed.stderr
     empty = tmp_path / "empty-token"
     empty.write_text("\n")
     assert f"token_file={empty} is empty" in serve("host=0.0.0.0", f"token_file={empty}").stderr
@@ -546,6 +546,34 @@ def test_impressions_and_clicks_keep_their_list_fields_and_stay_out_of_profiles(
     loaded = load_canonical(tmp_path / "export")
     assert loaded.events.column("event_id").to_pylist() == ["v1", "a1"]
     assert loaded.notes["feedback_events_skipped"] == 4 and "recommendation_id" not in loaded.events.column_names
+
+
+def test_import_stores_an_export_again_and_reports_bad_rows_by_number(store, tmp_path):
+    import pyarrow as pa
+
+    raw = [event("v1", "i1", session_id="s1"), event("a1", "i1", "add_to_cart", at=1, session_id="s1", quantity=2)]
+    events, _ = validate_events(raw, T0)
+    store.append(events)
+    store.identify("c1", device_id="d1", traits={"loyalty_member": True})
+    export_events(store, tmp_path / "export")
+    target = open_store(f"sqlite:///{tmp_path / 'copy.db'}")
+    summary = import_events(tmp_path / "export", target)
+    assert (summary["accepted"], summary["rejected_count"], summary["customers"]) == (2, 0, 1)
+    assert [(e["event_id"], e["event_time"], e["quantity"]) for e in target.iter_events()] == [
+        ("v1", T0, None),
+        ("a1", T0 + 1, 2),
+    ]
+    assert target.traits("c1") == {"loyalty_member": True}
+    assert import_events(tmp_path / "export" / "events.parquet", target)["duplicates"] == 2  # idempotent
+    table = pq.read_table(tmp_path / "export" / "events.parquet")
+    bad = table.set_column(table.schema.get_field_index("quantity"), "quantity", pa.array([None, 0], pa.int32()))
+    pq.write_table(bad, tmp_path / "bad.parquet")
+    summary = import_events(tmp_path / "bad.parquet", open_store(f"sqlite:///{tmp_path / 'bad.db'}"))
+    assert summary["accepted"] == 1 and summary["rejected"][0]["row"] == 1
+    assert summary["rejected"][0]["field"] == "quantity" and summary["rejected"][0]["value"] == 0
+    with pytest.raises(ConfigError, match="no such file"):
+        import_events(tmp_path / "nothing", target)
+    target.close()
 
 
 def test_feedback_fields_are_checked_by_name_and_the_valid_events_are_kept():
