@@ -45,7 +45,7 @@ EVENT_TYPES: tuple[str, ...] = (
 # (EVENT_TYPES, whose codes prepared data uses), and data preparation and profiles skip them.
 FEEDBACK_TYPES: tuple[str, ...] = ("impression", "click")
 # Where a list was shown (product = a product page; store_app = the app used inside a shop).
-PLACEMENTS: tuple[str, ...] = ("home", "product", "cart", "email", "push", "store_app")
+PLACEMENTS: tuple[str, ...] = ("home", "product", "cart", "email", "push", "store_app", "exit_offer")
 CHANNELS: tuple[str, ...] = ("web", "app", "email", "store")
 DEVICE_TYPES: tuple[str, ...] = ("desktop", "mobile", "tablet")
 REFERRERS: tuple[str, ...] = ("direct", "search", "email", "social", "ads", "other")

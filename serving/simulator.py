@@ -25,6 +25,14 @@ a visit, on one of their devices, at a simulated time:
    visit the cart is bought with the shop's conversion probability of the visit (each item at its
    catalogue price), or abandoned.
 
+5. Exit-intent offers (`exit_offers_arm`: the arm of the server's experiment whose shoppers get them): a
+   shopper of that arm about to leave with a cart (the conversion draw failed) is asked, by the shop, for
+   an offer list (`recommend`, k=4, the cart left out) with the visit's events; when the on-site rule fires
+   on the signals that come with it (`serving.triggers.onsite_offers`: the `exit_offer` rules of the trigger
+   config, by default exit >= 0.5 with a cart and no purchase) the list is shown (impressions at placement
+   `exit_offer`), examined like the other list (step 3), and the cart is bought after all with probability
+   `offer_save`. The arms' difference in the report is the offers' effect in this shopper model.
+
 All the visit's events (views, impressions, clicks, add-to-carts, purchases, with the list's
 `recommendation_id` on the clicks, carts and purchases that came from it) go to the real collector in
 one batch. Shoppers are simulated by `workers` threads; the results depend only on the seed.
@@ -62,6 +70,10 @@ class ShopperModel:
     cart_after_click: float = 0.5  # P(add to cart) after a click on an item of the intent (x 0.3 outside it)
     login_prob: float = 0.7  # visits made logged in (the request names the customer; else the device)
     placement: str = "product"
+    # Exit-intent offers: shoppers the experiment puts in this arm (None: nobody) get one when they are about to
+    # leave with a cart and the shop's on-site rule fires (serving.triggers.onsite_offers on the model's signals).
+    exit_offers_arm: str | None = None
+    offer_save: float = 0.25  # P(a shopper shown the offer buys the cart after all)
 
 
 def _sample(logits: np.ndarray, rng: np.random.Generator) -> int:
@@ -76,8 +88,16 @@ def _sigmoid(x: float) -> float:
 class Simulator:
     """Simulated shoppers of `world` against a Triton `client` and a collector (`post(events)`)."""
 
-    def __init__(self, world, model: ShopperModel | None = None, seed: int = 0, start_ms: int | None = None):
+    def __init__(
+        self, world, model: ShopperModel | None = None, seed: int = 0, start_ms: int | None = None, rules=None
+    ):
+        """`rules`: the trigger rules whose `exit_offer` ones decide the exit offers (default: the shipped rules)."""
+        from intentrec.serving.triggers import DEFAULT_RULES, load_rules
+
         self.world, self.model, self.seed = world, model or ShopperModel(), seed
+        self.rules = [
+            r for r in (rules if rules is not None else load_rules(DEFAULT_RULES)) if r.action == "exit_offer"
+        ]
         # Visits fall on the 7 days from start_ms (default: today, 00:00 UTC).
         self.start_ms = start_ms if start_ms is not None else (int(time.time() * 1000) // 86_400_000) * 86_400_000
 
@@ -154,27 +174,72 @@ class Simulator:
         )
         for event in shown.impressions(m.placement, event_time=clock, **who):
             events.append(event)
-        rid = shown.recommendation_id
-        for position, raw in enumerate(shown.item_ids, start=1):
-            if rng.random() >= position**-m.position_decay:
-                continue
-            item = int(raw[1:])
-            match = int(w.item_category[item]) == intent
-            logit = m.click_base + m.click_intent * match + m.click_price * tier_fit[int(w.item_tier[item])]
-            if rng.random() >= _sigmoid(logit):
-                continue
-            clock += int(rng.integers(3_000, 30_000))
-            events.append(shown.click(raw, placement=m.placement, event_time=clock, **who))
-            clock += 1_000
-            add("view", raw, recommendation_id=rid, **context_fields)
-            if rng.random() < m.cart_after_click * (1.0 if match else 0.3) and raw not in cart:
-                add("add_to_cart", raw, quantity=1, price=float(w.item_price[item]), recommendation_id=rid)
-                cart[raw] = (float(w.item_price[item]), rid)
-        if cart and rng.random() < p_convert:
+
+        def react(shown, placement: str) -> None:
+            """Examine the list, click, view and maybe add to the cart (step 3)."""
+            nonlocal clock
+            rid = shown.recommendation_id
+            for position, raw in enumerate(shown.item_ids, start=1):
+                if rng.random() >= position**-m.position_decay:
+                    continue
+                item = int(raw[1:])
+                match = int(w.item_category[item]) == intent
+                logit = m.click_base + m.click_intent * match + m.click_price * tier_fit[int(w.item_tier[item])]
+                if rng.random() >= _sigmoid(logit):
+                    continue
+                clock += int(rng.integers(3_000, 30_000))
+                events.append(shown.click(raw, placement=placement, event_time=clock, **who))
+                clock += 1_000
+                add("view", raw, recommendation_id=rid, **context_fields)
+                if rng.random() < m.cart_after_click * (1.0 if match else 0.3) and raw not in cart:
+                    add("add_to_cart", raw, quantity=1, price=float(w.item_price[item]), recommendation_id=rid)
+                    cart[raw] = (float(w.item_price[item]), rid)
+
+        react(shown, m.placement)
+        converts = bool(cart) and rng.random() < p_convert
+        if cart and not converts and m.exit_offers_arm is not None and shown.arm == m.exit_offers_arm:
+            converts = self._exit_offer(events, cart, clock, who, person if logged_in else None, ask, react, rng)
+        if converts:
             clock += int(rng.integers(30_000, 120_000))
             for raw, (price, list_id) in cart.items():
                 add("purchase", raw, quantity=1, price=price, **({"recommendation_id": list_id} if list_id else {}))
         return events
+
+    def _exit_offer(self, events, cart, clock, who, customer, ask, react, rng) -> bool:
+        """The shopper is about to leave with a cart: the shop asks for an offer list with the visit's events (the
+        signals come with it) and shows it when its on-site rule fires; returns whether the cart is bought."""
+        from intentrec.serving.request import Query
+        from intentrec.serving.triggers import onsite_offers
+
+        actions = [e for e in events if e["event_type"] not in ("impression", "click")]
+        last = actions[-1]
+        reply = ask(
+            Query(
+                item_ids=[e["item_id"] for e in actions],
+                event_types=[e["event_type"] for e in actions],
+                timestamps=[e["event_time"] for e in actions],
+                quantities=[e.get("quantity") or 1 for e in actions],
+                now=clock + 2_000,
+                device_type=last.get("device_type"),
+                referrer=last.get("referrer"),
+                region=last.get("region"),
+                k=4,
+                exclude_in_cart=True,
+                shopper=f"customer:{customer}" if customer else f"device:{who['device_id']}",
+            )
+        )
+        profile = {
+            "key": f"device:{who['device_id']}",
+            "customer_id": customer,
+            "recent_events": actions,
+            "cart": {item: 1 for item in cart},
+        }
+        fired = onsite_offers(self.rules, profile, reply.intent, set())
+        if not fired:
+            return False
+        events.extend(reply.impressions("exit_offer", shown=fired[0].k, event_time=clock + 2_000, **who))
+        react(reply, "exit_offer")
+        return rng.random() < self.model.offer_save
 
     def shopper(self, index: int, ask, post) -> int:
         """Simulate shopper `index` (1 or 2 visits); returns the events sent."""
@@ -203,11 +268,12 @@ def _poster(url: str, token: str | None):
 
 
 def run(world, triton: str, collector: str, shoppers: int, seed: int = 0, workers: int = 4,
-        model: ShopperModel | None = None, token: str | None = None, start_ms: int | None = None) -> dict:  # fmt: skip
+        model: ShopperModel | None = None, token: str | None = None, start_ms: int | None = None,
+        rules=None) -> dict:  # fmt: skip
     """Simulate `shoppers` shoppers; returns counts and the throughput."""
     from intentrec.serving.client import Client
 
-    simulator = Simulator(world, model, seed, start_ms)
+    simulator = Simulator(world, model, seed, start_ms, rules)
     local = threading.local()
     opened = []
     lock = threading.Lock()
@@ -250,16 +316,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shoppers", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument(
+        "--exit-offers-arm", default=None, help="the experiment arm whose shoppers get exit-intent offers"
+    )
+    parser.add_argument("--offer-save", type=float, default=ShopperModel.offer_save)
+    parser.add_argument("--rules", type=Path, default=None, help="trigger rules (default: conf/triggers/default.yaml)")
     args = parser.parse_args(argv)
     from intentrec.data.synthetic import World
 
     try:
         if args.shoppers < 1:
             raise ConfigError(f"--shoppers {args.shoppers}; expected at least 1")
+        if not 0.0 <= args.offer_save <= 1.0:
+            raise ConfigError(f"--offer-save {args.offer_save}; expected a probability in [0, 1]")
         token = args.token_file.read_text().strip() if args.token_file else None
+        from intentrec.serving.triggers import load_rules
+
+        rules = load_rules(args.rules) if args.rules else None
+        model = ShopperModel(exit_offers_arm=args.exit_offers_arm, offer_save=args.offer_save)
         summary = run(
-            World.from_shop(args.shop), args.triton, args.collector, args.shoppers, args.seed, args.workers, token=token
-        )
+            World.from_shop(args.shop), args.triton, args.collector, args.shoppers, args.seed, args.workers, model,
+            token=token, rules=rules,
+        )  # fmt: skip
     except IntentrecError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

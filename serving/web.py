@@ -34,7 +34,7 @@ import dataclasses
 import logging
 import sys
 import threading
-from collections import OrderedDict
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,7 +135,8 @@ def create_app(settings: WebSettings) -> FastAPI:
         from intentrec.serving.triggers import load_rules
 
         rules = [r for r in load_rules(settings.rules) if r.action == "exit_offer"]
-    fired: OrderedDict[str, None] = OrderedDict()
+    fired: set[str] = set()  # on-site offers sent (message ids), the oldest forgotten past FIRED_KEPT
+    order: deque[str] = deque()
     fired_lock = threading.Lock()
     adapter = TypeAdapter(RecommendRequest)
 
@@ -161,14 +162,15 @@ def create_app(settings: WebSettings) -> FastAPI:
             ]
             raise HTTPException(422, "; ".join(problems)) from None
 
-    def answer(reply, items: bool = True) -> dict | JSONResponse:
+    def answer(reply, items: bool = True, **extra) -> JSONResponse:
+        """The wire form of a model's answer (plain JSON types already: no encoder pass)."""
         if reply.error:
             return _error(400, reply.error)
         out = {"item_ids": reply.item_ids, "scores": reply.scores, "info": reply.info}
         out.update({name: getattr(reply, name) for name in ("recommendation_id", "model_version", "experiment", "arm")})
         if catalogue is not None and items:  # what a page shows of each item
             out["items"] = [catalogue.by_id.get(i, {"item_id": i}) for i in reply.item_ids]
-        return out
+        return JSONResponse({**out, **extra})
 
     async def call(method, request):
         try:
@@ -184,14 +186,13 @@ def create_app(settings: WebSettings) -> FastAPI:
         found = collector.get(f"/v1/profile/{request.identity}")
         if found.status_code != 200:
             return []
+        profile = found.json()
+        session = profile["recent_events"][-1].get("session_id") if profile.get("recent_events") else None
         with fired_lock:
-            seen = set(fired)
-            fire = onsite_offers(rules, found.json(), reply.intent, seen)
-            for message_id in sorted(seen - set(fired)):
-                fired[message_id] = None
-            while len(fired) > FIRED_KEPT:
-                fired.popitem(last=False)
-        session = found.json()["recent_events"][-1].get("session_id")
+            fire = onsite_offers(rules, profile, reply.intent, fired)
+            order.extend(f"{r.name}:{session}" for r in fire)
+            while len(order) > FIRED_KEPT:
+                fired.discard(order.popleft())
         return [{"rule": r.name, "message_id": f"{r.name}:{session}", "item_ids": reply.item_ids[: r.k]} for r in fire]
 
     @app.post("/v1/recommend")
@@ -202,14 +203,13 @@ def create_app(settings: WebSettings) -> FastAPI:
         reply = await call(client.recommend, query)
         if isinstance(reply, JSONResponse):
             return reply
-        out = answer(reply)
-        if offers and isinstance(out, dict):
-            try:
-                out["offers"] = await run_in_threadpool(offers_for, query, reply)
-            except httpx.HTTPError as error:  # the list stands; the offers need the collector
-                out["offers"] = []
-                out["info"] = {**out["info"], "offers_error": f"collector unreachable ({type(error).__name__})"}
-        return out
+        if not offers or reply.error:
+            return answer(reply)
+        try:
+            return answer(reply, offers=await run_in_threadpool(offers_for, query, reply))
+        except httpx.HTTPError as error:  # the list stands; the offers need the collector
+            reply.info["offers_error"] = f"collector unreachable ({type(error).__name__})"
+            return answer(reply, offers=[])
 
     @app.post("/v1/intent")
     async def intent(request: Request):

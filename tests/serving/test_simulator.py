@@ -84,3 +84,43 @@ def test_the_simulator_command_names_a_bad_count(capsys):
 
     assert main(["--shop", "/nonexistent/shop", "--shoppers", "0"]) == 2
     assert "--shoppers 0; expected at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_exit_offers_on_against_off_in_one_experiment(bundle, shop, tmp_path):
+    """Shoppers of the `offers` arm about to leave with a cart get the on-site exit offer when its rule fires (here
+    at any exit probability), see its list and buy after all with probability offer_save: the report shows it."""
+    from intentrec.serving.simulator import ShopperModel
+    from intentrec.serving.triggers import load_rules
+
+    config = tmp_path / "offers.yaml"
+    config.write_text(
+        "name: offers\nsalt: offers-1\narms:\n  - {name: control, share: 0.5}\n  - {name: offers, share: 0.5}\n"
+    )
+    rules = load_rules([{"name": "exit_offer", "action": "exit_offer", "signal": "exit", "above": 0.0,
+                         "needs": ["cart", "no_purchase"], "k": 4}])  # fmt: skip
+    repository = build(bundle, tmp_path / "repository", ServingOptions(experiment_ab=str(config)))
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    model = ShopperModel(exit_offers_arm="offers", offer_save=0.6)
+    with (
+        TritonServer(repository, None, None, None, log_file=tmp_path / "server.log", backend_root=tmp_path / "b") as s,
+        Collector(url, log_file=tmp_path / "collector.log") as collector,
+    ):
+        run(shop, s.grpc_url, collector.url, 800, seed=3, workers=4, model=model, rules=rules)
+    from intentrec.serving.events.export import read_frame
+    from intentrec.serving.events.report import READ, ReportSettings, report
+    from intentrec.serving.events.store import open_store
+
+    store = open_store(url, readonly=True)
+    events = read_frame(store, (*READ, "placement"))
+    store.close()
+    offers = events[events["placement"] == "exit_offer"]
+    assert len(offers) > 40 and set(offers["arm"]) == {"offers"}  # shown in the offers arm only
+    shown_sessions = set(offers["session_id"])
+    carts = set(events.loc[events["event_type"] == "add_to_cart", "session_id"])
+    assert shown_sessions <= carts  # only to shoppers with a cart
+    result = report(events, ReportSettings(experiment="offers", shares={"control": 0.5, "offers": 0.5}))
+    conversion = result["metrics"]["conversion_rate"]
+    assert not result["sample_ratio"]["mismatch"]
+    assert conversion["arms"]["offers"]["value"] > conversion["arms"]["control"]["value"], conversion
+    assert conversion["vs_control"]["offers"]["difference_ci"][1] > 0
