@@ -77,14 +77,23 @@ def session_counters(batch: dict[str, torch.Tensor], codes: dict[str, int]) -> t
 class IntentHeads(nn.Module):
     """One small head per signal over [state, context, session counters] (no context without one): a hidden
     layer, then 1 logit for each binary head (BINARY_HEADS) and `num_categories` for the next category (no
-    such head below 2 categories). Separate heads can each stop learning at their own best epoch."""
+    such head below 2 categories). Separate heads can each stop learning at their own best epoch.
+
+    Each head reads its inputs through a 0/1 mask (`input_masks`, a buffer saved with the model): all of them,
+    all but the encoder's state (`without_state`), or the session counters alone (`counters_only`). The second
+    stage (training.intent.train_heads) keeps, per head, whichever validates better: on little data a wide
+    input lets a head fit noise that the narrower ones do not carry."""
 
     def __init__(self, embedding_dim: int, num_categories: int, with_context: bool):
         super().__init__()
         self.width = width = embedding_dim * (2 if with_context else 1) + COUNTERS
+        self.state_width = embedding_dim
         sizes = {head: 1 for head in BINARY_HEADS}
         if num_categories > 1:
             sizes["next_category"] = num_categories
+        self.order = list(sizes)  # the rows of input_masks
+        self.register_buffer("input_masks", torch.ones(len(sizes), width))
+        self._register_load_state_dict_pre_hook(self._all_inputs_when_missing)
         self.heads = nn.ModuleDict(
             {
                 head: nn.Sequential(
@@ -97,6 +106,25 @@ class IntentHeads(nn.Module):
             }
         )
 
+    def _all_inputs_when_missing(self, state_dict, prefix, *args) -> None:
+        """A checkpoint saved before the masks existed: every head reads all its inputs."""
+        state_dict.setdefault(prefix + "input_masks", torch.ones_like(self.input_masks))
+
+    def without_state(self) -> torch.Tensor:
+        """The mask that reads the context and the counters, not the encoder's state."""
+        mask = torch.ones(self.width, device=self.input_masks.device)
+        mask[: self.state_width] = 0
+        return mask
+
+    def counters_only(self) -> torch.Tensor:
+        """The mask that reads the session counters alone."""
+        mask = torch.zeros(self.width, device=self.input_masks.device)
+        mask[-COUNTERS:] = 1
+        return mask
+
+    def reads_state(self, head: str) -> bool:
+        return bool(self.input_masks[self.order.index(head), : self.state_width].any())
+
     @property
     def category(self) -> nn.Module | None:
         return self.heads["next_category"] if "next_category" in self.heads else None
@@ -108,9 +136,10 @@ class IntentHeads(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """inputs (..., width) -> {"binary": (..., 3), "category": (..., C)} logits."""
-        out = {"binary": torch.cat([self.heads[head](inputs) for head in BINARY_HEADS], dim=-1)}
+        masks = self.input_masks
+        out = {"binary": torch.cat([self.heads[h](inputs * masks[i]) for i, h in enumerate(BINARY_HEADS)], dim=-1)}
         if self.category is not None:
-            out["category"] = self.category(inputs)
+            out["category"] = self.category(inputs * masks[len(BINARY_HEADS)])
         return out
 
 

@@ -22,13 +22,11 @@ has no filter, or matches no item of the catalogue is refused when the catalogue
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 
 from intentrec.errors import ConfigError
 from intentrec.serving.catalogue import Catalogue
+from intentrec.serving.cli import config_entries
 from intentrec.serving.rows import Row
 
 KEYS = ("id", "title", "categories", "brands", "min_price", "max_price")
@@ -37,32 +35,10 @@ FILTERS = ("categories", "brands", "min_price", "max_price")
 
 def load_banners(source) -> list[dict]:
     """The banner definitions of a YAML or JSON file (`banners:` list), or of a list; checked field by field."""
-    where = str(source)
-    if isinstance(source, list | tuple):
-        entries, where = list(source), "banners"
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"banners file {path} not found; give a YAML or JSON file with a `banners:` list")
-        text = path.read_text()
-        try:
-            import yaml
-
-            loaded = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-        except Exception as error:  # the user's file: say where it breaks
-            raise ConfigError(f"{path}: not valid {'YAML' if path.suffix != '.json' else 'JSON'}: {error}") from None
-        entries = loaded.get("banners") if isinstance(loaded, dict) else None
-        if not isinstance(entries, list) or not entries:
-            raise ConfigError(f"{path}: expected a non-empty `banners:` list of banners")
     seen: set[str] = set()
     out = []
-    for n, entry in enumerate(entries):
-        name = f"{where}: banner {n}"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{name}: expected a mapping with keys {list(KEYS)}, got {entry!r}")
-        unknown = sorted(set(entry) - set(KEYS))
-        if unknown:
-            raise ConfigError(f"{name}: unknown key(s) {unknown}; expected keys among {list(KEYS)}")
+    where = "banners" if isinstance(source, list | tuple) else str(source)
+    for name, entry in config_entries(source, "banners", "banner", KEYS):
         banner_id = entry.get("id")
         if not isinstance(banner_id, str) or not banner_id:
             raise ConfigError(f"{name}: `id` must be a non-empty string, got {banner_id!r}")

@@ -81,6 +81,16 @@ def _sample(logits: np.ndarray, rng: np.random.Generator) -> int:
     return int(rng.choice(len(weights), p=weights / weights.sum()))
 
 
+def _events_of(events: list[dict]) -> dict:
+    """A request's event fields from collector events."""
+    return {
+        "item_ids": [e["item_id"] for e in events],
+        "event_types": [e["event_type"] for e in events],
+        "timestamps": [e["event_time"] for e in events],
+        "quantities": [e.get("quantity") or 1 for e in events],
+    }
+
+
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
@@ -160,10 +170,7 @@ class Simulator:
             # What the events of the visit hold, and nothing else: a list can be rebuilt from the events
             # (serving.events.off_policy).
             Query(
-                item_ids=[e["item_id"] for e in events],
-                event_types=[e["event_type"] for e in events],
-                timestamps=[e["event_time"] for e in events],
-                quantities=[e.get("quantity") or 1 for e in events],
+                **_events_of(events),
                 now=clock,
                 device_type=DEVICE_TYPES[device_type],
                 referrer=REFERRERS[referrer],
@@ -215,10 +222,7 @@ class Simulator:
         last = actions[-1]
         reply = ask(
             Query(
-                item_ids=[e["item_id"] for e in actions],
-                event_types=[e["event_type"] for e in actions],
-                timestamps=[e["event_time"] for e in actions],
-                quantities=[e.get("quantity") or 1 for e in actions],
+                **_events_of(actions),
                 now=clock + 2_000,
                 device_type=last.get("device_type"),
                 referrer=last.get("referrer"),

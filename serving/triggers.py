@@ -63,7 +63,7 @@ from pathlib import Path
 from intentrec.data.features import PURCHASE_EVENTS, replay_cart
 from intentrec.data.schema import FEEDBACK_TYPES
 from intentrec.errors import ConfigError, DataError, IntentrecError
-from intentrec.serving.cli import key_value_flags
+from intentrec.serving.cli import config_entries, key_value_flags
 from intentrec.serving.events.store import EventStore
 from intentrec.serving.profiles import with_events
 from intentrec.serving.request import MAX_K, Query, RequestError
@@ -111,30 +111,9 @@ def load_rules(source, available: dict[str, str | None] | None = None) -> list[R
 
     `available`: the bundle's signals, head -> None when served or the reason it is off; a rule on a signal the
     model does not serve is refused, saying why."""
-    where = str(source)
-    if isinstance(source, list | tuple):
-        entries, where = list(source), "rules"
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"rules file {path} not found; give a YAML file with a `rules:` list")
-        try:
-            import yaml
-
-            loaded = yaml.safe_load(path.read_text())
-        except Exception as error:  # the user's file: say where it breaks
-            raise ConfigError(f"{path}: not valid YAML: {error}") from None
-        entries = loaded.get("rules") if isinstance(loaded, dict) else None
-        if not isinstance(entries, list) or not entries:
-            raise ConfigError(f"{path}: expected a non-empty `rules:` list (see conf/triggers/default.yaml)")
     rules, seen = [], set()
-    for n, entry in enumerate(entries):
-        name = f"{where}: rule {n}"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{name}: expected a mapping with keys among {list(KEYS)}, got {entry!r}")
-        unknown = sorted(set(entry) - set(KEYS))
-        if unknown:
-            raise ConfigError(f"{name}: unknown key(s) {unknown}; expected keys among {list(KEYS)}")
+    where = "rules" if isinstance(source, list | tuple) else str(source)
+    for name, entry in config_entries(source, "rules", "rule", KEYS):
         rule_name = entry.get("name")
         if not isinstance(rule_name, str) or not rule_name or ":" in rule_name:
             raise ConfigError(f"{name}: `name` must be a non-empty string without ':', got {rule_name!r}")

@@ -341,7 +341,11 @@ def train_heads(model, datamodule, settings: dict, seed: int) -> dict:
     does not change. Their inputs (model.intent_inputs) are computed once for train's steps (at most
     `max_train_steps`, whole windows drawn at random) and val's own steps; AdamW on the heads' loss
     (models.intent.intent_loss) over shuffled batches of steps, for at most `epochs`, keeping the heads of the
-    epoch with the least val loss and stopping after `patience` epochs without a better one. Returns a summary."""
+    epoch with the least val loss and stopping after `patience` epochs without a better one. This runs three
+    times, from the same start: the heads reading all their inputs, all but the encoder's state, the session
+    counters alone; each head keeps the inputs and the weights of the run it validated best in (a binary head
+    by val AUC, the next category by val loss; models.intent.IntentHeads.input_masks). Returns a summary
+    (`inputs`: what each head reads)."""
     import torch
 
     with torch.random.fork_rng(devices=[]):  # the stages after this one draw as they would without it
@@ -353,7 +357,7 @@ def _train_heads(model, datamodule, settings: dict, seed: int) -> dict:
 
     import torch
 
-    from intentrec.models.intent import LABEL_ARRAYS, intent_loss
+    from intentrec.models.intent import LABEL_ARRAYS
 
     started = time.perf_counter()
     heads = tuple(head for head, reason in datamodule.intent_heads.items() if not reason)
@@ -375,33 +379,92 @@ def _train_heads(model, datamodule, settings: dict, seed: int) -> dict:
         return {LABEL_ARRAYS[h]: torch.from_numpy(labels[h][steps].astype(np.int64)) for h in heads}
 
     y_train, y_val = labels_of(train_labels, steps_train), labels_of(val_labels, steps_val)
+    intent = model.intent
+    candidates = {
+        "state, context and counters": torch.ones(intent.width),
+        "context and counters": intent.without_state(),
+        "counters": intent.counters_only(),
+    }
+    fitted, scores = {}, {}
+    for name, mask in candidates.items():  # the same start and the same batches for each
+        intent.input_masks[:] = mask
+        fitted[name] = _fit_heads(intent, heads, x_train, y_train, x_val, y_val, settings, seed)
+        for head in heads:
+            intent.heads[head].load_state_dict(fitted[name][1][head])
+        scores[name] = _val_scores(intent, heads, x_val, y_val)
+    # A binary head by its val AUC (calibration comes after, on the same steps), the next category by its val loss.
+    chosen = {head: max(candidates, key=lambda name: scores[name][head]) for head in heads}
+    for head, name in chosen.items():  # each head: the inputs it validated best with, and its weights there
+        intent.input_masks[intent.order.index(head)] = candidates[name]
+        intent.heads[head].load_state_dict(fitted[name][1][head])
+    intent.eval()
+    return {"train_steps": int(len(x_train)), "val_steps": int(len(x_val)),
+            "inputs": chosen,
+            "best_val_loss": {head: round(fitted[chosen[head]][0][head], 5) for head in heads},
+            "val_loss_by_inputs": {name: {h: round(v, 5) for h, v in fitted[name][0].items()} for name in candidates},
+            "val_score_by_inputs": {name: {h: round(v, 5) for h, v in scores[name].items()} for name in candidates},
+            "epochs": {name: len(fitted[name][2]) for name in candidates},
+            "curve": fitted[chosen[heads[0]]][2] if heads else [],
+            "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
+
+
+def _val_scores(intent, heads, x_val, y_val) -> dict[str, float]:
+    """Per head, higher is better: a binary head's AUC on val's steps, the next category's negative loss."""
+    import torch
+
+    from intentrec.models.intent import LABEL_ARRAYS, intent_loss
+
+    intent.eval()
+    with torch.no_grad():
+        logits = intent(x_val)
+        losses = intent_loss(logits, y_val, heads)[1]
+    out = {}
+    for head in heads:
+        if head == "next_category":
+            out[head] = -float(losses[head])
+            continue
+        labels = y_val[LABEL_ARRAYS[head]].numpy()
+        keep = labels >= 0
+        out[head] = auc(logits["binary"][..., BINARY_HEADS.index(head)].numpy()[keep], labels[keep])
+    return out
+
+
+def _fit_heads(intent, heads, x_train, y_train, x_val, y_val, settings: dict, seed: int):
+    """AdamW on the heads' loss from fresh weights (seeded), over shuffled batches of train steps; each head stops
+    after `patience` epochs without a lower val loss. Returns (best val loss, the weights there, per head; the
+    curve)."""
+    import torch
+
+    from intentrec.models.intent import intent_loss
+
+    rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    for layer in model.intent.modules():  # from fresh weights, as a stage of its own
+    for layer in intent.modules():  # from fresh weights, as a stage of its own
         if hasattr(layer, "reset_parameters"):
             layer.reset_parameters()
-    optimizer = torch.optim.AdamW(model.intent.parameters(), lr=float(settings.get("lr", 3e-3)), weight_decay=0.01)
+    optimizer = torch.optim.AdamW(intent.parameters(), lr=float(settings.get("lr", 3e-3)), weight_decay=0.01)
     batch_size, patience = int(settings.get("batch_size", 1024)), int(settings.get("patience", 3))
     learning = set(heads)  # the heads still learning: each stops at its own best val loss
 
     def val_losses() -> dict[str, float]:
-        model.intent.eval()
+        intent.eval()
         with torch.no_grad():
-            return {head: float(loss) for head, loss in intent_loss(model.intent(x_val), y_val, heads)[1].items()}
+            return {head: float(loss) for head, loss in intent_loss(intent(x_val), y_val, heads)[1].items()}
 
     def snapshot(head: str) -> dict:
-        return {k: v.detach().clone() for k, v in model.intent.heads[head].state_dict().items()}
+        return {k: v.detach().clone() for k, v in intent.heads[head].state_dict().items()}
 
     best = val_losses()
     kept, waited, curve = {head: snapshot(head) for head in heads}, dict.fromkeys(heads, 0), []
     for epoch in range(int(settings.get("epochs", 30))):
         if not learning:
             break
-        model.intent.train()
+        intent.train()
         order = torch.from_numpy(rng.permutation(len(x_train)))
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
             labels = {k: v[index] for k, v in y_train.items()}
-            loss, _ = intent_loss(model.intent(x_train[index]), labels, tuple(learning))
+            loss, _ = intent_loss(intent(x_train[index]), labels, tuple(learning))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -414,12 +477,7 @@ def _train_heads(model, datamodule, settings: dict, seed: int) -> dict:
                 waited[head] += 1
                 if waited[head] >= patience:
                     learning.discard(head)
-    for head, state in kept.items():
-        model.intent.heads[head].load_state_dict(state)
-    model.intent.eval()
-    return {"train_steps": int(len(x_train)), "val_steps": int(len(x_val)),
-            "best_val_loss": {head: round(value, 5) for head, value in best.items()},
-            "epochs": len(curve), "curve": curve, "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
+    return best, kept, curve
 
 
 def calibrate_heads(model, datamodule, calibration: str = "temperature", val=None) -> dict:

@@ -227,26 +227,19 @@ def main(argv: list[str] | None = None) -> int:
         summary = export_events(store, args.out)
         print(json.dumps(summary))
         return 0
-    if args.command == "import":
-        from intentrec.serving.events.export import import_events
-
-        if args.events is None:
-            print("error: import needs events=<canonical events.parquet or its folder>", file=sys.stderr)
-            return 2
-        try:
-            summary = import_events(args.events, store)
-        except IntentrecError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        print(json.dumps(summary))
-        return 0 if not summary["rejected_count"] and not summary["conflicts"] else 1
+    from intentrec.serving.events.export import import_events
     from intentrec.serving.events.pos import import_pos
 
-    if args.file is None:
-        print("error: import-pos needs file=<path of the POS export (CSV)>", file=sys.stderr)
+    # import: canonical Parquet; import-pos: a point-of-sale CSV. (what it reads, how to name it)
+    load, source, needed = {
+        "import": (import_events, args.events, "events=<canonical events.parquet or its folder>"),
+        "import-pos": (import_pos, args.file, "file=<path of the POS export (CSV)>"),
+    }[args.command]
+    if source is None:
+        print(f"error: {args.command} needs {needed}", file=sys.stderr)
         return 2
     try:
-        summary = import_pos(args.file, store)
+        summary = load(source, store)
     except IntentrecError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

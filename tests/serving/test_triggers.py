@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from intentrec.errors import ConfigError, DataError
@@ -36,12 +35,7 @@ RULES = [
 @pytest.fixture(scope="module")
 def items(bundle):
     """Two categories' most popular items: {"a": [...], "b": [...]}."""
-    b = load_bundle(bundle)
-    ids, categories = b.items["item_id"].astype(str), b.items["category"].astype(str)
-    order = np.argsort(-b.items["train_count"], kind="stable")
-    top: dict[str, list[str]] = {}
-    for i in order:
-        top.setdefault(categories[i], []).append(ids[i])
+    _, top = load_bundle(bundle).items_by_category()
     names = [c for c in top if len(top[c]) >= 6][:2]
     return {"a": top[names[0]][:6], "b": top[names[1]][:6]}
 

@@ -215,7 +215,12 @@ def test_a_second_stage_leaves_the_ranking_as_it_was_and_its_heads_reach_the_che
     assert report["calibration"] == "isotonic" and spec["method"] == "isotonic"
     assert np.all(np.diff(spec["values"]) >= 0) and len(spec["thresholds"]) == len(spec["values"])
     info = json.loads((tmp_path / "staged" / "metrics.json").read_text())["info"]
-    assert info["intent_stage"]["epochs"] >= 1 and info["intent_stage"]["train_steps"] > 1000
+    stage = info["intent_stage"]
+    assert min(stage["epochs"].values()) >= 1 and stage["train_steps"] > 1000
+    # Each head reads what it validated best with (a binary head by val AUC, the next category by val loss).
+    for head, inputs in stage["inputs"].items():
+        assert stage["val_score_by_inputs"][inputs][head] == max(s[head] for s in stage["val_score_by_inputs"].values())
+        assert stage["val_loss_by_inputs"][inputs][head] == stage["best_val_loss"][head]
     # The trained heads are in best.ckpt: evaluating it gives the same signals.
     ckpt = tmp_path / "staged" / "checkpoints" / "best.ckpt"
     again = run(artifacts, tmp_path / "again", f"ckpt_path={ckpt}", "intent.calibration=isotonic", config="evaluate")
@@ -266,3 +271,27 @@ def test_intent_settings_and_data_that_cannot_carry_a_head_fail_or_switch_it_off
     assert "intent head abandon is off" in caplog.text
     assert module.intent_heads["exit"] is None and module.intent_heads["next_category"] is None
     assert "intent_abandon" not in module.train_arrays and "intent_exit" in module.train_arrays
+
+
+def test_a_head_without_the_state_ignores_it_and_old_checkpoints_read_everything():
+    import torch
+
+    from intentrec.models.intent import COUNTERS, IntentHeads
+
+    torch.manual_seed(0)
+    heads = IntentHeads(8, 5, with_context=True)
+    x = torch.randn(4, heads.width)
+    changed = x.clone()
+    changed[:, :8] = torch.randn(4, 8)  # another encoder state, the same context and counters
+    exit_row = heads.order.index("exit")
+    heads.input_masks[exit_row] = heads.without_state()
+    assert not heads.reads_state("exit") and heads.reads_state("purchase")
+    before, after = heads(x)["binary"], heads(changed)["binary"]
+    assert torch.equal(before[:, exit_row], after[:, exit_row])
+    assert not torch.equal(before[:, heads.order.index("purchase")], after[:, heads.order.index("purchase")])
+    assert heads.width == 8 * 2 + COUNTERS
+    state = {k: v for k, v in heads.state_dict().items() if k != "input_masks"}  # saved before the masks existed
+    fresh = IntentHeads(8, 5, with_context=True)
+    fresh.input_masks.zero_()
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.input_masks, torch.ones_like(fresh.input_masks))
