@@ -415,6 +415,18 @@ class AsyncClient:
         replies = _replies(await self._infer("intent", recommend_arrays(batch)))
         return replies[0] if single else replies
 
+    async def banners(self, requests):
+        single = isinstance(requests, RecommendRequest)
+        batch = [requests] if single else list(requests)
+        replies = _replies(await self._infer("banners", recommend_arrays(batch)))
+        return replies[0] if single else replies
+
+    async def ready(self) -> bool:
+        try:
+            return bool(await self.client.is_server_ready())
+        except Exception:  # unreachable: not ready
+            return False
+
     async def close(self) -> None:
         if self._channel is not None:
             await self._channel.close()

@@ -35,6 +35,7 @@ import logging
 import sys
 import threading
 from collections import deque
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +46,7 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from intentrec.serving.cli import key_value_flags
-from intentrec.serving.client import Client, RecommendRequest, ServingError
+from intentrec.serving.client import AsyncClient, RecommendRequest, ServingError
 from intentrec.serving.events.app import Guard, read_json_body
 from intentrec.serving.events.schema import shorten
 
@@ -105,21 +106,34 @@ def create_app(settings: WebSettings) -> FastAPI:
     import httpx
     from starlette.middleware.cors import CORSMiddleware
 
+    triton: list[AsyncClient] = []  # made on the first request, inside the server's event loop (grpc.aio)
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        for opened in triton:
+            await opened.close()
+
     app = FastAPI(
         title="intentrec web API",
         version="1",
         description="JSON recommend / similar / intent / banners over the Triton models (see serving/web.py).",
+        lifespan=lifespan,
     )
     app.add_middleware(Guard, settings=settings)
-    if True:  # outermost: a preflight is answered (or refused: origin not allowed) before the token is asked for
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.allow_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type"],
-            max_age=600,
-        )
-    client = Client(settings.triton, timeout_s=settings.timeout_s)
+    app.add_middleware(  # outermost: a preflight is answered (or refused: origin not allowed) before the token
+        CORSMiddleware,
+        allow_origins=settings.allow_origins,
+        allow_methods=["GET", "POST"],
+        allow_headers=["Authorization", "Content-Type"],
+        max_age=600,
+    )
+
+    def client() -> AsyncClient:
+        if not triton:
+            triton.append(AsyncClient(settings.triton, timeout_s=settings.timeout_s))
+        return triton[0]
+
     collector = (
         httpx.Client(
             base_url=settings.collector,
@@ -172,9 +186,9 @@ def create_app(settings: WebSettings) -> FastAPI:
             out["items"] = [catalogue.by_id.get(i, {"item_id": i}) for i in reply.item_ids]
         return JSONResponse({**out, **extra})
 
-    async def call(method, request):
+    async def call(model: str, request):
         try:
-            return await run_in_threadpool(method, request)
+            return await getattr(client(), model)(request)
         except ServingError as error:
             return _error(_status(error), str(error))
 
@@ -200,7 +214,7 @@ def create_app(settings: WebSettings) -> FastAPI:
         payload = await read_json_body(request, settings.max_json_depth)
         offers = isinstance(payload, dict) and payload.get("offers") is True
         query = parse(payload, extra=("offers",))
-        reply = await call(client.recommend, query)
+        reply = await call("recommend", query)
         if isinstance(reply, JSONResponse):
             return reply
         if not offers or reply.error:
@@ -213,12 +227,12 @@ def create_app(settings: WebSettings) -> FastAPI:
 
     @app.post("/v1/intent")
     async def intent(request: Request):
-        reply = await call(client.intent, parse(await read_json_body(request, settings.max_json_depth)))
+        reply = await call("intent", parse(await read_json_body(request, settings.max_json_depth)))
         return reply if isinstance(reply, JSONResponse) else answer(reply, items=False)
 
     @app.post("/v1/banners")
     async def banners(request: Request):
-        reply = await call(client.banners, parse(await read_json_body(request, settings.max_json_depth)))
+        reply = await call("banners", parse(await read_json_body(request, settings.max_json_depth)))
         return reply if isinstance(reply, JSONResponse) else answer(reply, items=False)
 
     @app.post("/v1/similar")
@@ -231,7 +245,10 @@ def create_app(settings: WebSettings) -> FastAPI:
             return _error(422, f"item_ids: expected a list of item id strings, got {shorten(ids)!r}")
         if isinstance(k, bool) or not isinstance(k, int):
             return _error(422, f"k: expected an integer, got {shorten(k)!r}")
-        reply = await call(lambda _: client.similar_items(ids, k), None)
+        try:
+            reply = await client().similar_items(ids, k)
+        except ServingError as error:
+            return _error(_status(error), str(error))
         return reply if isinstance(reply, JSONResponse) else answer(reply)
 
     @app.post("/v1/events")
@@ -260,7 +277,7 @@ def create_app(settings: WebSettings) -> FastAPI:
 
     @app.get("/healthz")
     async def health():
-        ready = await run_in_threadpool(client.ready)
+        ready = await client().ready()
         return JSONResponse({"status": "ok" if ready else "triton unreachable"}, status_code=200 if ready else 503)
 
     @app.get("/")
@@ -274,7 +291,6 @@ def create_app(settings: WebSettings) -> FastAPI:
             return _error(404, f"no playground file {shorten(name)!r}")
         return FileResponse(path)
 
-    app.state.client = client
     return app
 
 
