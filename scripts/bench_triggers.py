@@ -89,7 +89,7 @@ def main() -> None:
     from intentrec.serving.events.export import import_events
     from intentrec.serving.events.store import open_store
     from intentrec.serving.recommender import Recommender
-    from intentrec.serving.triggers import Stock, Triggers, _available, load_rules
+    from intentrec.serving.triggers import Stock, Triggers, load_rules, served_signals
 
     common = {"command": "python scripts/bench_triggers.py " + " ".join(
         f"--{k} {v}" for k, v in (("bundle", args.bundle), ("shop", args.shop), ("days", args.days)))}  # fmt: skip
@@ -119,7 +119,7 @@ def main() -> None:
         rows = []
         for threads in [int(t) for t in args.threads.split(",")]:
             recommender = Recommender(args.bundle, threads=threads)
-            rules = load_rules(args.rules, _available(recommender))
+            rules = load_rules(args.rules, served_signals(recommender))
             times = []
             for _ in range(args.repeats):
                 seconds, triggers, messages = run(recommender, rules)
@@ -141,7 +141,7 @@ def main() -> None:
                 }
             )
             print(rows[-1])
-        _, _, fired_last = run(recommender, load_rules(sweep_rules(THRESHOLDS), _available(recommender)))
+        _, _, fired_last = run(recommender, load_rules(sweep_rules(THRESHOLDS), served_signals(recommender)))
         store.close()
     with_cart = [s for s in truth.values() if s["had_cart"]]
     base = {

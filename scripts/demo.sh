@@ -37,7 +37,7 @@ python -m serving.export ckpt_path="$RUN/train/checkpoints/best.ckpt" export.out
 echo "[demo] 6/7 serve on Triton and send example requests"
 python scripts/serving_demo.py --bundle "$RUN/bundle" --data-dir "$PREPARED"
 
-echo "[demo] 7/7 personalization platform: collector + event store -> recommend by identity, store purchase, abandoned cart, campaign"
+echo "[demo] 7/7 personalization platform: collector + event store -> recommend by identity, store purchase, abandoned cart, campaign, trigger rules"
 python scripts/platform_demo.py --bundle "$RUN/bundle"
 
 echo "[demo] done: $RUN/train/metrics.md (every slice and K), $RUN/popularity/metrics.md, bundle $RUN/bundle"

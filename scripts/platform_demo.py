@@ -7,7 +7,8 @@ purchase -> abandoned cart -> campaign batch, on the real collector, event store
 A shopper browses dresses on a phone without logging in and puts two in the cart, then logs in; later,
 on a laptop, browses shoes. `recommend` is called with nothing but the identity (`device:phone-1`)
 and the context; the serving step reads the profile from the store. An in-store purchase arrives from a
-POS file; the abandoned-cart job and an email campaign batch run on the same store and models.
+POS file; the abandoned-cart job, an email campaign batch and the trigger rules run on the same store and
+models.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from intentrec.serving.events.store import open_store  # noqa: E402
 from intentrec.serving.recommender import Recommender  # noqa: E402
 from intentrec.serving.repository import ServingOptions, build  # noqa: E402
 from intentrec.serving.server import TritonServer  # noqa: E402
+from intentrec.serving.triggers import DEFAULT_RULES, Triggers, load_rules, run_batch, served_signals  # noqa: E402
 
 MINUTE = 60_000
 
@@ -199,6 +201,16 @@ def main() -> int:
 
                     rows = pq.read_table(out).to_pylist()
                     print(f"\n7. email campaign batch (bags, jewelry; top 5): {summary['rows']} rows, e.g. {rows[0]}")
+                triggers = Triggers(recommender, load_rules(DEFAULT_RULES, served_signals(recommender)), store)
+                fired = run_batch(triggers)
+                last = recommender.intent([RecommendRequest(identity="customer:c-42", k=1)])[0].info["intent"]
+                shown = {k: v for k, v in last.items() if k != "next_category"}
+                print(
+                    f"\n8. trigger rules (conf/triggers/default.yaml) over the {triggers.counts['events']} stored events "
+                    f"({triggers.counts['checked']} online ones checked, {triggers.counts['scored']} scored): "
+                    f"{[(m['message_id'], m['channel'], m['event_id']) for m in fired] or 'none fired'}; "
+                    f"c-42's signals now {shown}, next category {last['next_category'][0]}"
+                )
                 store.close()
     finally:
         if redis is not None:

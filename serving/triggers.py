@@ -633,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
         store = open_store(args.store, readonly=True)
         load_rules(args.rules)  # the file's own errors before the model loads
         recommender = Recommender(args.bundle, threads=args.threads)
-        rules = load_rules(args.rules, available=_available(recommender))
+        rules = load_rules(args.rules, available=served_signals(recommender))
         triggers = Triggers(recommender, rules, store, Stock(args.stock), args.session_idle_hours)
         if args.follow:
             for sig in (signals_module.SIGINT, signals_module.SIGTERM):
@@ -661,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _available(recommender) -> dict[str, str | None]:
+def served_signals(recommender) -> dict[str, str | None]:
     """head -> None when the bundle serves it, else why not."""
     signals = recommender.encoder.signals
     if signals is None:
