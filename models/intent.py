@@ -122,9 +122,6 @@ class IntentHeads(nn.Module):
         mask[-COUNTERS:] = 1
         return mask
 
-    def reads_state(self, head: str) -> bool:
-        return bool(self.input_masks[self.order.index(head), : self.state_width].any())
-
     @property
     def category(self) -> nn.Module | None:
         return self.heads["next_category"] if "next_category" in self.heads else None

@@ -93,6 +93,20 @@ def serve_and_simulate(
     return frame, summaries
 
 
+def arm_metrics(result: dict, treatment: str, names: tuple[str, ...]) -> dict:
+    """Per metric of a report (serving.events.report): each arm's value, and `treatment` against the control (the
+    difference's interval and whether it excludes zero)."""
+    out = {}
+    for name in names:
+        metric, against = result["metrics"][name], result["metrics"][name]["vs_control"][treatment]
+        out[name] = {
+            "arms": {arm: round(v["value"], 4) for arm, v in metric["arms"].items()},
+            "difference_ci": [round(x, 4) for x in against["difference_ci"]],
+            "significant": against["significant"],
+        }
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=REPO / "artifacts" / "runs" / "demo" / "bundle")
@@ -130,16 +144,7 @@ def main() -> int:
         if "ab" in parts:
             events, summaries = serve_and_simulate(args.bundle, world, root, "ab", [0], args.shoppers, args.workers)
             ab = report(events, ReportSettings(experiment="ab", shares={"model": 0.5, "popularity": 0.5}))
-            metrics = {
-                m: {
-                    "arms": {a: round(v["value"], 4) for a, v in ab["metrics"][m]["arms"].items()},
-                    "difference_ci": [
-                        round(x, 4) for x in ab["metrics"][m]["vs_control"]["popularity"]["difference_ci"]
-                    ],
-                    "significant": ab["metrics"][m]["vs_control"]["popularity"]["significant"],
-                }
-                for m in ("conversion_rate", "revenue_per_session", "ctr")
-            }
+            metrics = arm_metrics(ab, "popularity", ("conversion_rate", "revenue_per_session", "ctr"))
             rows.append({"benchmark": "simulator", "experiment": "model_vs_popularity", **summaries[0],
                          "units": ab["shoppers"], "metrics": metrics})  # fmt: skip
             print(
@@ -195,16 +200,7 @@ def main() -> int:
             )
             result = report(events, ReportSettings(experiment="offers", shares={"control": 0.5, "offers": 0.5}))
             shown = events[events["placement"] == "exit_offer"]
-            metrics = {
-                m: {
-                    "arms": {a: round(v["value"], 4) for a, v in result["metrics"][m]["arms"].items()},
-                    "difference_ci": [
-                        round(x, 4) for x in result["metrics"][m]["vs_control"]["offers"]["difference_ci"]
-                    ],
-                    "significant": result["metrics"][m]["vs_control"]["offers"]["significant"],
-                }
-                for m in ("conversion_rate", "revenue_per_session", "cart_abandonment_rate")
-            }
+            metrics = arm_metrics(result, "offers", ("conversion_rate", "revenue_per_session", "cart_abandonment_rate"))
             rows.append({"benchmark": "simulator", "experiment": "exit offers on vs off", **summaries[0],
                          "offer_save": args.offer_save, "offer_above": rules[0].above, "offers_shown": int(shown["session_id"].nunique()),
                          "sessions": result["sessions"], "metrics": metrics})  # fmt: skip

@@ -220,6 +220,7 @@ class Simulator:
 
         actions = [e for e in events if e["event_type"] not in ("impression", "click")]
         last = actions[-1]
+        shopper = f"customer:{customer}" if customer else f"device:{who['device_id']}"
         reply = ask(
             Query(
                 **_events_of(actions),
@@ -229,19 +230,13 @@ class Simulator:
                 region=last.get("region"),
                 k=4,
                 exclude_in_cart=True,
-                shopper=f"customer:{customer}" if customer else f"device:{who['device_id']}",
+                shopper=shopper,
             )
         )
-        profile = {
-            "key": f"device:{who['device_id']}",
-            "customer_id": customer,
-            "recent_events": actions,
-            "cart": {item: 1 for item in cart},
-        }
-        fired = onsite_offers(self.rules, profile, reply.intent, set())
+        fired = onsite_offers(self.rules, actions, shopper, reply.intent, set())
         if not fired:
             return False
-        events.extend(reply.impressions("exit_offer", shown=fired[0].k, event_time=clock + 2_000, **who))
+        events.extend(reply.impressions("exit_offer", shown=fired[0][0].k, event_time=clock + 2_000, **who))
         react(reply, "exit_offer")
         return rng.random() < self.model.offer_save
 

@@ -57,7 +57,7 @@ import signal as signals_module
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from intentrec.data.features import PURCHASE_EVENTS, replay_cart
@@ -425,11 +425,11 @@ class Triggers:
         }
         k = rule.k
         if rule.action == "cart_push":
-            query = _with(item.query, k=min(3 * k, MAX_K), exclude_in_cart=True)
+            query = replace(item.query, k=min(3 * k, MAX_K), exclude_in_cart=True)
             message["recommendations"], labels = cart_complements(self.recommender, query, item.cart, k)
         else:
             wanted = MAX_K if rule.action == "clienteling" else k
-            result = self.recommender.recommend([_with(item.query, k=wanted, exclude_in_cart=True)])[0]
+            result = self.recommender.recommend([replace(item.query, k=wanted, exclude_in_cart=True)])[0]
             if isinstance(result, RequestError):
                 raise result
             ids = result.item_ids
@@ -465,37 +465,38 @@ def _holds(need: str, rule: Rule, item: Pending) -> bool:
     return item.home_store is not None and len(item.browsed) >= rule.min_views  # home_store_stock
 
 
-def onsite_offers(rules: list[Rule], profile: dict, signals: dict | None, fired: set[str]) -> list[Rule]:
-    """The on-site rules (`exit_offer`) that fire now for a shopper whose profile (the collector's
-    `GET /v1/profile`, serving.events.profile) and signals (recommend's `info.intent`) are given: the rules of the
-    trigger command, checked on the session of the profile's latest event. Adds their message ids to `fired`."""
-    events = [e for e in profile.get("recent_events", []) if e.get("event_type") not in FEEDBACK_TYPES]
+def onsite_offers(
+    rules: list[Rule],
+    events: list[dict],
+    shopper: str,
+    signals: dict | None,
+    fired: set[str],
+    cart: dict | None = None,
+    traits: dict | None = None,
+) -> list[tuple[Rule, str]]:
+    """The on-site rules (`exit_offer`) that fire now, with their message ids: the rules of the trigger command,
+    checked on the session of the latest of `events` (a shopper's events, oldest first; feedback is skipped) with
+    `signals` (recommend's `info.intent`). `shopper`: "customer:<id>" or "device:<id>"; `cart`, `traits`: what the
+    message would show and the customer's stored traits. Adds the message ids to `fired`."""
+    events = [e for e in events if e.get("event_type") not in FEEDBACK_TYPES]
     if not events:
         return []
     latest = events[-1]
-    shopper = f"customer:{profile['customer_id']}" if profile.get("customer_id") else profile.get("key", "")
     session = latest.get("session_id") or shopper
     state = SessionState()
     for event in events:
         if (event.get("session_id") or shopper) == session:
             state.add(event)
-    traits = {"loyalty_member": profile.get("loyalty_member"), "email": profile.get("email")}
     item = Pending(
-        latest, shopper, session, None, dict(profile.get("cart", {})), _cart(state.carts, latest), traits, None, [],
+        latest, shopper, session, None, dict(cart or {}), _cart(state.carts, latest), dict(traits or {}), None, [],
         state.bought, state.steps,
     )  # fmt: skip
     out = []
     for rule in rules:
         if rule.action == "exit_offer" and may_fire(rule, item, fired) and rule.holds_signal(signals):
             fired.add(f"{rule.name}:{session}")
-            out.append(rule)
+            out.append((rule, f"{rule.name}:{session}"))
     return out
-
-
-def _with(query: Query, **changes) -> Query:
-    from dataclasses import replace
-
-    return replace(query, **changes)
 
 
 def _order(event: dict) -> tuple:

@@ -201,13 +201,16 @@ def create_app(settings: WebSettings) -> FastAPI:
         if found.status_code != 200:
             return []
         profile = found.json()
-        session = profile["recent_events"][-1].get("session_id") if profile.get("recent_events") else None
+        shopper = f"customer:{profile['customer_id']}" if profile.get("customer_id") else profile["key"]
+        traits = {"loyalty_member": profile.get("loyalty_member"), "email": profile.get("email")}
         with fired_lock:
-            fire = onsite_offers(rules, profile, reply.intent, fired)
-            order.extend(f"{r.name}:{session}" for r in fire)
+            fire = onsite_offers(
+                rules, profile["recent_events"], shopper, reply.intent, fired, profile.get("cart"), traits
+            )
+            order.extend(message_id for _, message_id in fire)
             while len(order) > FIRED_KEPT:
                 fired.discard(order.popleft())
-        return [{"rule": r.name, "message_id": f"{r.name}:{session}", "item_ids": reply.item_ids[: r.k]} for r in fire]
+        return [{"rule": r.name, "message_id": message_id, "item_ids": reply.item_ids[: r.k]} for r, message_id in fire]
 
     @app.post("/v1/recommend")
     async def recommend(request: Request):

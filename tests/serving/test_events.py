@@ -548,7 +548,7 @@ def test_impressions_and_clicks_keep_their_list_fields_and_stay_out_of_profiles(
     assert loaded.notes["feedback_events_skipped"] == 4 and "recommendation_id" not in loaded.events.column_names
 
 
-def test_import_stores_an_export_again_and_reports_bad_rows_by_number(store, tmp_path):
+def test_import_stores_an_export_again_and_reports_bad_rows_by_number(store, tmp_path, capsys):
     import pyarrow as pa
 
     raw = [event("v1", "i1", session_id="s1"), event("a1", "i1", "add_to_cart", at=1, session_id="s1", quantity=2)]
@@ -573,6 +573,13 @@ def test_import_stores_an_export_again_and_reports_bad_rows_by_number(store, tmp
     assert summary["rejected"][0]["field"] == "quantity" and summary["rejected"][0]["value"] == 0
     with pytest.raises(ConfigError, match="no such file"):
         import_events(tmp_path / "nothing", target)
+    pq.write_table(table.drop(["event_type"]), tmp_path / "no_type.parquet")
+    with pytest.raises(DataError, match=r"lacks the column\(s\) \['event_type'\] of the canonical events schema"):
+        import_events(tmp_path / "no_type.parquet", target)
+    from intentrec.serving.events.__main__ import main as events_main
+
+    assert events_main(["import", f"store=sqlite:///{tmp_path / 'cli.db'}"]) == 2
+    assert "error: import needs events=<canonical events.parquet or its folder>" in capsys.readouterr().err
     target.close()
 
 

@@ -22,7 +22,6 @@ from intentrec.serving.triggers import Rule, Stock, Triggers, load_rules
 
 T0 = 1_772_000_000_000  # a Wednesday, 06:13 UTC
 MINUTE = 60_000
-DAY = 24 * 60 * MINUTE
 ROOT = Path(__file__).resolve().parents[2]
 
 RULES = [
@@ -192,6 +191,8 @@ def test_a_threshold_decides_and_a_stock_file_replaces_observed_sales(recommende
         ({"needs": ["basket"]}, r"unknown condition\(s\) \['basket'\]"),
         ({"k": 0}, r"k=0; expected an integer from 1 to 100"),
         ({"treshold": 0.5}, r"unknown key\(s\) \['treshold'\]"),
+        ({"needs": "cart"}, r"`needs` must be a list of conditions among \['cart', 'no_purchase'"),
+        ({"min_steps": 0}, r"min_steps=0; expected an integer from 1 to 10000"),
     ],
 )
 def test_bad_rules_fail_naming_the_rule_and_the_fix(rule, message):
@@ -211,9 +212,14 @@ def test_rules_the_model_cannot_serve_and_bad_files_fail_clearly(tmp_path):
         load_rules([{"name": "x", "action": "exit_offer"}, {"name": "x", "action": "cart_push"}])
     with pytest.raises(ConfigError, match="rules file .*nope.yaml not found"):
         load_rules(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match=r"rule 0: `name` must be a non-empty string without ':', got 'a:b'"):
+        load_rules([{"name": "a:b", "action": "exit_offer"}])
     bad = tmp_path / "stock.csv"
     bad.write_text("store,item\nr1,i1\n")
     with pytest.raises(DataError, match=r"expected the columns store_id,item_id"):
+        Stock(bad)
+    bad.write_text("store_id,item_id\nr1,i1\nr2,\n")
+    with pytest.raises(DataError, match=r"stock.csv line 3: store_id and item_id must both be given"):
         Stock(bad)
     shipped = load_rules(ROOT / "conf" / "triggers" / "default.yaml")
     assert [r.action for r in shipped] == ["exit_offer", "cart_push", "clienteling"]

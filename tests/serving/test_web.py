@@ -138,8 +138,20 @@ def test_unreachable_triton_and_collector_are_503_and_missing_parts_404(bundle):
         assert reply.status_code == 503 and "recommend" in reply.json()["error"]
         events = client.post("/v1/events", json={"events": []})
         assert events.status_code == 503 and "resend the events" in events.json()["error"]
-        assert client.get("/v1/catalogue").status_code == 404
+        missing = client.get("/v1/catalogue")
+        assert missing.status_code == 404 and "start the web API with bundle=<bundle>" in missing.json()["error"]
         assert client.get("/healthz").status_code == 503
+    # A catalogue and no collector: the page's parts answer what is missing, by name.
+    with TestClient(create_app(WebSettings(triton=dead, bundle=bundle, timeout_s=2.0))) as client:
+        events = client.post("/v1/events", json={"events": []})
+        assert (
+            events.status_code == 404 and "start the web API with collector=<collector URL>" in events.json()["error"]
+        )
+        unknown = client.get("/v1/catalogue", params={"category": "spaceships"})
+        assert unknown.status_code == 404 and "category 'spaceships' is not in the catalogue; known:" in unknown.text
+        assert client.get("/v1/catalogue", params={"limit": 0}).json()["error"] == "limit=0; expected 1 to 500"
+        k = client.post("/v1/similar", json={"item_ids": ["i1"], "k": "ten"})
+        assert k.status_code == 422 and k.json()["error"] == "k: expected an integer, got 'ten'"
 
 
 def _browser():
