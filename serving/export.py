@@ -93,7 +93,7 @@ def _hybrid_settings(option, metrics: dict, ckpt: Path) -> dict | None:
             return None
     from intentrec.training.hybrid import COOCCURRENCE_KEYS
 
-    return {key: settings[key] for key in ("weight", "eps", *COOCCURRENCE_KEYS)}
+    return {key: settings[key] for key in ("weight", "eps", *COOCCURRENCE_KEYS) if key in settings}
 
 
 def _ranker_path(option, ckpt: Path, hybrid: dict | None) -> Path | None:

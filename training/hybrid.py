@@ -21,13 +21,13 @@ import torch
 
 from intentrec.data.features import hybrid_bonus
 from intentrec.errors import ConfigError
-from intentrec.training.baselines import CoOccurrence
+from intentrec.training.baselines import CoOccurrence, check_settings
 from intentrec.training.datamodule import read_split
 from intentrec.training.metrics import evaluate_scorer
 
 log = logging.getLogger(__name__)
 
-COOCCURRENCE_KEYS = ("window", "history", "decay")
+COOCCURRENCE_KEYS = ("window", "history", "decay", "popularity_discount")
 
 
 def check_config(cfg: dict) -> None:
@@ -37,6 +37,7 @@ def check_config(cfg: dict) -> None:
         raise ConfigError(f"hybrid.weights={weights}; expected a non-empty list of numbers >= 0 (e.g. [0.5, 1, 2, 4]).")
     if not float(cfg.get("eps", 0)) > 0:
         raise ConfigError(f"hybrid.eps={cfg.get('eps')}; expected a number > 0 (e.g. 0.1).")
+    check_settings("hybrid.", **{key: cfg[key] for key in COOCCURRENCE_KEYS if key in cfg})
 
 
 def build_cooccurrence(data, cfg: dict) -> CoOccurrence:

@@ -179,7 +179,9 @@ def adopt_checkpoint(cfg, settings: dict | None, ckpt: Path, command: str) -> di
             cfg.seed = settings["seed"]
         cfg.model = settings["model"]
         for group in ("ranker", "evaluate", "hybrid"):
-            merged = dict(settings[group])
+            # A key this code knows and the checkpoint did not record (a setting added since it was trained)
+            # takes this command's value, as given or by default.
+            merged = {**config_dict(cfg, group), **settings[group]}
             for key in merged:
                 dotted = f"{group}.{key}"
                 if dotted in forceable or (group != "ranker" and (dotted in explicit or group in explicit)):

@@ -23,7 +23,8 @@ from tests.serving.conftest import SERVING_SHOP, export_config
 
 @pytest.fixture(scope="module")
 def hybrid_run(serving_run, tmp_path_factory):
-    """The serving model's run, copied and re-evaluated with the hybrid (weight 2 chosen from [2])."""
+    """The serving model's run, copied and re-evaluated with the hybrid (weight 2 chosen from [2]; co-occurrence
+    over 5 steps, discounted by popularity)."""
     artifacts, run = serving_run
     copy = tmp_path_factory.mktemp("hybrid") / "run"
     (copy / "checkpoints").mkdir(parents=True)
@@ -39,6 +40,8 @@ def hybrid_run(serving_run, tmp_path_factory):
                 f"run_dir={copy}",
                 "hybrid.enabled=true",
                 "hybrid.weights=[2]",
+                "hybrid.window=5",
+                "hybrid.popularity_discount=0.5",
             ],
         )
     )
@@ -62,12 +65,16 @@ def test_export_serves_the_weight_tuned_in_training_and_no_ranker(hybrid_run, hy
 def test_served_top_k_equals_the_hybrid_ranking_of_the_whole_catalogue(hybrid_run, hybrid_bundle):
     from intentrec.training.baselines import CoOccurrence
     from intentrec.training.datamodule import PreparedData, read_split
+    from intentrec.training.hybrid import COOCCURRENCE_KEYS
 
     artifacts, _ = hybrid_run
     data = PreparedData.load(artifacts / "data" / "synthetic")
     settings = load_bundle(hybrid_bundle).manifest["hybrid"]
+    assert settings["window"] == 5 and settings["popularity_discount"] == 0.5
     cooc = CoOccurrence(
-        data.padded("train_count"), read_split(data.directory / "train.parquet"), window=3, history=5, decay=0.8
+        data.padded("train_count"),
+        read_split(data.directory / "train.parquet"),
+        **{key: settings[key] for key in COOCCURRENCE_KEYS},
     )
     recommender = Recommender(hybrid_bundle)
     raw = data.padded("item_id", "").astype(str)

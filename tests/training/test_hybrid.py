@@ -44,6 +44,25 @@ def test_hybrid_scores_are_logits_plus_weighted_log_cooccurrence(artifacts, tmp_
     assert (counts > 0).any(), "the tiny shop must have co-occurrence for this test to mean something"
 
 
+def test_popularity_discount_divides_each_followers_counts_by_its_popularity(artifacts):
+    from intentrec.training.baselines import CoOccurrence
+    from intentrec.training.datamodule import read_split
+    from intentrec.training.prepared import prepared_data
+
+    data = prepared_data(compose_config("train", [*FAST, f"artifacts_dir={artifacts}"]))
+    counts, train = data.padded("train_count"), read_split(data.directory / "train.parquet")
+    raw = CoOccurrence(counts, train, window=5).matrix.toarray()
+    discounted = CoOccurrence(counts, train, window=5, popularity_discount=0.5).matrix.toarray()
+    assert np.allclose(discounted, raw / np.sqrt(np.maximum(counts, 1))[None, :])
+    # The discount reorders a query's followers: popular items lose ground to rarer ones.
+    row = int(np.argmax((raw > 0).sum(axis=1)))
+    assert not np.array_equal(
+        np.argsort(-raw[row], kind="stable")[:10], np.argsort(-discounted[row], kind="stable")[:10]
+    )
+    with pytest.raises(ConfigError, match=r"model\.popularity_discount=-1; expected a number >= 0"):
+        CoOccurrence(counts, train, popularity_discount=-1)
+
+
 def test_weight_zero_reproduces_the_model_and_the_best_weight_is_chosen_on_val(artifacts, tmp_path):
     metrics = run(
         artifacts, tmp_path / "zero", "hybrid.enabled=true", "hybrid.weights=[0]", "evaluate.sampled_negatives=20"
@@ -82,12 +101,39 @@ def test_evaluate_applies_the_hybrid_to_a_saved_checkpoint(artifacts, tmp_path):
     assert again["hybrid_test/ndcg@10"] == pytest.approx(trained["hybrid_test/ndcg@10"], abs=1e-6)
 
 
+def test_a_setting_the_checkpoint_never_recorded_is_taken_from_the_command_line(artifacts, tmp_path):
+    """A checkpoint trained before `hybrid.popularity_discount` existed: evaluate applies the value given."""
+    run(artifacts, tmp_path / "run", "hybrid.enabled=true", "hybrid.weights=[1]")
+    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    del state["hyper_parameters"]["settings"]["hybrid"]["popularity_discount"]
+    torch.save(state, ckpt)
+    hybrid = {}
+    for discount in (0, 1):
+        metrics = run(
+            artifacts,
+            tmp_path / f"eval{discount}",
+            f"ckpt_path={ckpt}",
+            "hybrid.enabled=true",
+            "hybrid.weights=[4]",
+            f"hybrid.popularity_discount={discount}",
+            config="evaluate",
+        )
+        info = json.loads((tmp_path / f"eval{discount}" / "metrics.json").read_text())["info"]["hybrid"]
+        assert info["popularity_discount"] == discount
+        hybrid[discount] = metrics["hybrid_val/ndcg@10"]
+    assert hybrid[0] != hybrid[1]
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
         ("hybrid.weights=[]", r"hybrid\.weights=\[\]; expected a non-empty list of numbers >= 0"),
         ("hybrid.weights=[1,-2]", r"hybrid\.weights=\[1, -2\]; expected a non-empty list of numbers >= 0"),
         ("hybrid.eps=0", r"hybrid\.eps=0; expected a number > 0"),
+        ("hybrid.popularity_discount=-0.5", r"hybrid\.popularity_discount=-0\.5; expected a number >= 0"),
+        ("hybrid.window=0", r"hybrid\.window=0; expected an integer >= 1"),
+        ("hybrid.history=2.5", r"hybrid\.history=2\.5; expected an integer >= 1"),
     ],
 )
 def test_bad_hybrid_config_fails_before_training(artifacts, tmp_path, override, message):
