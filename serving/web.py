@@ -186,9 +186,10 @@ def create_app(settings: WebSettings) -> FastAPI:
             out["items"] = [catalogue.by_id.get(i, {"item_id": i}) for i in reply.item_ids]
         return JSONResponse({**out, **extra})
 
-    async def call(model: str, request):
+    async def call(method: str, *args):
+        """The AsyncClient's `method` on `args`, or the JSON error its ServingError maps to."""
         try:
-            return await getattr(client(), model)(request)
+            return await getattr(client(), method)(*args)
         except ServingError as error:
             return _error(_status(error), str(error))
 
@@ -248,10 +249,7 @@ def create_app(settings: WebSettings) -> FastAPI:
             return _error(422, f"item_ids: expected a list of item id strings, got {shorten(ids)!r}")
         if isinstance(k, bool) or not isinstance(k, int):
             return _error(422, f"k: expected an integer, got {shorten(k)!r}")
-        try:
-            reply = await client().similar_items(ids, k)
-        except ServingError as error:
-            return _error(_status(error), str(error))
+        reply = await call("similar_items", ids, k)
         return reply if isinstance(reply, JSONResponse) else answer(reply)
 
     @app.post("/v1/events")

@@ -391,7 +391,7 @@ def _train_heads(model, datamodule, settings: dict, seed: int) -> dict:
         fitted[name] = _fit_heads(intent, heads, x_train, y_train, x_val, y_val, settings, seed)
         for head in heads:
             intent.heads[head].load_state_dict(fitted[name][1][head])
-        scores[name] = _val_scores(intent, heads, x_val, y_val)
+        scores[name] = _val_scores(intent, heads, x_val, y_val, fitted[name][0])
     # A binary head by its val AUC (calibration comes after, on the same steps), the next category by its val loss.
     chosen = {head: max(candidates, key=lambda name: scores[name][head]) for head in heads}
     for head, name in chosen.items():  # each head: the inputs it validated best with, and its weights there
@@ -408,20 +408,20 @@ def _train_heads(model, datamodule, settings: dict, seed: int) -> dict:
             "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
 
 
-def _val_scores(intent, heads, x_val, y_val) -> dict[str, float]:
-    """Per head, higher is better: a binary head's AUC on val's steps, the next category's negative loss."""
+def _val_scores(intent, heads, x_val, y_val, best_loss: dict[str, float]) -> dict[str, float]:
+    """Per head, higher is better: a binary head's AUC on val's steps, the next category's negative val loss
+    (`best_loss`: _fit_heads's, at the weights the heads hold now)."""
     import torch
 
-    from intentrec.models.intent import LABEL_ARRAYS, intent_loss
+    from intentrec.models.intent import LABEL_ARRAYS
 
     intent.eval()
     with torch.no_grad():
         logits = intent(x_val)
-        losses = intent_loss(logits, y_val, heads)[1]
     out = {}
     for head in heads:
         if head == "next_category":
-            out[head] = -float(losses[head])
+            out[head] = -best_loss[head]
             continue
         labels = y_val[LABEL_ARRAYS[head]].numpy()
         keep = labels >= 0

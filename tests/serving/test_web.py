@@ -101,6 +101,8 @@ def test_answers_are_the_models_answers_and_refusals_keep_their_words(stack, bun
     huge = post(web, "/v1/recommend", {"item_ids": ["i1"] * 20_000})
     assert huge.status_code == 413 and "max_body_bytes" in huge.json()["error"]
     assert post(web, "/v1/similar", {"item_ids": "i1"}).status_code == 422
+    refused = post(web, "/v1/similar", {"item_ids": ["i1"], "k": 0})  # the model's own words, as gRPC gives them
+    assert refused.status_code == 400 and "k=0; expected an integer from 1 to" in refused.json()["error"], refused.text
     assert httpx.get(web.url + "/healthz").status_code == 200  # still serving
 
 

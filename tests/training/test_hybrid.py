@@ -130,6 +130,7 @@ def test_evaluate_applies_the_hybrid_to_a_saved_checkpoint(artifacts, tmp_path):
         ("hybrid.eps=0", r"hybrid\.eps=0; expected a number > 0"),
         ("hybrid.popularity_discount=-0.5", r"hybrid\.popularity_discount=-0\.5; expected a number >= 0"),
         ("hybrid.window=0", r"hybrid\.window=0; expected an integer >= 1"),
+        ("hybrid.decay=-0.5", r"hybrid\.decay=-0\.5; expected a number >= 0"),
         ("hybrid.history=2.5", r"hybrid\.history=2\.5; expected an integer >= 1"),
     ],
 )
